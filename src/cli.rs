@@ -1,0 +1,79 @@
+//! The command line: global options and one subcommand per job.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::lsn::Lsn;
+
+/// walpoints: exchange loyalty points from PostgreSQL's write-ahead log.
+#[derive(Debug, Parser)]
+#[command(name = "walpoints", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file; a missing default file means "all defaults".
+    #[arg(long, global = true, env = "WALPOINTS_CONFIG", default_value = "walpoints.toml")]
+    pub config: PathBuf,
+
+    /// Source database URL (overrides source.url and WALPOINTS_SOURCE_URL).
+    #[arg(long, global = true, value_name = "URL")]
+    pub source_url: Option<String>,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the decoded change stream as JSON lines, one change per line.
+    Tail(TailArgs),
+    /// Start a throwaway PostgreSQL, run a small synthetic exchange on it and show walpoints
+    /// following it; everything is removed at the end.
+    Demo(DemoArgs),
+}
+
+/// Options of `walpoints demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How long the synthetic exchange trades.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+}
+
+/// Options of `walpoints tail`.
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// A table to follow, schema.name (repeatable; default: the three configured tables).
+    #[arg(long = "table", value_name = "SCHEMA.NAME")]
+    pub tables: Vec<String>,
+    /// Read this existing slot, never acknowledging (default: a temporary slot and
+    /// publication that vanish when tail exits).
+    #[arg(long)]
+    pub slot: Option<String>,
+    /// The publication to use with --slot (default: source.publication).
+    #[arg(long)]
+    pub publication: Option<String>,
+    /// Start at this LSN (X/Y).
+    #[arg(long, value_name = "LSN")]
+    pub from: Option<Lsn>,
+    /// Exit after N changes.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Exit once every transaction committed at or before this LSN has been shown.
+    #[arg(long, value_name = "LSN")]
+    pub until_lsn: Option<Lsn>,
+}

@@ -1,0 +1,64 @@
+//! The `walpoints` binary: parse the command line, set up logging, dispatch.
+
+use anyhow::Result;
+use clap::Parser;
+use walpoints::cli::{Cli, Command, LogFormat};
+use walpoints::config::Config;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("walpoints: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("walpoints: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let explicit = std::env::args_os().any(|a| a == "--config" || a.to_string_lossy().starts_with("--config="))
+        || std::env::var_os("WALPOINTS_CONFIG").is_some();
+    let mut config = Config::load(&cli.config, explicit, std::env::vars())?;
+    if let Some(url) = &cli.source_url {
+        config.source.url = url
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--source-url: {e}"))?;
+    }
+    match cli.command {
+        Command::Tail(args) => {
+            let opts = walpoints::tail::options(&config, args).map_err(anyhow::Error::msg)?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+            let summary = walpoints::tail::run(&opts, &mut out, walpoints::signal::shutdown()).await?;
+            tracing::info!(changes = summary.changes, reason = ?summary.reason, "tail finished");
+            Ok(())
+        }
+        Command::Demo(args) => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::LineWriter::new(stdout.lock());
+            walpoints::demo::run(args.seconds, &mut out).await?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,471 @@
+//! A throwaway PostgreSQL cluster started from the machine's own binaries.
+//!
+//! The tests (and later `walpoints demo`) need a real server with `wal_level = logical` that they
+//! can stop, kill -9 and restart at will, without Docker and without touching any server the
+//! machine already runs. `initdb` refuses to run as root, so when we are root the server runs as
+//! the `postgres` OS user (or `nobody`). The first cluster on a machine initialises a template data
+//! directory once; later clusters copy it, which is ten times faster than `initdb`.
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Why a throwaway cluster could not be started or controlled.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// No `initdb`/`pg_ctl`/`postgres` on PATH or under `/usr/lib/postgresql/*/bin`.
+    #[error(
+        "no PostgreSQL server binaries found (looked for initdb on PATH and in \
+         /usr/lib/postgresql/*/bin); install them, e.g. `apt-get install -y postgresql`"
+    )]
+    NoBinaries,
+    /// A file-system operation on the cluster's directory failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// `initdb` or `pg_ctl` failed; the server log's tail says why.
+    #[error("{command} failed ({status}):\n{output}")]
+    Command {
+        /// The command that ran.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// Its output and the tail of the server log.
+        output: String,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
+    let what = what.into();
+    move |source| ClusterError::Io { what, source }
+}
+
+/// How to stop the server, with `pg_ctl`'s meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Disconnect clients, checkpoint, exit: a clean shutdown.
+    Fast,
+    /// Exit at once without a checkpoint: crash recovery runs at the next start.
+    Immediate,
+}
+
+/// Where the PostgreSQL server binaries live and which major version they are.
+#[derive(Debug, Clone)]
+pub struct PgBinaries {
+    /// Directory holding `initdb`, `pg_ctl` and `postgres`.
+    pub bin_dir: PathBuf,
+    /// Major version, from `pg_ctl --version`.
+    pub major: u32,
+}
+
+impl PgBinaries {
+    /// Finds `initdb` on PATH (following symlinks to the real bin directory), else the newest
+    /// `/usr/lib/postgresql/*/bin`.
+    pub fn find() -> Result<PgBinaries, ClusterError> {
+        let on_path = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| d.join("initdb"))
+            .find(|p| p.is_file())
+            .and_then(|p| fs::canonicalize(p).ok())
+            .and_then(|p| p.parent().map(Path::to_path_buf));
+        let bin_dir = match on_path {
+            Some(dir) if dir.join("pg_ctl").is_file() => dir,
+            _ => {
+                let mut dirs: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|e| {
+                        let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+                        let bin = e.path().join("bin");
+                        bin.join("initdb").is_file().then_some((v, bin))
+                    })
+                    .collect();
+                dirs.sort();
+                dirs.pop().ok_or(ClusterError::NoBinaries)?.1
+            }
+        };
+        let out = Command::new(bin_dir.join("pg_ctl"))
+            .arg("--version")
+            .output()
+            .map_err(io("running pg_ctl --version"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let major = text
+            .split_whitespace()
+            .find_map(|w| w.split('.').next()?.parse::<u32>().ok())
+            .ok_or(ClusterError::NoBinaries)?;
+        Ok(PgBinaries { bin_dir, major })
+    }
+
+    /// The full path of one of the server's programs (`pg_recvlogical`, `pgbench`, ...).
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+}
+
+/// A running throwaway cluster; dropping it stops the server and deletes its files.
+#[derive(Debug)]
+pub struct PgCluster {
+    bins: PgBinaries,
+    root: PathBuf,
+    port: u16,
+    owner: Option<(u32, u32)>,
+}
+
+static CLUSTER_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Settings every throwaway cluster gets: logical decoding on, durability off (a test cluster is
+/// thrown away, and fsync=off still survives a server crash, only not an OS crash).
+const SETTINGS: &[(&str, &str)] = &[
+    ("listen_addresses", "'127.0.0.1'"),
+    ("wal_level", "logical"),
+    ("max_replication_slots", "32"),
+    ("max_wal_senders", "32"),
+    ("max_connections", "200"),
+    ("fsync", "off"),
+    ("full_page_writes", "off"),
+    ("synchronous_commit", "off"),
+    ("shared_buffers", "128MB"),
+    ("log_min_messages", "warning"),
+    ("timezone", "'UTC'"),
+];
+
+impl PgCluster {
+    /// Creates and starts a new cluster on a free loopback port; `extra` settings are appended to
+    /// its configuration (e.g. `("max_slot_wal_keep_size", "64MB")`).
+    pub fn start(extra: &[(&str, &str)]) -> Result<PgCluster, ClusterError> {
+        let bins = PgBinaries::find()?;
+        let owner = server_owner()?;
+        let root = std::env::temp_dir().join(format!(
+            "walpoints-pg-{}-{}",
+            std::process::id(),
+            CLUSTER_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
+            .map_err(io("chmod cluster dir"))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&root, Some(uid), Some(gid))
+                .map_err(io("chown cluster dir"))?;
+        }
+        let mut cluster = PgCluster {
+            bins,
+            root,
+            port: 0,
+            owner,
+        };
+        let template = cluster.template()?;
+        cluster.run(
+            Command::new("cp")
+                .arg("-a")
+                .arg(&template)
+                .arg(cluster.data_dir()),
+        )?;
+        let mut conf = String::from("\n# walpoints throwaway cluster\n");
+        for (k, v) in SETTINGS.iter().chain(extra) {
+            conf.push_str(&format!("{k} = {v}\n"));
+        }
+        conf.push_str(&format!(
+            "unix_socket_directories = '{}'\ninclude_if_exists = 'walpoints_port.conf'\n",
+            cluster.root.display()
+        ));
+        append(&cluster.data_dir().join("postgresql.conf"), &conf)?;
+        let mut last = None;
+        for _ in 0..5 {
+            cluster.port = free_port()?;
+            cluster.write_as_owner(
+                &cluster.data_dir().join("walpoints_port.conf"),
+                &format!("port = {}\n", cluster.port),
+            )?;
+            match cluster.start_again() {
+                Ok(()) => return Ok(cluster),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(ClusterError::NoBinaries))
+    }
+
+    /// The loopback port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A superuser URL for database `db` (trust authentication, no TLS).
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// The server binaries this cluster runs.
+    pub fn binaries(&self) -> &PgBinaries {
+        &self.bins
+    }
+
+    /// The data directory (for reading the log or editing the configuration).
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// Appends settings to the configuration; they apply at the next start (or reload).
+    pub fn configure(&self, settings: &[(&str, &str)]) -> Result<(), ClusterError> {
+        let mut conf = String::new();
+        for (k, v) in settings {
+            conf.push_str(&format!("{k} = {v}\n"));
+        }
+        append(&self.data_dir().join("postgresql.conf"), &conf)
+    }
+
+    /// Starts the server again after [`stop`](Self::stop) or [`kill9`](Self::kill9); waits until
+    /// it accepts connections (crash recovery included).
+    pub fn start_again(&self) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let result = self.pg_ctl(&[
+                OsStr::new("start"),
+                OsStr::new("-w"),
+                OsStr::new("-t"),
+                OsStr::new("60"),
+                OsStr::new("-l"),
+                self.root.join("server.log").as_os_str(),
+            ]);
+            match result {
+                Ok(()) => return Ok(()),
+                // Backends orphaned by a kill -9 can hold the old shared memory for a moment.
+                Err(e) if Instant::now() < deadline && self.log_tail().contains("shared memory") => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast|immediate`) and waits until it is down.
+    pub fn stop(&self, mode: StopMode) -> Result<(), ClusterError> {
+        let mode = match mode {
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
+        };
+        self.pg_ctl(&[
+            OsStr::new("stop"),
+            OsStr::new("-w"),
+            OsStr::new("-m"),
+            OsStr::new(mode),
+        ])
+    }
+
+    /// Sends SIGKILL to the postmaster, as an OOM killer or a careless operator would, and waits
+    /// until it is gone. Its backends notice and exit on their own.
+    pub fn kill9(&self) -> Result<(), ClusterError> {
+        let Some(pid) = self.postmaster_pid() else {
+            return Ok(());
+        };
+        // A pid read from our own cluster's postmaster.pid.
+        send_signal(pid, libc::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while process_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// The postmaster's pid, if the server is running.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let text = fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
+        let pid = text.lines().next()?.trim().parse().ok()?;
+        process_alive(pid).then_some(pid)
+    }
+
+    /// The last lines of the server log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = fs::read_to_string(self.root.join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    fn pg_ctl(&self, args: &[&OsStr]) -> Result<(), ClusterError> {
+        self.run(
+            Command::new(self.bins.program("pg_ctl"))
+                .arg("-D")
+                .arg(self.data_dir())
+                .args(args),
+        )
+    }
+
+    /// Runs `cmd` as the server's OS user, in the cluster's directory.
+    fn run(&self, cmd: &mut Command) -> Result<(), ClusterError> {
+        run_as(cmd, self.owner, &self.root).map_err(|e| match e {
+            ClusterError::Command {
+                command,
+                status,
+                output,
+            } => ClusterError::Command {
+                command,
+                status,
+                output: format!("{output}\n--- server log ---\n{}", self.log_tail()),
+            },
+            other => other,
+        })
+    }
+
+    fn write_as_owner(&self, path: &Path, text: &str) -> Result<(), ClusterError> {
+        fs::write(path, text).map_err(io(format!("writing {}", path.display())))?;
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io("chown"))?;
+        }
+        Ok(())
+    }
+
+    /// The shared, initdb'ed template data directory, made once per machine, version and owner.
+    fn template(&self) -> Result<PathBuf, ClusterError> {
+        let uid = self.owner.map_or(0, |(u, _)| u);
+        let base = std::env::temp_dir().join(format!(
+            "walpoints-pg-template-{}-{uid}",
+            self.bins.major
+        ));
+        let template = base.join("data");
+        if template.join("PG_VERSION").is_file() {
+            return Ok(template);
+        }
+        fs::create_dir_all(&base).map_err(io("creating template dir"))?;
+        fs::set_permissions(&base, fs::Permissions::from_mode(0o755)).map_err(io("chmod"))?;
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(&base, Some(uid), Some(gid)).map_err(io("chown"))?;
+        }
+        let lock = File::create(base.join("lock")).map_err(io("creating template lock"))?;
+        lock.lock().map_err(io("locking template"))?;
+        if template.join("PG_VERSION").is_file() {
+            return Ok(template);
+        }
+        let staging = base.join(format!("staging-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&staging);
+        run_as(
+            Command::new(self.bins.program("initdb"))
+                .arg("-D")
+                .arg(&staging)
+                .args([
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                    "--no-sync",
+                ]),
+            self.owner,
+            &base,
+        )?;
+        fs::rename(&staging, &template).map_err(io("publishing template"))?;
+        Ok(template)
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if self.stop(StopMode::Immediate).is_err() {
+            let _ = self.kill9();
+        }
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+/// The uid/gid the server must run as: ourselves unless we are root, then `postgres` or `nobody`.
+fn server_owner() -> Result<Option<(u32, u32)>, ClusterError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let passwd = fs::read_to_string("/etc/passwd").map_err(io("reading /etc/passwd"))?;
+    let find = |name: &str| {
+        passwd.lines().find_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            (f.len() > 3 && f[0] == name)
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+                .flatten()
+        })
+    };
+    Ok(Some(find("postgres").or_else(|| find("nobody")).ok_or(
+        ClusterError::Io {
+            what: "running as root and no `postgres` or `nobody` user to run the server as".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        },
+    )?))
+}
+
+fn run_as(cmd: &mut Command, owner: Option<(u32, u32)>, cwd: &Path) -> Result<(), ClusterError> {
+    if let Some((uid, gid)) = owner {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd.current_dir(cwd)
+        .stdin(Stdio::null())
+        .env("LC_ALL", "C")
+        .env_remove("PGDATA");
+    let described = format!("{cmd:?}");
+    let out = cmd.output().map_err(io(format!("running {described}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(ClusterError::Command {
+            command: described,
+            status: out.status.to_string(),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        })
+    }
+}
+
+fn append(path: &Path, text: &str) -> Result<(), ClusterError> {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(io(format!("opening {}", path.display())))?;
+    f.write_all(text.as_bytes())
+        .map_err(io(format!("writing {}", path.display())))
+}
+
+fn free_port() -> Result<u16, ClusterError> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
+    Ok(listener
+        .local_addr()
+        .map_err(io("finding a free port"))?
+        .port())
+}
+
+/// True while `pid` exists and is not a zombie (a killed postmaster may linger as one when no
+/// init process reaps it).
+fn process_alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+fn send_signal(pid: i32, signal: i32) {
+    // SAFETY: kill(2) takes plain integers and has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}

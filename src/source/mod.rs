@@ -1,0 +1,560 @@
+//! The replication source: a pgoutput stream from a logical slot, as whole decoded transactions.
+//!
+//! Transport is pgwire-replication; this module adds what walpoints needs on top:
+//! - it decodes each XLogData payload with our own pure [`crate::pgoutput`] decoder and keeps the
+//!   relation cache, so a change always comes with the table's current shape;
+//! - it yields changes in commit order, grouped by transaction, with the commit timestamp known
+//!   from the first change on (pgoutput sends it in Begin);
+//! - it acknowledges to the slot only the LSN the caller says is durable ([`ReplicationSource::ack`]),
+//!   while the transport keeps standby feedback flowing on its own, so a busy caller never trips
+//!   `wal_sender_timeout`;
+//! - every failure is a [`SourceError`] that says whether reconnecting can help.
+//!
+//! Administrative commands (publication, slot, system identifier) run over the same replication
+//! protocol connection as SQL, which PostgreSQL allows on a `replication=database` session; that
+//! keeps TLS and authentication in one place.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent};
+
+use crate::change::{Op, RowChange, Transaction, TxBegin, TxCommit};
+use crate::config::{quote_ident, ConnUrl, SslMode, TableName};
+use crate::lsn::Lsn;
+use crate::pgoutput::{self, DecodeError, Message, RelationCache, RelationError};
+
+/// A failure of the change stream, split by what the caller must do.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The connection broke or the server is restarting: back off, reconnect from the last
+    /// durable LSN; nothing was acknowledged past it.
+    #[error("source connection failed (will retry): {0}")]
+    Transient(String),
+    /// Retrying cannot help (authentication, missing slot or publication, permissions): stop and
+    /// tell the operator.
+    #[error("source refused: {0}")]
+    Definite(String),
+    /// The server sent bytes that are not valid pgoutput: a bug or corruption; stop.
+    #[error("undecodable pgoutput message at {lsn}: {source}")]
+    Decode {
+        /// Where in the WAL the message came from.
+        lsn: Lsn,
+        /// What was wrong with it.
+        source: DecodeError,
+    },
+    /// A change names a relation the stream never described: the decoder and the server
+    /// disagree, so nothing after it can be trusted; stop.
+    #[error("inconsistent stream at {lsn}: {source}")]
+    Relation {
+        /// Where in the WAL the change came from.
+        lsn: Lsn,
+        /// What was inconsistent.
+        source: RelationError,
+    },
+    /// A commit timestamp out of range (PostgreSQL's `infinity`); never a real commit.
+    #[error("commit at {lsn} has an impossible timestamp {raw}")]
+    BadTimestamp {
+        /// The transaction's commit LSN.
+        lsn: Lsn,
+        /// The raw pgoutput timestamp.
+        raw: i64,
+    },
+}
+
+impl SourceError {
+    /// True when reconnecting and resuming from the last durable LSN may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SourceError::Transient(_))
+    }
+}
+
+impl From<PgWireError> for SourceError {
+    fn from(e: PgWireError) -> Self {
+        let text = e.to_string();
+        // Server errors carry their SQLSTATE; these mean "not now", not "never".
+        const RETRY_STATES: &[&str] = &[
+            "SQLSTATE 08",    // connection exceptions
+            "SQLSTATE 57P01", // admin_shutdown
+            "SQLSTATE 57P02", // crash_shutdown
+            "SQLSTATE 57P03", // cannot_connect_now (starting up, recovering)
+            "SQLSTATE 53300", // too_many_connections
+            "SQLSTATE 55006", // object_in_use: the slot is held by another session for now
+        ];
+        if e.is_transient() || (e.is_server() && RETRY_STATES.iter().any(|s| text.contains(s))) {
+            SourceError::Transient(text)
+        } else {
+            SourceError::Definite(text)
+        }
+    }
+}
+
+/// Where and how to stream from.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// The source database.
+    pub url: ConnUrl,
+    /// The logical slot to stream from.
+    pub slot: String,
+    /// The publication whose tables the slot decodes.
+    pub publication: String,
+    /// Stream transactions that commit after this LSN (`0/0`: from the slot's confirmed position).
+    pub start_lsn: Lsn,
+    /// What the slot is told is durable until [`ReplicationSource::ack`] says more. `0/0` never
+    /// moves the slot (the server ignores an invalid flush position).
+    pub durable_lsn: Lsn,
+    /// Create the slot as a temporary slot on this session: it vanishes when the session ends.
+    pub temporary_slot: bool,
+    /// `application_name`, shown in `pg_stat_replication`.
+    pub application_name: String,
+}
+
+/// One item of the change stream, in WAL order.
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// A transaction starts; its commit LSN and time are already known.
+    Begin(TxBegin),
+    /// A row change (or a truncation) inside the current transaction.
+    Change(RowChange),
+    /// A transactional logical message (`pg_logical_emit_message(true, ...)`), such as
+    /// walpoints' own heartbeat.
+    Message {
+        /// The message's prefix, which says who sent it.
+        prefix: String,
+        /// Its payload.
+        content: Bytes,
+    },
+    /// The current transaction committed.
+    Commit(TxCommit),
+    /// The server has nothing more right now; everything before `wal_end` has been sent.
+    Idle {
+        /// The server's sent position.
+        wal_end: Lsn,
+    },
+}
+
+/// A live replication session on one slot.
+pub struct ReplicationSource {
+    client: ReplicationClient,
+    relations: RelationCache,
+    system_id: String,
+    in_tx: Option<TxBegin>,
+    /// Changes decoded but not yet handed out (a TRUNCATE of several tables yields several).
+    pending: VecDeque<RowChange>,
+}
+
+impl std::fmt::Debug for ReplicationSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationSource")
+            .field("system_id", &self.system_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Session settings pinned on every replication connection, so values arrive in the text forms
+/// the value parser expects, whatever the server's defaults.
+const SESSION_OPTIONS: &str =
+    "-c datestyle=ISO,MDY -c timezone=UTC -c intervalstyle=postgres -c extra_float_digits=3";
+
+fn replication_config(url: &ConnUrl, slot: &str, publication: &str) -> ReplicationConfig {
+    let mut tls = pgwire_replication::TlsConfig::disabled();
+    tls.mode = match url.sslmode {
+        SslMode::Disable => pgwire_replication::SslMode::Disable,
+        SslMode::Prefer => pgwire_replication::SslMode::Prefer,
+        SslMode::Require => pgwire_replication::SslMode::Require,
+        SslMode::VerifyCa => pgwire_replication::SslMode::VerifyCa,
+        SslMode::VerifyFull => pgwire_replication::SslMode::VerifyFull,
+    };
+    tls.ca_pem_path = url.sslrootcert.clone();
+    ReplicationConfig::new(
+        url.host.clone(),
+        url.user.clone(),
+        url.password
+            .as_ref()
+            .map(|p| p.expose().to_owned())
+            .unwrap_or_default(),
+        url.dbname.clone(),
+        slot,
+        publication,
+    )
+    .with_port(url.port)
+    .with_tls(tls)
+    .with_options(SESSION_OPTIONS)
+}
+
+/// A replication-protocol session that has not started streaming: runs SQL and replication
+/// commands (IDENTIFY_SYSTEM, CREATE_REPLICATION_SLOT) for setup and teardown.
+pub struct AdminSession {
+    client: ReplicationClient,
+}
+
+impl AdminSession {
+    /// Connects and authenticates; `slot`/`publication` only matter if this session later
+    /// streams.
+    pub async fn connect(url: &ConnUrl, application_name: &str) -> Result<Self, SourceError> {
+        let cfg = replication_config(url, "unused", "unused")
+            .with_application_name(application_name.to_owned());
+        let client = ReplicationClient::connect_gated(cfg).await?;
+        Ok(AdminSession { client })
+    }
+
+    /// Runs one statement and returns its rows as text (NULL as `None`).
+    pub async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, SourceError> {
+        let rows = self.client.simple_query(sql).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|c| c.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// The cluster's system identifier: a changed one means the source was replaced
+    /// (restored, failed over to a different cluster), and the slot's LSNs no longer apply.
+    pub async fn system_id(&mut self) -> Result<String, SourceError> {
+        Ok(self.client.identify_system().await?.system_id)
+    }
+
+    /// Creates `name` FOR TABLE `tables` unless a publication of that name exists.
+    pub async fn ensure_publication(
+        &mut self,
+        name: &str,
+        tables: &[TableName],
+    ) -> Result<(), SourceError> {
+        let exists = self
+            .query(&format!(
+                "SELECT 1 FROM pg_publication WHERE pubname = {}",
+                quote_literal(name)
+            ))
+            .await?;
+        if exists.is_empty() {
+            let list: Vec<String> = tables.iter().map(ToString::to_string).collect();
+            self.query(&format!(
+                "CREATE PUBLICATION {} FOR TABLE {}",
+                quote_ident(name),
+                list.join(", ")
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Drops the publication if it exists.
+    pub async fn drop_publication(&mut self, name: &str) -> Result<(), SourceError> {
+        self.query(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name)))
+            .await?;
+        Ok(())
+    }
+
+    /// The slot's state, or `None` when there is no such slot.
+    pub async fn slot(&mut self, name: &str) -> Result<Option<SlotInfo>, SourceError> {
+        let rows = self
+            .query(&format!(
+                "SELECT plugin, slot_type, confirmed_flush_lsn::text, restart_lsn::text, \
+                 wal_status, active_pid::text FROM pg_replication_slots WHERE slot_name = {}",
+                quote_literal(name)
+            ))
+            .await?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        let lsn = |i: usize| row.get(i).cloned().flatten().and_then(|s| s.parse().ok());
+        Ok(Some(SlotInfo {
+            plugin: row.first().cloned().flatten().unwrap_or_default(),
+            logical: row.get(1).cloned().flatten().as_deref() == Some("logical"),
+            confirmed_flush_lsn: lsn(2),
+            restart_lsn: lsn(3),
+            wal_status: row.get(4).cloned().flatten(),
+            active_pid: row.get(5).cloned().flatten().and_then(|s| s.parse().ok()),
+        }))
+    }
+
+    /// Creates a permanent pgoutput slot and returns its consistent point: the first LSN whose
+    /// commits it will stream.
+    pub async fn create_slot(&mut self, name: &str) -> Result<Lsn, SourceError> {
+        let rows = self
+            .query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+                quote_ident(name)
+            ))
+            .await?;
+        consistent_point(rows)
+    }
+
+    /// Drops the slot if it exists (waiting for a session that holds it to let go).
+    pub async fn drop_slot(&mut self, name: &str) -> Result<(), SourceError> {
+        if self.slot(name).await?.is_some() {
+            self.query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_ident(name)))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// What `pg_replication_slots` says of one slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// Output plugin; walpoints needs `pgoutput`.
+    pub plugin: String,
+    /// False for a physical slot.
+    pub logical: bool,
+    /// Everything before this is acknowledged and will not be streamed again.
+    pub confirmed_flush_lsn: Option<Lsn>,
+    /// The oldest WAL the slot keeps.
+    pub restart_lsn: Option<Lsn>,
+    /// `reserved`, `extended`, `unreserved` or `lost` (the slot can no longer stream).
+    pub wal_status: Option<String>,
+    /// The walsender holding the slot, if any.
+    pub active_pid: Option<i32>,
+}
+
+fn consistent_point(rows: Vec<Vec<Option<String>>>) -> Result<Lsn, SourceError> {
+    rows.into_iter()
+        .next()
+        .and_then(|r| r.get(1).cloned().flatten())
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            SourceError::Definite("CREATE_REPLICATION_SLOT returned no consistent point".into())
+        })
+}
+
+/// Quotes a string as an SQL literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+impl ReplicationSource {
+    /// Connects, (for a temporary slot) creates the slot on this very session, and starts
+    /// streaming at `opts.start_lsn`.
+    pub async fn start(opts: &SourceOptions) -> Result<Self, SourceError> {
+        let cfg = replication_config(&opts.url, &opts.slot, &opts.publication)
+            .with_application_name(opts.application_name.clone())
+            .with_start_lsn(to_wire(opts.start_lsn))
+            .with_ack_lsn(to_wire(opts.durable_lsn))
+            .with_status_interval(Duration::from_secs(1))
+            .with_wakeup_interval(Duration::from_secs(1));
+        let mut client = ReplicationClient::connect_gated(cfg).await?;
+        let system_id = client.identify_system().await?.system_id;
+        if opts.temporary_slot {
+            client
+                .simple_query(&format!(
+                    "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+                    quote_ident(&opts.slot)
+                ))
+                .await?;
+        }
+        client.start().await?;
+        client.wait_started().await?;
+        Ok(ReplicationSource {
+            client,
+            relations: RelationCache::default(),
+            system_id,
+            in_tx: None,
+            pending: VecDeque::new(),
+        })
+    }
+
+    /// The source cluster's system identifier, read on this session before streaming.
+    pub fn system_id(&self) -> &str {
+        &self.system_id
+    }
+
+    /// Tells the slot that everything up to `lsn` is durable on our side, so the server may
+    /// recycle that WAL and will not stream it again. Call only after the store committed it.
+    pub fn ack(&self, lsn: Lsn) {
+        self.client.update_applied_lsn(to_wire(lsn));
+    }
+
+    /// Ends the stream cleanly (CopyDone); a temporary slot goes with the session.
+    pub async fn stop(mut self) -> Result<(), SourceError> {
+        self.client.shutdown().await?;
+        Ok(())
+    }
+
+    /// The next item of the stream; `Ok(None)` when the server ended it.
+    pub async fn next_event(&mut self) -> Result<Option<StreamEvent>, SourceError> {
+        loop {
+            if let Some(change) = self.pending.pop_front() {
+                return Ok(Some(StreamEvent::Change(change)));
+            }
+            let Some(event) = self.client.recv().await? else {
+                return Ok(None);
+            };
+            match event {
+                ReplicationEvent::Begin {
+                    final_lsn,
+                    xid,
+                    commit_time_micros,
+                } => {
+                    let commit_lsn = from_wire(final_lsn);
+                    let begin = TxBegin {
+                        xid,
+                        commit_lsn,
+                        commit_time: unix_time(commit_lsn, commit_time_micros)?,
+                    };
+                    self.in_tx = Some(begin.clone());
+                    return Ok(Some(StreamEvent::Begin(begin)));
+                }
+                ReplicationEvent::Commit {
+                    lsn,
+                    end_lsn,
+                    commit_time_micros,
+                } => {
+                    self.in_tx = None;
+                    let commit_lsn = from_wire(lsn);
+                    return Ok(Some(StreamEvent::Commit(TxCommit {
+                        commit_lsn,
+                        end_lsn: from_wire(end_lsn),
+                        commit_time: unix_time(commit_lsn, commit_time_micros)?,
+                    })));
+                }
+                ReplicationEvent::Message {
+                    transactional,
+                    prefix,
+                    content,
+                    ..
+                } => {
+                    if transactional {
+                        return Ok(Some(StreamEvent::Message { prefix, content }));
+                    }
+                }
+                ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    if self.in_tx.is_none() {
+                        return Ok(Some(StreamEvent::Idle {
+                            wal_end: from_wire(wal_end),
+                        }));
+                    }
+                }
+                ReplicationEvent::XLogData {
+                    wal_start, data, ..
+                } => {
+                    self.decode(from_wire(wal_start), &data)?;
+                }
+                ReplicationEvent::StoppedAt { .. } => return Ok(None),
+            }
+        }
+    }
+
+    /// The next whole transaction, in commit order; `Ok(None)` when the stream ended.
+    pub async fn next_transaction(&mut self) -> Result<Option<Transaction>, SourceError> {
+        let mut tx: Option<Transaction> = None;
+        loop {
+            match self.next_event().await? {
+                None => return Ok(None),
+                Some(StreamEvent::Begin(b)) => tx = Some(Transaction::new(b)),
+                Some(StreamEvent::Change(c)) => {
+                    if let Some(t) = tx.as_mut() {
+                        t.changes.push(c);
+                    }
+                }
+                Some(StreamEvent::Message { prefix, content }) => {
+                    if let Some(t) = tx.as_mut() {
+                        t.messages.push((prefix, content));
+                    }
+                }
+                Some(StreamEvent::Commit(c)) => {
+                    if let Some(mut t) = tx.take() {
+                        t.end_lsn = c.end_lsn;
+                        t.commit_time = c.commit_time;
+                        return Ok(Some(t));
+                    }
+                }
+                Some(StreamEvent::Idle { .. }) => {}
+            }
+        }
+    }
+
+    /// Decodes one XLogData payload into `pending`; relation messages update the cache and
+    /// yield nothing.
+    fn decode(&mut self, lsn: Lsn, data: &Bytes) -> Result<(), SourceError> {
+        let message = pgoutput::decode(data).map_err(|source| SourceError::Decode { lsn, source })?;
+        let relation = |cache: &RelationCache, oid| {
+            cache
+                .get(oid)
+                .cloned()
+                .map_err(|source| SourceError::Relation { lsn, source })
+        };
+        let change = match message {
+            Message::Relation(r) => {
+                self.relations.update(r);
+                return Ok(());
+            }
+            Message::Insert(m) => RowChange {
+                lsn,
+                relation: relation(&self.relations, m.relation_oid)?,
+                op: Op::Insert,
+                new: Some(m.new),
+                old: None,
+                key: None,
+            },
+            Message::Update(m) => {
+                let (old, key) = split_old(m.old);
+                RowChange {
+                    lsn,
+                    relation: relation(&self.relations, m.relation_oid)?,
+                    op: Op::Update,
+                    new: Some(m.new),
+                    old,
+                    key,
+                }
+            }
+            Message::Delete(m) => {
+                let (old, key) = split_old(Some(m.old));
+                RowChange {
+                    lsn,
+                    relation: relation(&self.relations, m.relation_oid)?,
+                    op: Op::Delete,
+                    new: None,
+                    old,
+                    key,
+                }
+            }
+            Message::Truncate(m) => {
+                // One change per truncated table, in the order the server lists them.
+                for oid in m.relation_oids {
+                    self.pending.push_back(RowChange {
+                        lsn,
+                        relation: relation(&self.relations, oid)?,
+                        op: Op::Truncate,
+                        new: None,
+                        old: None,
+                        key: None,
+                    });
+                }
+                return Ok(());
+            }
+            Message::Begin(_)
+            | Message::Commit(_)
+            | Message::Origin(_)
+            | Message::Type(_)
+            | Message::LogicalMessage(_) => return Ok(()),
+        };
+        self.pending.push_back(change);
+        Ok(())
+    }
+}
+
+fn split_old(
+    old: Option<pgoutput::OldTuple>,
+) -> (Option<pgoutput::TupleData>, Option<pgoutput::TupleData>) {
+    match old {
+        Some(pgoutput::OldTuple::Full(t)) => (Some(t), None),
+        Some(pgoutput::OldTuple::Key(t)) => (None, Some(t)),
+        None => (None, None),
+    }
+}
+
+fn unix_time(lsn: Lsn, raw: i64) -> Result<i64, SourceError> {
+    pgoutput::pg_to_unix_micros(raw).ok_or(SourceError::BadTimestamp { lsn, raw })
+}
+
+fn to_wire(lsn: Lsn) -> pgwire_replication::Lsn {
+    pgwire_replication::Lsn(lsn.0)
+}
+
+fn from_wire(lsn: pgwire_replication::Lsn) -> Lsn {
+    Lsn(lsn.0)
+}

@@ -1,0 +1,223 @@
+//! Shared harness for the integration tests: a throwaway PostgreSQL per test (or the server that
+//! `WALPOINTS_TEST_PG_URL` names), a database of the test's own, and the `walpoints` binary.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use walpoints::pgcluster::PgCluster;
+
+/// A database of the test's own on a throwaway cluster (or on `WALPOINTS_TEST_PG_URL`).
+pub struct TestDb {
+    /// The cluster, when the test started one (None with `WALPOINTS_TEST_PG_URL`).
+    pub cluster: Option<PgCluster>,
+    /// Superuser URL of the database `postgres`.
+    pub admin_url: String,
+    /// This test's database.
+    pub name: String,
+    /// URL of this test's database.
+    pub url: String,
+}
+
+impl TestDb {
+    /// Starts a cluster (unless the environment names one) and creates database `name_<n>`.
+    pub async fn new(name: &str) -> TestDb {
+        let (cluster, admin_url) = match std::env::var("WALPOINTS_TEST_PG_URL") {
+            Ok(url) => (None, url),
+            Err(_) => {
+                let cluster = PgCluster::start(&[]).expect("start a throwaway PostgreSQL");
+                let url = cluster.url("postgres");
+                (Some(cluster), url)
+            }
+        };
+        let name = format!("{name}_{}", std::process::id());
+        let admin = connect(&admin_url).await;
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            admin.simple_query(&sql).await.expect("create the test database");
+        }
+        let url = with_db(&admin_url, &name);
+        TestDb {
+            cluster,
+            admin_url,
+            name,
+            url,
+        }
+    }
+
+    /// A SQL session on the test database, in UTC with ISO dates.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let c = connect(&self.url).await;
+        c.batch_execute("SET timezone = 'UTC'; SET datestyle = 'ISO, MDY'")
+            .await
+            .unwrap();
+        c
+    }
+
+    /// The walpoints binary, pointed at this database.
+    pub fn walpoints(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_walpoints"));
+        cmd.env("WALPOINTS_SOURCE_URL", &self.url)
+            .env("WALPOINTS_CONFIG", "/dev/null")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        cmd
+    }
+}
+
+/// `url` with its database replaced by `db`.
+pub fn with_db(url: &str, db: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+/// Connects with tokio-postgres and drives the connection in the background.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to the test server: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// A running child process whose stdout lines arrive on a channel.
+pub struct Running {
+    /// The process.
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Running {
+    /// Spawns `cmd` with stdout and stderr captured.
+    pub fn spawn(mut cmd: Command) -> Running {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn walpoints");
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Running {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// Collects `n` stdout lines, failing the test after `timeout`.
+    pub fn lines(&self, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => out.push(line),
+                Err(_) => panic!(
+                    "got {} of {n} lines within {timeout:?}; stderr:\n{}",
+                    out.len(),
+                    self.stderr()
+                ),
+            }
+        }
+        out
+    }
+
+    /// All remaining stdout lines once the process has exited.
+    pub fn rest(&self) -> Vec<String> {
+        self.lines.iter().collect()
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for the process to exit, failing the test after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("process did not exit within {timeout:?}; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal (e.g. `libc::SIGINT`) to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with plain integers; the pid is our own child's.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it returns true, failing the test with `what` after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until a walpoints tail slot is streaming on the test database.
+pub async fn wait_for_active_tail_slot(db: &TestDb) {
+    let client = db.client().await;
+    eventually("tail's slot to become active", Duration::from_secs(30), || async {
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'walpoints_tail%' AND active AND database = current_database()",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) > 0)
+            .unwrap_or(false)
+    })
+    .await;
+}
