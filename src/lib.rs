@@ -2,4 +2,5 @@
 
 pub mod lsn;
 pub mod pgoutput;
+pub mod points;
 pub mod value;

@@ -1,0 +1,384 @@
+//! The points rules: a pure, deterministic engine that turns domain events, in
+//! commit order, into ledger entries.
+//!
+//! Pure means no I/O, no clock and no randomness: time is the source's commit
+//! time (and trade rows' own timestamps), so replaying the same transactions
+//! from the same [`State`] always yields the same entries, which is what lets
+//! the daemon restart from a checkpoint and still write each entry exactly
+//! once, identified by (commit LSN, [`LedgerEntry::ordinal`]).
+//!
+//! One call per source transaction: [`Engine::apply_transaction`]. In order it
+//! 1. advances stream time to max(stream time, commit time) (never backwards),
+//! 2. when that crosses UTC hour boundaries, settles one holding segment per
+//!    open position per boundary (ordered by boundary, then position id),
+//! 3. applies each event at the new stream time, in order.
+//!
+//! A failing event (overflow, negative price) is reported in
+//! [`TxOutcome::errors`] for dead-lettering and leaves no trace: no entries,
+//! no state or award-book change, no counter change. See the README section
+//! "Points rules" for the rules in plain words, and each submodule for how
+//! each rule is evaluated and which ambiguities were resolved how.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+mod award;
+mod epoch;
+mod error;
+mod event;
+mod holding;
+mod ledger;
+mod pnl;
+mod referral;
+mod rules;
+mod serde_dec;
+mod state;
+mod trading;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+pub use award::{AddedVolume, Award, AwardBook, AwardedEntry, MemoryAwardBook, TradeFacts};
+pub use epoch::{
+    floor_hour, parse_duration, parse_rfc3339, EpochCalendar, EpochId, MICROS_PER_DAY,
+    MICROS_PER_HOUR, MICROS_PER_SECOND,
+};
+pub use error::{EventError, StreamError};
+pub use event::{Event, Position, PositionStatus, ReferralLink, Trade, TxEvents};
+pub use ledger::{fold_totals, round_points, EntryKind, LedgerEntry, Totals};
+pub use rules::{
+    EpochRules, HoldingRules, PnlRules, ReferralRules, RuleSet, RulesError, Tier, TradingRules,
+};
+pub use state::{OpenPositionRow, PositionRow, ReferralRow, State, StateDelta, VolumeRow};
+
+/// Most hour boundaries one transaction may cross while positions are open
+/// (366 days). Each crossed hour writes one entry per open position, so a
+/// corrupt commit timestamp years ahead must stop the stream rather than
+/// try to write billions of entries.
+pub const MAX_SETTLED_HOURS_PER_TX: i64 = 366 * 24;
+
+/// Lowercases an address only when needed, because addresses are compared
+/// case-insensitively and stored lowercase, and most already are.
+pub fn normalize_address(a: &str) -> Cow<'_, str> {
+    if a.chars().any(char::is_uppercase) {
+        Cow::Owned(a.to_lowercase())
+    } else {
+        Cow::Borrowed(a)
+    }
+}
+
+/// Per-transaction counts of decisions that produce no entry (or are worth a
+/// metric), so the daemon can expose them without re-deriving the rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Eligible fills awarded (fresh or as a correction).
+    pub fills_awarded: u64,
+    /// Fills with taker = maker: earn nothing.
+    pub self_trades: u64,
+    /// Fills involving an excluded (system) address: earn nothing.
+    pub excluded_fills: u64,
+    /// Fills below `trading.min_notional`: earn nothing.
+    pub below_min_notional: u64,
+    /// Fills timed before genesis: earn nothing.
+    pub before_genesis: u64,
+    /// Trade updates that changed a points-relevant column.
+    pub trade_corrections: u64,
+    /// Trade deletes that reversed an award.
+    pub trade_deletes: u64,
+    /// Trade updates that changed nothing points-relevant.
+    pub trade_updates_unchanged: u64,
+    /// Updates of trades the engine never saw: ignored.
+    pub unknown_trade_updates: u64,
+    /// Deletes of trades the engine never saw: nothing to reverse.
+    pub unknown_trade_deletes: u64,
+    /// Referral links that took effect (bind or allowed rebind).
+    pub referrals_bound: u64,
+    /// Referees unbound by a delete.
+    pub referrals_unbound: u64,
+    /// Rejected: referee = referrer.
+    pub referral_rejected_self: u64,
+    /// Rejected: the link would close a cycle.
+    pub referral_rejected_cycle: u64,
+    /// Ignored: a second referrer for a bound referee without `allow_rebind`.
+    pub referral_rebind_ignored: u64,
+    /// Holding entries written.
+    pub holding_segments: u64,
+    /// PnL entries written.
+    pub pnl_awards: u64,
+    /// Events reported in [`TxOutcome::errors`].
+    pub events_failed: u64,
+}
+
+impl Counters {
+    /// Every counter with a stable snake_case name, for metrics labels.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        [
+            ("fills_awarded", self.fills_awarded),
+            ("self_trades", self.self_trades),
+            ("excluded_fills", self.excluded_fills),
+            ("below_min_notional", self.below_min_notional),
+            ("before_genesis", self.before_genesis),
+            ("trade_corrections", self.trade_corrections),
+            ("trade_deletes", self.trade_deletes),
+            ("trade_updates_unchanged", self.trade_updates_unchanged),
+            ("unknown_trade_updates", self.unknown_trade_updates),
+            ("unknown_trade_deletes", self.unknown_trade_deletes),
+            ("referrals_bound", self.referrals_bound),
+            ("referrals_unbound", self.referrals_unbound),
+            ("referral_rejected_self", self.referral_rejected_self),
+            ("referral_rejected_cycle", self.referral_rejected_cycle),
+            ("referral_rebind_ignored", self.referral_rebind_ignored),
+            ("holding_segments", self.holding_segments),
+            ("pnl_awards", self.pnl_awards),
+            ("events_failed", self.events_failed),
+        ]
+        .into_iter()
+    }
+
+    /// Adds another transaction's counters (saturating), for batch totals.
+    pub fn merge(&mut self, o: &Counters) {
+        let f = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+        f(&mut self.fills_awarded, o.fills_awarded);
+        f(&mut self.self_trades, o.self_trades);
+        f(&mut self.excluded_fills, o.excluded_fills);
+        f(&mut self.below_min_notional, o.below_min_notional);
+        f(&mut self.before_genesis, o.before_genesis);
+        f(&mut self.trade_corrections, o.trade_corrections);
+        f(&mut self.trade_deletes, o.trade_deletes);
+        f(&mut self.trade_updates_unchanged, o.trade_updates_unchanged);
+        f(&mut self.unknown_trade_updates, o.unknown_trade_updates);
+        f(&mut self.unknown_trade_deletes, o.unknown_trade_deletes);
+        f(&mut self.referrals_bound, o.referrals_bound);
+        f(&mut self.referrals_unbound, o.referrals_unbound);
+        f(&mut self.referral_rejected_self, o.referral_rejected_self);
+        f(&mut self.referral_rejected_cycle, o.referral_rejected_cycle);
+        f(&mut self.referral_rebind_ignored, o.referral_rebind_ignored);
+        f(&mut self.holding_segments, o.holding_segments);
+        f(&mut self.pnl_awards, o.pnl_awards);
+        f(&mut self.events_failed, o.events_failed);
+    }
+}
+
+/// An event the engine could not use, with its position in
+/// [`TxEvents::events`] so the daemon can dead-letter the right row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventFailure {
+    /// Index of the event; `None` for a failure while settling holding
+    /// segments (only possible with a state that was edited by hand).
+    pub index: Option<usize>,
+    /// What went wrong.
+    pub error: EventError,
+}
+
+/// Everything one transaction produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TxOutcome {
+    /// The transaction's commit LSN, echoed so that (commit LSN, ordinal)
+    /// can be formed from the outcome alone.
+    pub commit_lsn: u64,
+    /// Entries with ordinals 0..n in this order: holding settlements first
+    /// (by hour boundary, then position id), then each event's entries.
+    pub entries: Vec<LedgerEntry>,
+    /// Decision counts for metrics.
+    pub counters: Counters,
+    /// Events to dead-letter; they contributed nothing.
+    pub errors: Vec<EventFailure>,
+}
+
+/// The rules engine: a validated rule set plus its version. Immutable and
+/// cheap to share; all mutable data lives in [`State`] and the [`AwardBook`].
+#[derive(Debug, Clone)]
+pub struct Engine {
+    rules: RuleSet,
+    compiled: rules::Compiled,
+    version: Arc<str>,
+}
+
+/// Per-call context shared by the rule modules.
+pub(crate) struct Ctx<'a> {
+    pub(crate) rules: &'a RuleSet,
+    pub(crate) compiled: &'a rules::Compiled,
+    pub(crate) version: &'a Arc<str>,
+    /// Stream time after this transaction's advance: the time of every
+    /// position and referral event, and of reversals.
+    pub(crate) now: i64,
+    pub(crate) counters: Counters,
+}
+
+impl Ctx<'_> {
+    pub(crate) fn epoch_of(&self, t: i64) -> Option<EpochId> {
+        self.compiled.calendar.epoch_of(t)
+    }
+
+    pub(crate) fn is_excluded(&self, addr: &str) -> bool {
+        !self.compiled.excluded.is_empty() && self.compiled.excluded.contains(addr)
+    }
+
+    /// A bare entry; callers fill the optional inputs that apply.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn entry(
+        &self,
+        user: &str,
+        epoch: EpochId,
+        kind: EntryKind,
+        points: Decimal,
+        basis: Decimal,
+        multiplier: Decimal,
+        rate: Decimal,
+        event_time: i64,
+    ) -> LedgerEntry {
+        LedgerEntry {
+            ordinal: 0,
+            user: user.to_owned(),
+            epoch,
+            kind,
+            reversal: false,
+            points,
+            basis,
+            multiplier,
+            rate,
+            position_notional: None,
+            trade_id: None,
+            position_id: None,
+            referee: None,
+            segment_start: None,
+            event_time,
+            rules_version: self.version.clone(),
+        }
+    }
+}
+
+impl Engine {
+    /// Validates the rules and precomputes what evaluation needs; the error
+    /// names the bad key.
+    pub fn new(rules: RuleSet) -> Result<Self, RulesError> {
+        let compiled = rules.compile()?;
+        let version = Arc::from(rules.version());
+        Ok(Self {
+            rules,
+            compiled,
+            version,
+        })
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    /// The rules version stamped on every entry.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The epoch of an instant, `None` before genesis; for the daemon's API.
+    pub fn epoch_of(&self, t: i64) -> Option<EpochId> {
+        self.compiled.calendar.epoch_of(t)
+    }
+
+    /// The epoch calendar.
+    pub fn calendar(&self) -> EpochCalendar {
+        self.compiled.calendar
+    }
+
+    /// Applies one source transaction. Returns `Err` only for a problem with
+    /// the transaction as a whole ([`StreamError`]), leaving the state and
+    /// book untouched; per-event problems are in [`TxOutcome::errors`].
+    pub fn apply_transaction<B: AwardBook + ?Sized>(
+        &self,
+        state: &mut State,
+        book: &mut B,
+        tx: &TxEvents,
+    ) -> Result<TxOutcome, StreamError> {
+        let prev = state.stream_time();
+        let now = prev.map_or(tx.commit_time, |p| p.max(tx.commit_time));
+        let mut cx = Ctx {
+            rules: &self.rules,
+            compiled: &self.compiled,
+            version: &self.version,
+            now,
+            counters: Counters::default(),
+        };
+        let mut entries = Vec::new();
+        let mut errors = Vec::new();
+
+        if let Some(p) = prev {
+            let (from_hour, to_hour) = (floor_hour(p), floor_hour(now));
+            if to_hour > from_hour && state.open_positions() > 0 {
+                let hours =
+                    (i128::from(to_hour) - i128::from(from_hour)) / i128::from(MICROS_PER_HOUR);
+                if hours > i128::from(MAX_SETTLED_HOURS_PER_TX) {
+                    return Err(StreamError::TimeJump {
+                        from: p,
+                        to: tx.commit_time,
+                        hours: i64::try_from(hours).unwrap_or(i64::MAX),
+                        open_positions: state.open_positions(),
+                        limit: MAX_SETTLED_HOURS_PER_TX,
+                    });
+                }
+                for error in holding::settle_hours(&mut cx, state, from_hour, to_hour, &mut entries)
+                {
+                    errors.push(EventFailure { index: None, error });
+                }
+            }
+        }
+        state.set_stream_time(now);
+
+        for (i, ev) in tx.events.iter().enumerate() {
+            let mark = entries.len();
+            let saved = cx.counters;
+            let r = match ev {
+                Event::TradeInserted { new } => {
+                    trading::on_insert(&mut cx, state, book, new, &mut entries)
+                }
+                Event::TradeUpdated { old, new } => {
+                    trading::on_update(&mut cx, state, book, old.as_ref(), new, &mut entries)
+                }
+                Event::TradeDeleted { id } => {
+                    trading::on_delete(&mut cx, state, book, id, &mut entries)
+                }
+                Event::PositionInserted { new } => {
+                    holding::on_position(&mut cx, state, None, new, true, &mut entries)
+                }
+                Event::PositionUpdated { old, new } => {
+                    holding::on_position(&mut cx, state, old.as_ref(), new, false, &mut entries)
+                }
+                Event::PositionDeleted { id } => {
+                    holding::on_position_deleted(&mut cx, state, id, &mut entries)
+                }
+                Event::ReferralInserted { new } => referral::on_link(&mut cx, state, None, new),
+                Event::ReferralUpdated { old, new } => {
+                    referral::on_link(&mut cx, state, old.as_ref(), new)
+                }
+                Event::ReferralDeleted { referee, referrer } => {
+                    referral::on_unlink(&mut cx, state, referee, referrer.as_deref());
+                    Ok(())
+                }
+            };
+            if let Err(error) = r {
+                entries.truncate(mark);
+                cx.counters = saved;
+                cx.counters.events_failed += 1;
+                errors.push(EventFailure {
+                    index: Some(i),
+                    error,
+                });
+            }
+        }
+
+        for (k, e) in entries.iter_mut().enumerate() {
+            e.ordinal = u32::try_from(k).unwrap_or(u32::MAX);
+        }
+        Ok(TxOutcome {
+            commit_lsn: tx.commit_lsn,
+            entries,
+            counters: cx.counters,
+            errors,
+        })
+    }
+}

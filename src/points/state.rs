@@ -1,0 +1,462 @@
+//! The engine's persistent state: a plain value the daemon saves with its
+//! checkpoint and loads on restart.
+//!
+//! Memory: with a million users and a million open positions in mind,
+//! addresses are interned once (one shared `Arc<str>` per address) and every
+//! map keys on a 4-byte id. The ids are private and never reach the output
+//! or the serialized form (which uses addresses), so a state rebuilt in any
+//! order behaves identically.
+//!
+//! Deltas: with change tracking on, the state records which keys changed, and
+//! [`State::drain_delta`] hands them over as rows keyed by address, so the
+//! daemon can persist only what changed in a batch; loading is applying one
+//! big delta ([`State::apply_delta`]) to an empty state.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasherDefault;
+use std::sync::Arc;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::epoch::EpochId;
+use super::error::EventError;
+use super::serde_dec::dec;
+
+/// Private handle of an interned address.
+pub(crate) type UserId = u32;
+
+/// A fixed-key SipHash: lookups are hashed (fast with a million users) yet
+/// nothing depends on a random seed, keeping the engine free of randomness.
+type FixedHasher = BuildHasherDefault<DefaultHasher>;
+
+#[derive(Debug, Clone, Default)]
+struct Interner {
+    names: Vec<Arc<str>>,
+    index: HashMap<Arc<str>, UserId, FixedHasher>,
+}
+
+impl Interner {
+    fn get(&self, name: &str) -> Option<UserId> {
+        self.index.get(name).copied()
+    }
+
+    fn intern(&mut self, name: &str) -> Result<UserId, EventError> {
+        if let Some(id) = self.get(name) {
+            return Ok(id);
+        }
+        let id =
+            UserId::try_from(self.names.len()).map_err(|_| EventError::Overflow("user count"))?;
+        let shared: Arc<str> = Arc::from(name);
+        self.names.push(shared.clone());
+        self.index.insert(shared, id);
+        Ok(id)
+    }
+
+    fn name(&self, id: UserId) -> &str {
+        self.names.get(id as usize).map(|s| &**s).unwrap_or("")
+    }
+}
+
+/// An open position as the engine tracks it: enough to integrate holding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OpenPosition {
+    pub(crate) user: UserId,
+    /// |size| × entry price, never negative.
+    pub(crate) notional: Decimal,
+    /// When the notional (or owner) last changed. The current segment
+    /// starts at max(since, start of the current stream hour), so hourly
+    /// settlement never has to write anything back (nothing to persist).
+    pub(crate) since: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Changes {
+    stream_time: bool,
+    volumes: BTreeSet<(UserId, EpochId)>,
+    referrals: BTreeSet<UserId>,
+    positions: BTreeSet<Box<str>>,
+    pnl_paid: Vec<Box<str>>,
+}
+
+/// The rules engine's memory between transactions. See the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    users: Interner,
+    stream_time: Option<i64>,
+    volumes: BTreeMap<(UserId, EpochId), Decimal>,
+    referrer_of: BTreeMap<UserId, UserId>,
+    positions: BTreeMap<Box<str>, OpenPosition>,
+    pnl_paid: BTreeSet<Box<str>>,
+    changes: Option<Changes>,
+}
+
+/// A user's eligible trading volume in one epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRow {
+    /// Address, lowercase.
+    pub user: String,
+    /// Epoch.
+    pub epoch: EpochId,
+    /// Volume; 0 means the row can be deleted.
+    #[serde(with = "dec")]
+    pub volume: Decimal,
+}
+
+/// A referee's binding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReferralRow {
+    /// Address, lowercase.
+    pub referee: String,
+    /// Bound referrer, or `None` when unbound (row can be deleted).
+    pub referrer: Option<String>,
+}
+
+/// An open position's integration state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenPositionRow {
+    /// Owner address, lowercase.
+    pub user: String,
+    /// |size| × entry price.
+    #[serde(with = "dec")]
+    pub notional: Decimal,
+    /// When the notional last changed (µs).
+    pub since: i64,
+}
+
+/// A position id and its open state, or `None` when no longer tracked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PositionRow {
+    /// Position id.
+    pub id: String,
+    /// Open state, or `None` when closed/deleted (row can be deleted).
+    pub open: Option<OpenPositionRow>,
+}
+
+/// State rows keyed by natural keys: both the unit of incremental
+/// persistence and (as a full dump) the serialized form of [`State`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StateDelta {
+    /// Stream time, when it changed (always present in a full dump of a
+    /// state that has seen a transaction).
+    pub stream_time: Option<i64>,
+    /// Changed volumes.
+    pub volumes: Vec<VolumeRow>,
+    /// Changed bindings.
+    pub referrals: Vec<ReferralRow>,
+    /// Changed positions.
+    pub positions: Vec<PositionRow>,
+    /// Positions newly paid PnL (a set that only grows).
+    pub pnl_paid: Vec<String>,
+}
+
+impl StateDelta {
+    /// Whether nothing changed, so the daemon can skip the write.
+    pub fn is_empty(&self) -> bool {
+        self.stream_time.is_none()
+            && self.volumes.is_empty()
+            && self.referrals.is_empty()
+            && self.positions.is_empty()
+            && self.pnl_paid.is_empty()
+    }
+}
+
+impl State {
+    /// An empty state: no stream time yet, nothing known.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts recording changed keys for [`State::drain_delta`]. Off by
+    /// default so a caller that persists whole states does not accumulate
+    /// an ever-growing change set.
+    pub fn enable_change_tracking(&mut self) {
+        if self.changes.is_none() {
+            self.changes = Some(Changes::default());
+        }
+    }
+
+    /// Max commit time seen; `None` before the first transaction.
+    pub fn stream_time(&self) -> Option<i64> {
+        self.stream_time
+    }
+
+    /// Eligible volume of `user` (any case) in `epoch`, for tests and APIs.
+    pub fn volume(&self, user: &str, epoch: EpochId) -> Decimal {
+        let user = super::normalize_address(user);
+        self.users
+            .get(&user)
+            .and_then(|u| self.volumes.get(&(u, epoch)).copied())
+            .unwrap_or(Decimal::ZERO)
+    }
+
+    /// Current referrer of `referee` (any case), lowercase.
+    pub fn referrer_of(&self, referee: &str) -> Option<&str> {
+        let referee = super::normalize_address(referee);
+        let id = self.users.get(&referee)?;
+        self.referrer_of.get(&id).map(|r| self.users.name(*r))
+    }
+
+    /// Number of positions the engine integrates holding for.
+    pub fn open_positions(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// The tracked state of an open position.
+    pub fn open_position(&self, id: &str) -> Option<OpenPositionRow> {
+        self.positions.get(id).map(|p| self.position_row(p))
+    }
+
+    /// Whether a position was already paid PnL (at most once per id).
+    pub fn pnl_paid(&self, position_id: &str) -> bool {
+        self.pnl_paid.contains(position_id)
+    }
+
+    /// Distinct addresses known, for a memory gauge.
+    pub fn user_count(&self) -> usize {
+        self.users.names.len()
+    }
+
+    fn position_row(&self, p: &OpenPosition) -> OpenPositionRow {
+        OpenPositionRow {
+            user: self.users.name(p.user).to_owned(),
+            notional: p.notional,
+            since: p.since,
+        }
+    }
+
+    /// Everything as rows, sorted by key within each list: the full dump.
+    pub fn to_delta(&self) -> StateDelta {
+        let mut volumes: Vec<VolumeRow> = self
+            .volumes
+            .iter()
+            .map(|((u, e), v)| VolumeRow {
+                user: self.users.name(*u).to_owned(),
+                epoch: *e,
+                volume: *v,
+            })
+            .collect();
+        volumes.sort_by(|a, b| (&a.user, a.epoch).cmp(&(&b.user, b.epoch)));
+        let mut referrals: Vec<ReferralRow> = self
+            .referrer_of
+            .iter()
+            .map(|(a, b)| ReferralRow {
+                referee: self.users.name(*a).to_owned(),
+                referrer: Some(self.users.name(*b).to_owned()),
+            })
+            .collect();
+        referrals.sort_by(|a, b| a.referee.cmp(&b.referee));
+        StateDelta {
+            stream_time: self.stream_time,
+            volumes,
+            referrals,
+            positions: self
+                .positions
+                .iter()
+                .map(|(id, p)| PositionRow {
+                    id: id.to_string(),
+                    open: Some(self.position_row(p)),
+                })
+                .collect(),
+            pnl_paid: self.pnl_paid.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Rows changed since the last drain (empty when tracking is off).
+    pub fn drain_delta(&mut self) -> StateDelta {
+        let Some(ch) = self.changes.as_mut().map(std::mem::take) else {
+            return StateDelta::default();
+        };
+        StateDelta {
+            stream_time: if ch.stream_time {
+                self.stream_time
+            } else {
+                None
+            },
+            volumes: ch
+                .volumes
+                .iter()
+                .map(|k| VolumeRow {
+                    user: self.users.name(k.0).to_owned(),
+                    epoch: k.1,
+                    volume: self.volumes.get(k).copied().unwrap_or(Decimal::ZERO),
+                })
+                .collect(),
+            referrals: ch
+                .referrals
+                .iter()
+                .map(|k| ReferralRow {
+                    referee: self.users.name(*k).to_owned(),
+                    referrer: self
+                        .referrer_of
+                        .get(k)
+                        .map(|r| self.users.name(*r).to_owned()),
+                })
+                .collect(),
+            positions: ch
+                .positions
+                .iter()
+                .map(|id| PositionRow {
+                    id: id.to_string(),
+                    open: self.positions.get(id).map(|p| self.position_row(p)),
+                })
+                .collect(),
+            pnl_paid: ch.pnl_paid.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Applies rows (a drained delta, or a full dump onto an empty state).
+    /// Addresses are normalized on the way in. The applied rows are also
+    /// recorded as changes when tracking is on.
+    pub fn apply_delta(&mut self, delta: StateDelta) -> Result<(), EventError> {
+        if let Some(t) = delta.stream_time {
+            self.set_stream_time(t);
+        }
+        for r in delta.volumes {
+            let u = self.intern(&super::normalize_address(&r.user))?;
+            self.set_volume(u, r.epoch, r.volume);
+        }
+        for r in delta.referrals {
+            let a = self.intern(&super::normalize_address(&r.referee))?;
+            match r.referrer {
+                Some(b) => {
+                    let b = self.intern(&super::normalize_address(&b))?;
+                    self.set_referrer(a, Some(b));
+                }
+                None => self.set_referrer(a, None),
+            }
+        }
+        for r in delta.positions {
+            match r.open {
+                Some(p) => {
+                    let user = self.intern(&super::normalize_address(&p.user))?;
+                    self.put_position(
+                        &r.id,
+                        OpenPosition {
+                            user,
+                            notional: p.notional,
+                            since: p.since,
+                        },
+                    );
+                }
+                None => self.remove_position(&r.id),
+            }
+        }
+        for id in delta.pnl_paid {
+            self.mark_pnl_paid(&id);
+        }
+        Ok(())
+    }
+
+    // ---- crate-internal accessors used by the rule modules ----
+
+    pub(crate) fn user_id(&self, name: &str) -> Option<UserId> {
+        self.users.get(name)
+    }
+
+    pub(crate) fn intern(&mut self, name: &str) -> Result<UserId, EventError> {
+        self.users.intern(name)
+    }
+
+    pub(crate) fn user_name(&self, id: UserId) -> &str {
+        self.users.name(id)
+    }
+
+    pub(crate) fn set_stream_time(&mut self, t: i64) {
+        if self.stream_time != Some(t) {
+            self.stream_time = Some(t);
+            if let Some(c) = self.changes.as_mut() {
+                c.stream_time = true;
+            }
+        }
+    }
+
+    pub(crate) fn volume_of(&self, user: Option<UserId>, epoch: EpochId) -> Decimal {
+        user.and_then(|u| self.volumes.get(&(u, epoch)).copied())
+            .unwrap_or(Decimal::ZERO)
+    }
+
+    pub(crate) fn set_volume(&mut self, user: UserId, epoch: EpochId, v: Decimal) {
+        if v.is_zero() {
+            self.volumes.remove(&(user, epoch));
+        } else {
+            self.volumes.insert((user, epoch), v);
+        }
+        if let Some(c) = self.changes.as_mut() {
+            c.volumes.insert((user, epoch));
+        }
+    }
+
+    pub(crate) fn referrer_id(&self, referee: UserId) -> Option<UserId> {
+        self.referrer_of.get(&referee).copied()
+    }
+
+    pub(crate) fn referral_links(&self) -> usize {
+        self.referrer_of.len()
+    }
+
+    pub(crate) fn set_referrer(&mut self, referee: UserId, referrer: Option<UserId>) {
+        match referrer {
+            Some(r) => self.referrer_of.insert(referee, r),
+            None => self.referrer_of.remove(&referee),
+        };
+        if let Some(c) = self.changes.as_mut() {
+            c.referrals.insert(referee);
+        }
+    }
+
+    pub(crate) fn position(&self, id: &str) -> Option<OpenPosition> {
+        self.positions.get(id).copied()
+    }
+
+    pub(crate) fn positions_iter(&self) -> impl Iterator<Item = (&str, &OpenPosition)> {
+        self.positions.iter().map(|(k, v)| (&**k, v))
+    }
+
+    pub(crate) fn put_position(&mut self, id: &str, p: OpenPosition) {
+        match self.positions.get_mut(id) {
+            Some(slot) => *slot = p,
+            None => {
+                self.positions.insert(Box::from(id), p);
+            }
+        }
+        if let Some(c) = self.changes.as_mut() {
+            c.positions.insert(Box::from(id));
+        }
+    }
+
+    pub(crate) fn remove_position(&mut self, id: &str) {
+        if self.positions.remove(id).is_some() {
+            if let Some(c) = self.changes.as_mut() {
+                c.positions.insert(Box::from(id));
+            }
+        }
+    }
+
+    pub(crate) fn mark_pnl_paid(&mut self, id: &str) {
+        if self.pnl_paid.insert(Box::from(id)) {
+            if let Some(c) = self.changes.as_mut() {
+                c.pnl_paid.push(Box::from(id));
+            }
+        }
+    }
+}
+
+impl Serialize for State {
+    /// Serialized as its full [`StateDelta`] dump: addresses, not ids.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_delta().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for State {
+    /// Rebuilt by applying the dump to an empty state (tracking off).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let delta = StateDelta::deserialize(d)?;
+        let mut st = State::new();
+        st.apply_delta(delta).map_err(serde::de::Error::custom)?;
+        Ok(st)
+    }
+}
