@@ -11,7 +11,12 @@ use crate::lsn::Lsn;
 #[command(name = "walpoints", version, about, long_about = None)]
 pub struct Cli {
     /// Configuration file; a missing default file means "all defaults".
-    #[arg(long, global = true, env = "WALPOINTS_CONFIG", default_value = "walpoints.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "WALPOINTS_CONFIG",
+        default_value = "walpoints.toml"
+    )]
     pub config: PathBuf,
 
     /// Source database URL (overrides source.url and WALPOINTS_SOURCE_URL).

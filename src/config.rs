@@ -132,10 +132,12 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         let mut table = match std::fs::read_to_string(path) {
-            Ok(text) => text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })?,
+            Ok(text) => text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => toml::Table::new(),
             Err(source) => {
                 return Err(ConfigError::Read {
@@ -300,7 +302,12 @@ impl FromStr for TableName {
 
 impl fmt::Display for TableName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+        write!(
+            f,
+            "{}.{}",
+            quote_ident(&self.schema),
+            quote_ident(&self.name)
+        )
     }
 }
 
@@ -365,8 +372,8 @@ impl FromStr for SslMode {
             "verify-full" => SslMode::VerifyFull,
             other => {
                 return Err(format!(
-                    "sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
-                ))
+                "sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
+            ))
             }
         })
     }
@@ -454,7 +461,11 @@ impl FromStr for ConnUrl {
             decode(url.username())?
         };
         let password = url.password().map(decode).transpose()?.map(Secret::new);
-        let mut host = url.host_str().unwrap_or("").trim_matches(['[', ']']).to_owned();
+        let mut host = url
+            .host_str()
+            .unwrap_or("")
+            .trim_matches(['[', ']'])
+            .to_owned();
         let mut port = url.port().unwrap_or(5432);
         let mut dbname = decode(url.path().trim_start_matches('/'))?;
         let mut sslmode = SslMode::default();
@@ -464,7 +475,11 @@ impl FromStr for ConnUrl {
                 "sslmode" => sslmode = v.parse()?,
                 "sslrootcert" => sslrootcert = Some(PathBuf::from(&*v)),
                 "host" => host = v.into_owned(),
-                "port" => port = v.parse().map_err(|_| format!("port {v:?} is not a number"))?,
+                "port" => {
+                    port = v
+                        .parse()
+                        .map_err(|_| format!("port {v:?} is not a number"))?
+                }
                 "dbname" => dbname = v.into_owned(),
                 "user" | "password" => {
                     return Err(format!("put {k} in the URL's authority, not its query"))
@@ -614,16 +629,17 @@ mod tests {
         assert_eq!(u.sslmode, SslMode::VerifyFull);
         assert_eq!(u.sslrootcert.as_deref(), Some(Path::new("/ca.pem")));
         for shown in [u.to_string(), format!("{u:?}")] {
-            assert!(!shown.contains("s@cret") && !shown.contains("s%40cret"), "{shown}");
+            assert!(
+                !shown.contains("s@cret") && !shown.contains("s%40cret"),
+                "{shown}"
+            );
             assert!(shown.contains("***"), "{shown}");
         }
-        let c = load(
-            "[source]\nurl = \"postgres://u:hunter2@h/d\"\n",
-            &[],
-        )
-        .unwrap();
+        let c = load("[source]\nurl = \"postgres://u:hunter2@h/d\"\n", &[]).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
-        let bad = "postgres://u:hunter2@h/d?sslmode=maybe".parse::<ConnUrl>().unwrap_err();
+        let bad = "postgres://u:hunter2@h/d?sslmode=maybe"
+            .parse::<ConnUrl>()
+            .unwrap_err();
         assert!(!bad.contains("hunter2") && bad.contains("maybe"), "{bad}");
     }
 

@@ -49,7 +49,8 @@ pub async fn run(seconds: u64, out: &mut impl std::io::Write) -> Result<u64, Dem
             what: e,
             source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
         })?;
-    let (client, conn) = tokio_postgres::connect(&cluster.url("postgres"), tokio_postgres::NoTls).await?;
+    let (client, conn) =
+        tokio_postgres::connect(&cluster.url("postgres"), tokio_postgres::NoTls).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -57,10 +58,14 @@ pub async fn run(seconds: u64, out: &mut impl std::io::Write) -> Result<u64, Dem
 
     let opts = TailOptions {
         url,
-        tables: ["public.trades", "public.positions", "public.referral_relations"]
-            .iter()
-            .filter_map(|t| t.parse::<TableName>().ok())
-            .collect(),
+        tables: [
+            "public.trades",
+            "public.positions",
+            "public.referral_relations",
+        ]
+        .iter()
+        .filter_map(|t| t.parse::<TableName>().ok())
+        .collect(),
         slot: None,
         publication: String::new(),
         from: Lsn::ZERO,
@@ -69,9 +74,11 @@ pub async fn run(seconds: u64, out: &mut impl std::io::Write) -> Result<u64, Dem
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let workload = async move {
-        // Give tail a moment to create its slot before the exchange starts trading.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let result = exchange(&client, seconds).await;
+        // The exchange starts trading once tail's slot streams, so tail sees every trade.
+        let result = match wait_for_tail(&client).await {
+            Ok(()) => exchange(&client, seconds).await,
+            Err(e) => Err(e),
+        };
         tokio::time::sleep(Duration::from_millis(500)).await;
         let _ = stop_tx.send(());
         result
@@ -91,6 +98,23 @@ pub async fn run(seconds: u64, out: &mut impl std::io::Write) -> Result<u64, Dem
     );
     drop(cluster);
     Ok(summary.changes)
+}
+
+async fn wait_for_tail(client: &tokio_postgres::Client) -> Result<(), DemoError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'walpoints_tail%' AND active",
+                &[],
+            )
+            .await?;
+        if row.get::<_, i64>(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 /// A tiny deterministic exchange: referrals, positions opened and closed, and fills.
@@ -119,7 +143,7 @@ async fn exchange(client: &tokio_postgres::Client, seconds: u64) -> Result<u64, 
                 &[&price, &amount, &taker, &maker],
             )
             .await?;
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             client
                 .execute(
                     "INSERT INTO positions (user_address, symbol, size, entry_price) \

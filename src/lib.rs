@@ -1,6 +1,18 @@
 //! walpoints: a sidecar that turns an exchange's PostgreSQL write-ahead log into loyalty points.
+//!
+//! Data flows one way: [`source`] (a logical replication slot) → [`pgoutput`] (pure decoder) →
+//! [`change`] (row changes in commit order) → points rules → store. See `ARCHITECTURE.md` in the
+//! shared folder for the whole picture and the invariants each module keeps.
 
+pub mod change;
+pub mod cli;
+pub mod config;
+pub mod demo;
 pub mod lsn;
+pub mod pgcluster;
 pub mod pgoutput;
 pub mod points;
+pub mod signal;
+pub mod source;
+pub mod tail;
 pub mod value;

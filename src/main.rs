@@ -8,7 +8,10 @@ use walpoints::config::Config;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("walpoints: cannot start the async runtime: {e}");
@@ -37,7 +40,8 @@ fn init_tracing(format: LogFormat) {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let explicit = std::env::args_os().any(|a| a == "--config" || a.to_string_lossy().starts_with("--config="))
+    let explicit = std::env::args_os()
+        .any(|a| a == "--config" || a.to_string_lossy().starts_with("--config="))
         || std::env::var_os("WALPOINTS_CONFIG").is_some();
     let mut config = Config::load(&cli.config, explicit, std::env::vars())?;
     if let Some(url) = &cli.source_url {
@@ -50,7 +54,8 @@ async fn run(cli: Cli) -> Result<()> {
             let opts = walpoints::tail::options(&config, args).map_err(anyhow::Error::msg)?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-            let summary = walpoints::tail::run(&opts, &mut out, walpoints::signal::shutdown()).await?;
+            let summary =
+                walpoints::tail::run(&opts, &mut out, walpoints::signal::shutdown()).await?;
             tracing::info!(changes = summary.changes, reason = ?summary.reason, "tail finished");
             Ok(())
         }

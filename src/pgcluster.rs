@@ -121,12 +121,15 @@ pub struct PgCluster {
     root: PathBuf,
     port: u16,
     owner: Option<(u32, u32)>,
+    /// The running postmaster, our child process.
+    child: std::sync::Mutex<Option<std::process::Child>>,
 }
 
 static CLUSTER_SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// Settings every throwaway cluster gets: logical decoding on, durability off (a test cluster is
-/// thrown away, and fsync=off still survives a server crash, only not an OS crash).
+/// Settings every throwaway cluster gets: logical decoding on, fsync off (a test cluster is thrown
+/// away; without fsync a commit still survives a server crash or kill -9, only not an OS crash,
+/// so crash tests stay honest). Commits stay synchronous: an acknowledged commit must survive.
 const SETTINGS: &[(&str, &str)] = &[
     ("listen_addresses", "'127.0.0.1'"),
     ("wal_level", "logical"),
@@ -135,7 +138,6 @@ const SETTINGS: &[(&str, &str)] = &[
     ("max_connections", "200"),
     ("fsync", "off"),
     ("full_page_writes", "off"),
-    ("synchronous_commit", "off"),
     ("shared_buffers", "128MB"),
     ("log_min_messages", "warning"),
     ("timezone", "'UTC'"),
@@ -165,6 +167,7 @@ impl PgCluster {
             root,
             port: 0,
             owner,
+            child: std::sync::Mutex::new(None),
         };
         let template = cluster.template()?;
         cluster.run(
@@ -231,26 +234,71 @@ impl PgCluster {
 
     /// Starts the server again after [`stop`](Self::stop) or [`kill9`](Self::kill9); waits until
     /// it accepts connections (crash recovery included).
+    ///
+    /// The postmaster is our own child (not daemonised by `pg_ctl`), so after a kill -9 we reap
+    /// it: an unreaped zombie would still "own" `postmaster.pid` and block the restart. It runs
+    /// in a process group of its own, so a Ctrl-C meant for us does not shut it down under us.
     pub fn start_again(&self) -> Result<(), ClusterError> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let result = self.pg_ctl(&[
-                OsStr::new("start"),
-                OsStr::new("-w"),
-                OsStr::new("-t"),
-                OsStr::new("60"),
-                OsStr::new("-l"),
-                self.root.join("server.log").as_os_str(),
-            ]);
-            match result {
+            let log = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.root.join("server.log"))
+                .map_err(io("opening the server log"))?;
+            let log2 = log.try_clone().map_err(io("opening the server log"))?;
+            let mut cmd = Command::new(self.bins.program("postgres"));
+            cmd.arg("-D")
+                .arg(self.data_dir())
+                .stdout(log)
+                .stderr(log2)
+                .process_group(0);
+            let child = spawn_as(&mut cmd, self.owner, &self.root)?;
+            let pid = child.id() as i32;
+            *self.lock_child() = Some(child);
+            match self.wait_ready(pid, deadline) {
                 Ok(()) => return Ok(()),
                 // Backends orphaned by a kill -9 can hold the old shared memory for a moment.
-                Err(e) if Instant::now() < deadline && self.log_tail().contains("shared memory") => {
-                    let _ = e;
+                Err(_)
+                    if Instant::now() < deadline
+                        && self.log_tail().contains("pre-existing shared memory") =>
+                {
+                    self.reap();
                     std::thread::sleep(Duration::from_millis(200));
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.reap();
+                    return Err(e);
+                }
             }
+        }
+    }
+
+    /// Waits until the postmaster `pid` reports "ready" in `postmaster.pid`, as `pg_ctl -w` does.
+    fn wait_ready(&self, pid: i32, deadline: Instant) -> Result<(), ClusterError> {
+        let failed = |why: &str| ClusterError::Command {
+            command: format!("postgres -D {}", self.data_dir().display()),
+            status: why.to_owned(),
+            output: self.log_tail(),
+        };
+        loop {
+            if let Some(child) = self.lock_child().as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(failed(&status.to_string()));
+                }
+            }
+            let text =
+                fs::read_to_string(self.data_dir().join("postmaster.pid")).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            if lines.first().map(|l| l.trim()) == Some(pid.to_string().as_str())
+                && lines.get(7).is_some_and(|l| l.trim() == "ready")
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(failed("not ready within 60 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -260,27 +308,37 @@ impl PgCluster {
             StopMode::Fast => "fast",
             StopMode::Immediate => "immediate",
         };
-        self.pg_ctl(&[
+        let result = self.pg_ctl(&[
             OsStr::new("stop"),
             OsStr::new("-w"),
             OsStr::new("-m"),
             OsStr::new(mode),
-        ])
+        ]);
+        self.reap();
+        result
     }
 
     /// Sends SIGKILL to the postmaster, as an OOM killer or a careless operator would, and waits
     /// until it is gone. Its backends notice and exit on their own.
     pub fn kill9(&self) -> Result<(), ClusterError> {
-        let Some(pid) = self.postmaster_pid() else {
-            return Ok(());
-        };
-        // A pid read from our own cluster's postmaster.pid.
-        send_signal(pid, libc::SIGKILL);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while process_alive(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(child) = self.lock_child().as_mut() {
+            let _ = child.kill();
         }
+        self.reap();
         Ok(())
+    }
+
+    /// Waits for the postmaster child to exit (after a stop or kill), so no zombie is left.
+    fn reap(&self) {
+        if let Some(mut child) = self.lock_child().take() {
+            let _ = child.wait();
+        }
+    }
+
+    fn lock_child(&self) -> std::sync::MutexGuard<'_, Option<std::process::Child>> {
+        self.child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The postmaster's pid, if the server is running.
@@ -333,10 +391,8 @@ impl PgCluster {
     /// The shared, initdb'ed template data directory, made once per machine, version and owner.
     fn template(&self) -> Result<PathBuf, ClusterError> {
         let uid = self.owner.map_or(0, |(u, _)| u);
-        let base = std::env::temp_dir().join(format!(
-            "walpoints-pg-template-{}-{uid}",
-            self.bins.major
-        ));
+        let base =
+            std::env::temp_dir().join(format!("walpoints-pg-template-{}-{uid}", self.bins.major));
         let template = base.join("data");
         if template.join("PG_VERSION").is_file() {
             return Ok(template);
@@ -407,7 +463,8 @@ fn server_owner() -> Result<Option<(u32, u32)>, ClusterError> {
     )?))
 }
 
-fn run_as(cmd: &mut Command, owner: Option<(u32, u32)>, cwd: &Path) -> Result<(), ClusterError> {
+/// Prepares `cmd` to run as the server's OS user in `cwd`, with a predictable environment.
+fn as_owner(cmd: &mut Command, owner: Option<(u32, u32)>, cwd: &Path) {
     if let Some((uid, gid)) = owner {
         cmd.uid(uid).gid(gid);
     }
@@ -415,6 +472,19 @@ fn run_as(cmd: &mut Command, owner: Option<(u32, u32)>, cwd: &Path) -> Result<()
         .stdin(Stdio::null())
         .env("LC_ALL", "C")
         .env_remove("PGDATA");
+}
+
+fn spawn_as(
+    cmd: &mut Command,
+    owner: Option<(u32, u32)>,
+    cwd: &Path,
+) -> Result<std::process::Child, ClusterError> {
+    as_owner(cmd, owner, cwd);
+    cmd.spawn().map_err(io(format!("starting {cmd:?}")))
+}
+
+fn run_as(cmd: &mut Command, owner: Option<(u32, u32)>, cwd: &Path) -> Result<(), ClusterError> {
+    as_owner(cmd, owner, cwd);
     let described = format!("{cmd:?}");
     let out = cmd.output().map_err(io(format!("running {described}")))?;
     if out.status.success() {
@@ -443,8 +513,7 @@ fn append(path: &Path, text: &str) -> Result<(), ClusterError> {
 }
 
 fn free_port() -> Result<u16, ClusterError> {
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
     Ok(listener
         .local_addr()
         .map_err(io("finding a free port"))?
@@ -460,12 +529,5 @@ fn process_alive(pid: i32) -> bool {
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
-    }
-}
-
-fn send_signal(pid: i32, signal: i32) {
-    // SAFETY: kill(2) takes plain integers and has no memory-safety preconditions.
-    unsafe {
-        libc::kill(pid, signal);
     }
 }

@@ -84,7 +84,9 @@ pub fn options(config: &Config, args: TailArgs) -> Result<TailOptions, String> {
     for (flag, name) in [("--slot", &args.slot), ("--publication", &args.publication)] {
         if let Some(name) = name {
             if !is_identifier(name) {
-                return Err(format!("{flag} {name:?} must be 1-63 characters of a-z, 0-9 and _"));
+                return Err(format!(
+                    "{flag} {name:?} must be 1-63 characters of a-z, 0-9 and _"
+                ));
             }
         }
     }
@@ -312,7 +314,9 @@ fn write_tuple(
         match value {
             ColumnValue::Null => out.write_all(b"null")?,
             ColumnValue::UnchangedToast => out.write_all(b"\"<unchanged-toast>\"")?,
-            ColumnValue::Text(bytes) => out.write_all(json_str(&String::from_utf8_lossy(bytes)).as_bytes())?,
+            ColumnValue::Text(bytes) => {
+                out.write_all(json_str(&String::from_utf8_lossy(bytes)).as_bytes())?
+            }
             ColumnValue::Binary(bytes) => {
                 let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
                 write!(out, "\"\\\\x{hex}\"")?

@@ -34,10 +34,14 @@ async fn row_text(client: &tokio_postgres::Client, table: &str, id: i64) -> Valu
         })
         .expect("the row exists");
     let mut obj = serde_json::Map::new();
-    for (i, name) in ["id", "num", "label", "at", "uid", "flag", "big"].iter().enumerate() {
+    for (i, name) in ["id", "num", "label", "at", "uid", "flag", "big"]
+        .iter()
+        .enumerate()
+    {
         obj.insert(
             name.to_string(),
-            row.get(i).map_or(Value::Null, |v| Value::String(v.to_owned())),
+            row.get(i)
+                .map_or(Value::Null, |v| Value::String(v.to_owned())),
         );
     }
     Value::Object(obj)
@@ -59,11 +63,21 @@ async fn values_come_through_exactly_as_postgres_prints_them() {
             .unwrap();
     }
     let mut cmd = db.walpoints();
-    cmd.args(["tail", "--table", "public.t_default", "--table", "public.t_full", "--limit", "10"]);
+    cmd.args([
+        "tail",
+        "--table",
+        "public.t_default",
+        "--table",
+        "public.t_full",
+        "--limit",
+        "10",
+    ]);
     let mut tail = Running::spawn(cmd);
     wait_for_active_tail_slot(&db).await;
 
-    let big: String = (0..12_000).map(|i| char::from(b'a' + (i * 7 % 26) as u8)).collect();
+    let big: String = (0..12_000)
+        .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+        .collect();
     let mut expected: Vec<(String, &str, Value, Value, Value)> = Vec::new(); // table, op, new, old, key
     for table in ["t_default", "t_full"] {
         let full = table == "t_full";
@@ -79,13 +93,25 @@ async fn values_come_through_exactly_as_postgres_prints_them() {
             .await
             .unwrap();
         let row1 = row_text(&client, table, 1).await;
-        expected.push((table.into(), "insert", row1.clone(), Value::Null, Value::Null));
+        expected.push((
+            table.into(),
+            "insert",
+            row1.clone(),
+            Value::Null,
+            Value::Null,
+        ));
         client
             .execute(&format!("INSERT INTO {table} (id) VALUES (2)"), &[])
             .await
             .unwrap();
         let row2 = row_text(&client, table, 2).await;
-        expected.push((table.into(), "insert", row2.clone(), Value::Null, Value::Null));
+        expected.push((
+            table.into(),
+            "insert",
+            row2.clone(),
+            Value::Null,
+            Value::Null,
+        ));
 
         client
             .execute(
@@ -113,7 +139,13 @@ async fn values_come_through_exactly_as_postgres_prints_them() {
             .execute(&format!("TRUNCATE {table}"), &[])
             .await
             .unwrap();
-        expected.push((table.into(), "truncate", Value::Null, Value::Null, Value::Null));
+        expected.push((
+            table.into(),
+            "truncate",
+            Value::Null,
+            Value::Null,
+            Value::Null,
+        ));
     }
 
     let got = parse(&tail.lines(10, WAIT));
@@ -127,20 +159,29 @@ async fn values_come_through_exactly_as_postgres_prints_them() {
         assert_eq!(line["key"], *key, "{table} {op} key");
         let time = line["commit_time"].as_str().unwrap();
         assert!(
-            chrono::DateTime::parse_from_rfc3339(time).is_ok() && time.ends_with('Z') && time.len() == 27,
+            chrono::DateTime::parse_from_rfc3339(time).is_ok()
+                && time.ends_with('Z')
+                && time.len() == 27,
             "commit_time {time}"
         );
         assert!(line["lsn"].as_str().unwrap().contains('/'));
         assert!(line["xid"].as_u64().unwrap() > 0);
     }
     // The exact text of tricky values, spelled out.
-    assert_eq!(got[0]["new"]["num"], "12345678901234567890.123456789012345678");
+    assert_eq!(
+        got[0]["new"]["num"],
+        "12345678901234567890.123456789012345678"
+    );
     assert_eq!(got[0]["new"]["at"], "2026-03-01 10:34:56.789012+00");
     assert_eq!(got[0]["new"]["label"], "h\u{e9}llo \"quoted\"\n\ttab");
     assert_eq!(got[0]["new"]["flag"], "t");
     assert_eq!(got[0]["new"]["big"].as_str().unwrap().len(), 12_000);
     assert_eq!(got[1]["new"]["num"], Value::Null);
-    assert_eq!(got[7]["old"]["big"].as_str().unwrap(), big, "FULL old row carries the TOASTed value");
+    assert_eq!(
+        got[7]["old"]["big"].as_str().unwrap(),
+        big,
+        "FULL old row carries the TOASTed value"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -167,8 +208,14 @@ async fn added_column_shows_up_in_later_rows() {
     let got = parse(&tail.lines(3, WAIT));
     assert!(tail.wait(WAIT).success());
     assert_eq!(got[0]["new"], serde_json::json!({"id": "1", "a": "one"}));
-    assert_eq!(got[1]["new"], serde_json::json!({"id": "2", "a": "two", "extra": "2.25"}));
-    assert_eq!(got[2]["new"], serde_json::json!({"id": "1", "a": "uno", "extra": "1.5"}));
+    assert_eq!(
+        got[1]["new"],
+        serde_json::json!({"id": "2", "a": "two", "extra": "2.25"})
+    );
+    assert_eq!(
+        got[2]["new"],
+        serde_json::json!({"id": "1", "a": "uno", "extra": "1.5"})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -245,17 +292,37 @@ async fn limit_and_until_lsn_stop_where_they_say_on_a_named_slot() {
         .await
         .unwrap();
     let slot_before: Option<String> = client
-        .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 's'", &[])
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 's'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
 
     let run = |args: &[&str]| {
         let mut cmd = db.walpoints();
-        cmd.args(["tail", "--slot", "s", "--publication", "p", "--table", "public.t"]).args(args);
+        cmd.args([
+            "tail",
+            "--slot",
+            "s",
+            "--publication",
+            "p",
+            "--table",
+            "public.t",
+        ])
+        .args(args);
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let lines: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
         parse(&lines)
             .iter()
             .map(|l| l["new"]["id"].as_str().unwrap().parse::<i32>().unwrap())
@@ -266,7 +333,10 @@ async fn limit_and_until_lsn_stop_where_they_say_on_a_named_slot() {
     assert_eq!(run(&["--limit", "10"]), (1..=10).collect::<Vec<_>>());
 
     let slot_after: Option<String> = client
-        .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 's'", &[])
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 's'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -276,12 +346,18 @@ async fn limit_and_until_lsn_stop_where_they_say_on_a_named_slot() {
 async fn own_objects(db: &TestDb) -> (i64, i64) {
     let client = db.client().await;
     let slots: i64 = client
-        .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'walpoints_tail%'", &[])
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'walpoints_tail%'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     let pubs: i64 = client
-        .query_one("SELECT count(*) FROM pg_publication WHERE pubname LIKE 'walpoints_tail%'", &[])
+        .query_one(
+            "SELECT count(*) FROM pg_publication WHERE pubname LIKE 'walpoints_tail%'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -289,9 +365,11 @@ async fn own_objects(db: &TestDb) -> (i64, i64) {
 }
 
 async fn assert_nothing_left(db: &TestDb) {
-    support::eventually("tail's slot and publication to go", Duration::from_secs(10), || async {
-        own_objects(db).await == (0, 0)
-    })
+    support::eventually(
+        "tail's slot and publication to go",
+        Duration::from_secs(10),
+        || async { own_objects(db).await == (0, 0) },
+    )
     .await;
 }
 
@@ -299,13 +377,19 @@ async fn assert_nothing_left(db: &TestDb) {
 async fn nothing_is_left_behind_after_a_normal_exit_or_sigint() {
     let db = TestDb::new("tail_cleanup").await;
     let client = db.client().await;
-    client.batch_execute("CREATE TABLE t (id int)").await.unwrap();
+    client
+        .batch_execute("CREATE TABLE t (id int)")
+        .await
+        .unwrap();
 
     let mut cmd = db.walpoints();
     cmd.args(["tail", "--table", "public.t", "--limit", "1"]);
     let mut tail = Running::spawn(cmd);
     wait_for_active_tail_slot(&db).await;
-    client.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap();
+    client
+        .execute("INSERT INTO t VALUES (1)", &[])
+        .await
+        .unwrap();
     assert!(tail.wait(WAIT).success());
     assert_nothing_left(&db).await;
 
@@ -313,21 +397,35 @@ async fn nothing_is_left_behind_after_a_normal_exit_or_sigint() {
     cmd.args(["tail", "--table", "public.t"]);
     let mut tail = Running::spawn(cmd);
     wait_for_active_tail_slot(&db).await;
-    client.execute("INSERT INTO t VALUES (2)", &[]).await.unwrap();
+    client
+        .execute("INSERT INTO t VALUES (2)", &[])
+        .await
+        .unwrap();
     assert_eq!(parse(&tail.lines(1, WAIT))[0]["new"]["id"], "2");
     tail.signal(libc::SIGINT);
     let status = tail.wait(WAIT);
-    assert!(status.success(), "SIGINT is a clean exit: {status:?} {}", tail.stderr());
+    assert!(
+        status.success(),
+        "SIGINT is a clean exit: {status:?} {}",
+        tail.stderr()
+    );
     assert_nothing_left(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_table_is_a_clear_error() {
     let db = TestDb::new("tail_missing").await;
-    let out = db.walpoints().args(["tail", "--table", "public.nope"]).output().unwrap();
+    let out = db
+        .walpoints()
+        .args(["tail", "--table", "public.nope"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("nope") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("nope") && err.contains("does not exist"),
+        "{err}"
+    );
     let leftover = BTreeMap::from([("slots+pubs", own_objects(&db).await)]);
     assert_eq!(leftover["slots+pubs"], (0, 0));
 }

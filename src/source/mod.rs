@@ -470,7 +470,8 @@ impl ReplicationSource {
     /// Decodes one XLogData payload into `pending`; relation messages update the cache and
     /// yield nothing.
     fn decode(&mut self, lsn: Lsn, data: &Bytes) -> Result<(), SourceError> {
-        let message = pgoutput::decode(data).map_err(|source| SourceError::Decode { lsn, source })?;
+        let message =
+            pgoutput::decode(data).map_err(|source| SourceError::Decode { lsn, source })?;
         let relation = |cache: &RelationCache, oid| {
             cache
                 .get(oid)

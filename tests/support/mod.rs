@@ -38,7 +38,10 @@ impl TestDb {
             format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
             format!("CREATE DATABASE {name}"),
         ] {
-            admin.simple_query(&sql).await.expect("create the test database");
+            admin
+                .simple_query(&sql)
+                .await
+                .expect("create the test database");
         }
         let url = with_db(&admin_url, &name);
         TestDb {
@@ -71,7 +74,9 @@ impl TestDb {
 
 /// `url` with its database replaced by `db`.
 pub fn with_db(url: &str, db: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
     match query {
         Some(q) => format!("{base}/{db}?{q}"),
@@ -171,7 +176,10 @@ impl Running {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("process did not exit within {timeout:?}; stderr:\n{}", self.stderr());
+                panic!(
+                    "process did not exit within {timeout:?}; stderr:\n{}",
+                    self.stderr()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
