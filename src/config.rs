@@ -12,6 +12,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::points::RuleSet;
+
 /// Environment variables with this prefix configure walpoints.
 const ENV_PREFIX: &str = "WALPOINTS_";
 
@@ -45,6 +47,9 @@ pub enum ConfigError {
         /// What is wrong with it.
         message: String,
     },
+    /// A points rule is invalid; the message names its key (e.g. `trading.taker_rate`).
+    #[error("points rules: {0}")]
+    Rules(String),
     /// A value parsed but is not acceptable (an invalid URL, an empty table name, ...).
     #[error("config key {key}: {message}")]
     Invalid {
@@ -63,6 +68,10 @@ pub struct Config {
     pub source: SourceConfig,
     /// The business tables walpoints follows.
     pub tables: TablesConfig,
+    /// The points rules: the top-level sections `epoch`, `trading`, `tiers`, `referral`,
+    /// `holding`, `pnl` and the key `excluded_addresses` (see README, "Points rules").
+    #[serde(skip)]
+    pub rules: RuleSet,
 }
 
 /// Where the change stream comes from and how walpoints names its objects there.
@@ -147,13 +156,21 @@ impl Config {
             }
         };
         overlay_env(&mut table, env)?;
-        let config: Config =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    path: path.to_owned(),
-                    message: e.message().to_owned(),
-                })?;
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        };
+        // The rule sections belong to the points engine, which validates them itself; the rest
+        // is walpoints' own and must not contain unknown keys.
+        let rule_keys = rule_defaults()?;
+        let mut rules = toml::Table::new();
+        for key in rule_keys.keys() {
+            if let Some(v) = table.remove(key) {
+                rules.insert(key.clone(), v);
+            }
+        }
+        let mut config: Config = toml::Value::Table(table).try_into().map_err(parse_error)?;
+        config.rules = toml::Value::Table(rules).try_into().map_err(parse_error)?;
         config.validate()?;
         Ok(config)
     }
@@ -163,6 +180,9 @@ impl Config {
             key: key.into(),
             message,
         };
+        self.rules
+            .validate()
+            .map_err(|e| ConfigError::Rules(e.to_string()))?;
         for (key, value) in [
             ("source.id", &self.source.id),
             ("source.slot", &self.source.slot),
@@ -197,15 +217,22 @@ pub fn is_identifier(s: &str) -> bool {
         && !s.as_bytes()[0].is_ascii_digit()
 }
 
+/// The points rules' defaults as TOML, which also says which top-level keys are rules.
+fn rule_defaults() -> Result<toml::Table, ConfigError> {
+    toml::Table::try_from(RuleSet::default())
+        .map_err(|e| ConfigError::Rules(format!("internal: default rules do not serialize: {e}")))
+}
+
 /// Applies each `WALPOINTS_<SECTION>_<KEY>` variable to `table`, typed like the key's default.
 fn overlay_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
-    let defaults = toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Env {
+    let mut defaults = toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Env {
         var: ENV_PREFIX.into(),
         message: format!("internal: defaults do not serialize: {e}"),
     })?;
+    defaults.extend(rule_defaults()?);
     let mut vars: Vec<(String, String)> = env
         .into_iter()
         .filter(|(k, _)| k.starts_with(ENV_PREFIX))
@@ -641,6 +668,23 @@ mod tests {
             .parse::<ConnUrl>()
             .unwrap_err();
         assert!(!bad.contains("hunter2") && bad.contains("maybe"), "{bad}");
+    }
+
+    #[test]
+    fn points_rules_live_in_the_same_file_and_env() {
+        let c = load(
+            "excluded_addresses = [\"0xLIQ\"]\n[trading]\ntaker_rate = 0.02\n[epoch]\nlength = \"1d\"\n",
+            &[("WALPOINTS_TRADING_MIN_NOTIONAL", "25.5")],
+        )
+        .unwrap();
+        assert_eq!(c.rules.trading.taker_rate.to_string(), "0.02");
+        assert_eq!(c.rules.trading.min_notional.to_string(), "25.5");
+        assert_eq!(c.rules.epoch.length, "1d");
+        assert_eq!(c.rules.excluded_addresses, vec!["0xLIQ".to_string()]);
+        let e = load("[trading]\ntaker_rate = -1\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("trading.taker_rate"), "{e}");
+        let e = load("[trading]\ntaker_rat = 1\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("taker_rat"), "{e}");
     }
 
     #[test]

@@ -559,3 +559,39 @@ fn to_wire(lsn: Lsn) -> pgwire_replication::Lsn {
 fn from_wire(lsn: pgwire_replication::Lsn) -> Lsn {
     Lsn(lsn.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify(e: PgWireError) -> bool {
+        SourceError::from(e).is_transient()
+    }
+
+    #[test]
+    fn connection_trouble_is_transient_and_refusals_are_definite() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(classify(PgWireError::Io(std::sync::Arc::new(io))));
+        for state in ["57P01", "57P03", "08006", "53300", "55006"] {
+            assert!(
+                classify(PgWireError::Server(format!("boom (SQLSTATE {state})"))),
+                "{state}"
+            );
+        }
+        assert!(!classify(PgWireError::Auth(
+            "password authentication failed".into()
+        )));
+        for state in ["42704", "42501", "28P01", "55000"] {
+            assert!(
+                !classify(PgWireError::Server(format!("no (SQLSTATE {state})"))),
+                "{state}"
+            );
+        }
+    }
+
+    #[test]
+    fn identifiers_and_literals_are_quoted() {
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}
