@@ -221,10 +221,18 @@ async fn stream(
                 // past the target, a logical message commits after it: its Begin is the fence.
                 if let Some(until) = opts.until {
                     if wal_end >= until && fence.is_none() {
-                        let mut admin = AdminSession::connect(&opts.url, "walpoints tail").await?;
-                        admin.query(FENCE_SQL).await?;
-                        tracing::debug!(%wal_end, "emitted a fence past --until-lsn");
-                        fence = Some(admin);
+                        match emit_fence(&opts.url).await {
+                            Ok(session) => {
+                                tracing::debug!(%wal_end, "emitted a fence past --until-lsn");
+                                fence = Some(session);
+                            }
+                            // A read-only server (a standby) cannot take the fence; the
+                            // keepalive is then the best evidence there is.
+                            Err(e) => {
+                                tracing::warn!("cannot fence the stream ({e}); stopping at the server's WAL position");
+                                break StopReason::UntilLsn;
+                            }
+                        }
                     }
                 }
             }
@@ -247,6 +255,13 @@ async fn stream(
 /// A transactional logical message: an empty transaction that the stream delivers in commit
 /// order, used to learn that the stream has passed a position.
 const FENCE_SQL: &str = "SELECT pg_logical_emit_message(true, 'walpoints.tail.fence', '')";
+
+/// Commits a fence message; the session is kept open until tail ends (it costs nothing).
+async fn emit_fence(url: &ConnUrl) -> Result<AdminSession, SourceError> {
+    let mut admin = AdminSession::connect(url, "walpoints tail").await?;
+    admin.query(FENCE_SQL).await?;
+    Ok(admin)
+}
 
 /// Formats changes as JSON lines; holds the current transaction's header fields.
 #[derive(Default)]

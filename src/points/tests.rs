@@ -341,8 +341,8 @@ fn rebind_allowed_when_configured() {
 #[test]
 fn position_opened_resized_closed_in_profit_across_hour_and_epoch() {
     let mut h = Harness::new("");
-    let epoch1 = G + 168 * H; // 2026-01-12T00:00:00Z
-                              // Open at 23:30 on the last day of epoch 0: 2 × 1,000 = 2,000 notional.
+    // 2026-01-12T00:00:00Z. Open at 23:30 on the last day of epoch 0: 2 × 1,000 = 2,000 notional.
+    let epoch1 = G + 168 * H;
     let out = h.tx(
         epoch1 - 30 * M,
         vec![Event::PositionInserted {
