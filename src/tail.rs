@@ -168,7 +168,7 @@ async fn stream(
         temporary_slot: temporary,
         application_name: "walpoints tail".into(),
     };
-    let mut source = ReplicationSource::start(&source_opts).await?;
+    let mut source = start_when_free(&source_opts).await?;
     tracing::info!(slot, temporary, "tail streaming");
     let wanted: HashSet<(&str, &str)> = opts
         .tables
@@ -255,6 +255,21 @@ async fn stream(
 /// A transactional logical message: an empty transaction that the stream delivers in commit
 /// order, used to learn that the stream has passed a position.
 const FENCE_SQL: &str = "SELECT pg_logical_emit_message(true, 'walpoints.tail.fence', '')";
+
+/// Starts streaming, waiting up to 10 s for a named slot that a walsender which is just going
+/// away (a previous tail, say) still holds.
+async fn start_when_free(opts: &SourceOptions) -> Result<ReplicationSource, SourceError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match ReplicationSource::start(opts).await {
+            Err(SourceError::SlotBusy(why)) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!("waiting for the slot: {why}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
 
 /// Commits a fence message; the session is kept open until tail ends (it costs nothing).
 async fn emit_fence(url: &ConnUrl) -> Result<AdminSession, SourceError> {

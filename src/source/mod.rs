@@ -32,6 +32,10 @@ pub enum SourceError {
     /// durable LSN; nothing was acknowledged past it.
     #[error("source connection failed (will retry): {0}")]
     Transient(String),
+    /// Another session holds the slot (SQLSTATE 55006): a previous session's walsender that has
+    /// not exited yet, or a second instance. Retry after a pause; it may take a while.
+    #[error("the replication slot is in use by another session: {0}")]
+    SlotBusy(String),
     /// Retrying cannot help (authentication, missing slot or publication, permissions): stop and
     /// tell the operator.
     #[error("source refused: {0}")]
@@ -66,7 +70,7 @@ pub enum SourceError {
 impl SourceError {
     /// True when reconnecting and resuming from the last durable LSN may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, SourceError::Transient(_))
+        matches!(self, SourceError::Transient(_) | SourceError::SlotBusy(_))
     }
 }
 
@@ -80,9 +84,12 @@ impl From<PgWireError> for SourceError {
             "SQLSTATE 57P02", // crash_shutdown
             "SQLSTATE 57P03", // cannot_connect_now (starting up, recovering)
             "SQLSTATE 53300", // too_many_connections
-            "SQLSTATE 55006", // object_in_use: the slot is held by another session for now
         ];
-        if e.is_transient() || (e.is_server() && RETRY_STATES.iter().any(|s| text.contains(s))) {
+        if e.is_server() && text.contains("SQLSTATE 55006") {
+            SourceError::SlotBusy(text)
+        } else if e.is_transient()
+            || (e.is_server() && RETRY_STATES.iter().any(|s| text.contains(s)))
+        {
             SourceError::Transient(text)
         } else {
             SourceError::Definite(text)
