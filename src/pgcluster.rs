@@ -188,9 +188,10 @@ impl PgCluster {
         let mut last = None;
         for _ in 0..5 {
             cluster.port = free_port()?;
-            cluster.write_as_owner(
-                &cluster.data_dir().join("walpoints_port.conf"),
-                &format!("port = {}\n", cluster.port),
+            cluster.write_data_file(
+                "walpoints_port.conf",
+                format!("port = {}\n", cluster.port).as_bytes(),
+                0o600,
             )?;
             match cluster.start_again() {
                 Ok(()) => return Ok(cluster),
@@ -230,6 +231,23 @@ impl PgCluster {
             conf.push_str(&format!("{k} = {v}\n"));
         }
         append(&self.data_dir().join("postgresql.conf"), &conf)
+    }
+
+    /// Writes a file into the data directory owned by the server's OS user with `mode` (TLS keys
+    /// must be 0600, `pg_hba.conf` replacements, ...); applies at the next start or reload.
+    pub fn write_data_file(
+        &self,
+        name: &str,
+        contents: &[u8],
+        mode: u32,
+    ) -> Result<(), ClusterError> {
+        let path = self.data_dir().join(name);
+        fs::write(&path, contents).map_err(io(format!("writing {}", path.display())))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io("chmod"))?;
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(io("chown"))?;
+        }
+        Ok(())
     }
 
     /// Starts the server again after [`stop`](Self::stop) or [`kill9`](Self::kill9); waits until
@@ -378,14 +396,6 @@ impl PgCluster {
             },
             other => other,
         })
-    }
-
-    fn write_as_owner(&self, path: &Path, text: &str) -> Result<(), ClusterError> {
-        fs::write(path, text).map_err(io(format!("writing {}", path.display())))?;
-        if let Some((uid, gid)) = self.owner {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io("chown"))?;
-        }
-        Ok(())
     }
 
     /// The shared, initdb'ed template data directory, made once per machine, version and owner.

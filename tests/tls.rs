@@ -1,0 +1,196 @@
+//! The source URL's `sslmode=verify-full`: the change stream runs over TLS with the right CA and
+//! host name, and refuses a wrong CA or a wrong host name.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use support::{wait_for_active_tail_slot, Running, TestDb};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, server certificates for `localhost` and for `elsewhere.invalid` signed by it, and an
+/// unrelated CA.
+fn certificates(dir: &Path) {
+    for ca in ["ca", "other-ca"] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=walpoints test {ca}"),
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.crt"),
+            ],
+        );
+    }
+    for (name, host) in [("server", "localhost"), ("elsewhere", "elsewhere.invalid")] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={host}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        );
+        std::fs::write(
+            dir.join(format!("{name}.ext")),
+            format!("subjectAltName = DNS:{host}\n"),
+        )
+        .unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.crt"),
+            ],
+        );
+    }
+}
+
+/// Installs `name`.crt/.key as the server's certificate and restarts the server.
+fn install_certificate(cluster: &walpoints::pgcluster::PgCluster, dir: &Path, name: &str) {
+    for (ext, mode) in [("crt", 0o644), ("key", 0o600)] {
+        let contents = std::fs::read(dir.join(format!("{name}.{ext}"))).unwrap();
+        cluster
+            .write_data_file(&format!("server.{ext}"), &contents, mode)
+            .unwrap();
+    }
+    cluster.stop(walpoints::pgcluster::StopMode::Fast).unwrap();
+    cluster.start_again().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_full_streams_over_tls_and_refuses_wrong_ca_or_host() {
+    if std::env::var_os("WALPOINTS_TEST_PG_URL").is_some() {
+        eprintln!("skipped: needs a cluster of its own to configure TLS");
+        return;
+    }
+    let db = TestDb::new("tls").await;
+    let cluster = db.cluster.as_ref().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    // The role `tls` may only come in over TLS; `postgres` (the test's own SQL) over anything.
+    cluster
+        .write_data_file(
+            "pg_hba.conf",
+            b"local all all trust\nhostssl all tls 127.0.0.1/32 trust\nhost all tls 127.0.0.1/32 reject\nhost all postgres 127.0.0.1/32 trust\n",
+            0o600,
+        )
+        .unwrap();
+    cluster
+        .configure(&[
+            ("ssl", "on"),
+            ("ssl_cert_file", "'server.crt'"),
+            ("ssl_key_file", "'server.key'"),
+        ])
+        .unwrap();
+    install_certificate(cluster, dir.path(), "server");
+    let client = db.client().await;
+    // tail creates its own publication: it needs CREATE on the database and to own the table.
+    client
+        .batch_execute(&format!(
+            "CREATE ROLE tls LOGIN REPLICATION; CREATE TABLE t (id int); \
+             ALTER TABLE t OWNER TO tls; GRANT CREATE ON DATABASE {} TO tls",
+            db.name
+        ))
+        .await
+        .unwrap();
+
+    let url = |host: &str, ca: &str| {
+        format!(
+            "postgres://tls@{host}:{}/{}?sslmode=verify-full&sslrootcert={}",
+            cluster.port(),
+            db.name,
+            dir.path().join(ca).display()
+        )
+    };
+    let tail = |url: String, extra: &[&str]| {
+        let mut cmd = db.walpoints();
+        cmd.env("WALPOINTS_SOURCE_URL", url)
+            .args(["tail", "--table", "public.t"])
+            .args(extra);
+        cmd
+    };
+
+    let mut running = Running::spawn(tail(url("localhost", "ca.crt"), &["--limit", "1"]));
+    wait_for_active_tail_slot(&db).await;
+    let ssl: bool = client
+        .query_one(
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.backend_type = 'walsender'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl, "the walsender connection uses TLS");
+    client
+        .execute("INSERT INTO t VALUES (42)", &[])
+        .await
+        .unwrap();
+    let line = running.lines(1, Duration::from_secs(60)).remove(0);
+    assert!(line.contains("\"new\":{\"id\":\"42\"}"), "{line}");
+    assert!(
+        running.wait(Duration::from_secs(30)).success(),
+        "{}",
+        running.stderr()
+    );
+
+    let refused = |url: String, why: &str| {
+        let out = tail(url, &["--limit", "1"]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(!out.status.success(), "connected despite {why}");
+        assert!(err.contains("certificate"), "{why}: {err}");
+    };
+    refused(
+        url("localhost", "other-ca.crt"),
+        "a certificate from another CA",
+    );
+    install_certificate(cluster, dir.path(), "elsewhere");
+    refused(
+        url("localhost", "ca.crt"),
+        "a certificate for another host name",
+    );
+}
