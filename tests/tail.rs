@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{wait_for_active_tail_slot, Running, TestDb};
+use support::{start_tail, TestDb};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -62,18 +62,18 @@ async fn values_come_through_exactly_as_postgres_prints_them() {
             .await
             .unwrap();
     }
-    let mut cmd = db.walpoints();
-    cmd.args([
-        "tail",
-        "--table",
-        "public.t_default",
-        "--table",
-        "public.t_full",
-        "--limit",
-        "10",
-    ]);
-    let mut tail = Running::spawn(cmd);
-    wait_for_active_tail_slot(&db).await;
+    let mut tail = start_tail(
+        &db,
+        &[
+            "--table",
+            "public.t_default",
+            "--table",
+            "public.t_full",
+            "--limit",
+            "10",
+        ],
+    )
+    .await;
 
     let big: String = (0..12_000)
         .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
@@ -192,10 +192,7 @@ async fn added_column_shows_up_in_later_rows() {
         .batch_execute("CREATE TABLE t (id int PRIMARY KEY, a text)")
         .await
         .unwrap();
-    let mut cmd = db.walpoints();
-    cmd.args(["tail", "--table", "public.t", "--limit", "3"]);
-    let mut tail = Running::spawn(cmd);
-    wait_for_active_tail_slot(&db).await;
+    let mut tail = start_tail(&db, &["--table", "public.t", "--limit", "3"]).await;
     client
         .batch_execute(
             "INSERT INTO t VALUES (1, 'one');
@@ -226,10 +223,7 @@ async fn hundred_thousand_rows_arrive_in_commit_order_once() {
         .batch_execute("CREATE TABLE t (id bigint PRIMARY KEY, note text)")
         .await
         .unwrap();
-    let mut cmd = db.walpoints();
-    cmd.args(["tail", "--table", "public.t", "--limit", "100000"]);
-    let mut tail = Running::spawn(cmd);
-    wait_for_active_tail_slot(&db).await;
+    let mut tail = start_tail(&db, &["--table", "public.t", "--limit", "100000"]).await;
     for tx in 0..100i64 {
         client
             .execute(
@@ -382,10 +376,7 @@ async fn nothing_is_left_behind_after_a_normal_exit_or_sigint() {
         .await
         .unwrap();
 
-    let mut cmd = db.walpoints();
-    cmd.args(["tail", "--table", "public.t", "--limit", "1"]);
-    let mut tail = Running::spawn(cmd);
-    wait_for_active_tail_slot(&db).await;
+    let mut tail = start_tail(&db, &["--table", "public.t", "--limit", "1"]).await;
     client
         .execute("INSERT INTO t VALUES (1)", &[])
         .await
@@ -393,10 +384,7 @@ async fn nothing_is_left_behind_after_a_normal_exit_or_sigint() {
     assert!(tail.wait(WAIT).success());
     assert_nothing_left(&db).await;
 
-    let mut cmd = db.walpoints();
-    cmd.args(["tail", "--table", "public.t"]);
-    let mut tail = Running::spawn(cmd);
-    wait_for_active_tail_slot(&db).await;
+    let mut tail = start_tail(&db, &["--table", "public.t"]).await;
     client
         .execute("INSERT INTO t VALUES (2)", &[])
         .await

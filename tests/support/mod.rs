@@ -229,3 +229,13 @@ pub async fn wait_for_active_tail_slot(db: &TestDb) {
     })
     .await;
 }
+
+/// Starts `walpoints tail ARGS` on the test database and waits until its slot streams, so every
+/// change committed afterwards is seen.
+pub async fn start_tail(db: &TestDb, args: &[&str]) -> Running {
+    let mut cmd = db.walpoints();
+    cmd.arg("tail").args(args);
+    let running = Running::spawn(cmd);
+    wait_for_active_tail_slot(db).await;
+    running
+}
