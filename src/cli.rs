@@ -10,14 +10,9 @@ use crate::lsn::Lsn;
 #[derive(Debug, Parser)]
 #[command(name = "walpoints", version, about, long_about = None)]
 pub struct Cli {
-    /// Configuration file; a missing default file means "all defaults".
-    #[arg(
-        long,
-        global = true,
-        env = "WALPOINTS_CONFIG",
-        default_value = "walpoints.toml"
-    )]
-    pub config: PathBuf,
+    /// Configuration file [default: ./walpoints.toml, optional]; a file named here must exist.
+    #[arg(long, global = true, env = "WALPOINTS_CONFIG")]
+    pub config: Option<PathBuf>,
 
     /// Source database URL (overrides source.url and WALPOINTS_SOURCE_URL).
     #[arg(long, global = true, value_name = "URL")]

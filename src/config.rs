@@ -24,7 +24,7 @@ const ENV_NOT_CONFIG: &[&str] = &["WALPOINTS_TEST_", "WALPOINTS_CONFIG", "WALPOI
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file exists (or was named explicitly) but cannot be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         /// The file that was read.
         path: PathBuf,

@@ -27,16 +27,16 @@ pub enum DemoError {
     /// The change stream failed.
     #[error(transparent)]
     Tail(#[from] TailError),
+    /// The demo's own plumbing failed (a task died, a URL did not parse).
+    #[error("demo: {0}")]
+    Setup(String),
 }
 
 /// Runs the demo for `seconds` of synthetic trading, printing the change stream to `out`.
 pub async fn run(seconds: u64, out: &mut impl std::io::Write) -> Result<u64, DemoError> {
     let cluster = tokio::task::spawn_blocking(|| PgCluster::start(&[]))
         .await
-        .map_err(|e| ClusterError::Io {
-            what: "starting the throwaway cluster".into(),
-            source: std::io::Error::other(e.to_string()),
-        })??;
+        .map_err(|e| DemoError::Setup(format!("starting the throwaway cluster: {e}")))??;
     eprintln!(
         "walpoints demo: throwaway PostgreSQL {} on 127.0.0.1:{}",
         cluster.binaries().major,
@@ -45,10 +45,7 @@ pub async fn run(seconds: u64, out: &mut impl std::io::Write) -> Result<u64, Dem
     let url: ConnUrl = cluster
         .url("postgres")
         .parse()
-        .map_err(|e: String| ClusterError::Io {
-            what: e,
-            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
-        })?;
+        .map_err(|e: String| DemoError::Setup(format!("the cluster's URL: {e}")))?;
     let (client, conn) =
         tokio_postgres::connect(&cluster.url("postgres"), tokio_postgres::NoTls).await?;
     tokio::spawn(async move {

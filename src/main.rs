@@ -40,10 +40,11 @@ fn init_tracing(format: LogFormat) {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let explicit = std::env::args_os()
-        .any(|a| a == "--config" || a.to_string_lossy().starts_with("--config="))
-        || std::env::var_os("WALPOINTS_CONFIG").is_some();
-    let mut config = Config::load(&cli.config, explicit, std::env::vars())?;
+    let path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| "walpoints.toml".into());
+    let mut config = Config::load(&path, cli.config.is_some(), std::env::vars())?;
     if let Some(url) = &cli.source_url {
         config.source.url = url
             .parse()

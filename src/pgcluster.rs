@@ -25,7 +25,7 @@ pub enum ClusterError {
     )]
     NoBinaries,
     /// A file-system operation on the cluster's directory failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,
@@ -185,8 +185,9 @@ impl PgCluster {
             cluster.root.display()
         ));
         append(&cluster.data_dir().join("postgresql.conf"), &conf)?;
-        let mut last = None;
-        for _ in 0..5 {
+        // A free port can be taken by someone else before the server binds it: try a few.
+        let mut attempt = 1;
+        loop {
             cluster.port = free_port()?;
             cluster.write_data_file(
                 "walpoints_port.conf",
@@ -195,10 +196,10 @@ impl PgCluster {
             )?;
             match cluster.start_again() {
                 Ok(()) => return Ok(cluster),
-                Err(e) => last = Some(e),
+                Err(e) if attempt >= 5 => return Err(e),
+                Err(_) => attempt += 1,
             }
         }
-        Err(last.unwrap_or(ClusterError::NoBinaries))
     }
 
     /// The loopback port the server listens on.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::change::RowChange;
 use crate::cli::TailArgs;
-use crate::config::{is_identifier, quote_ident, Config, ConnUrl, TableName};
+use crate::config::{is_identifier, Config, ConnUrl, TableName};
 use crate::lsn::Lsn;
 use crate::pgoutput::{ColumnValue, TupleData};
 use crate::source::{AdminSession, ReplicationSource, SourceError, SourceOptions, StreamEvent};
@@ -127,14 +127,7 @@ pub async fn run(
     };
     if temporary {
         let mut admin = AdminSession::connect(&opts.url, "walpoints tail").await?;
-        let list: Vec<String> = opts.tables.iter().map(ToString::to_string).collect();
-        admin
-            .query(&format!(
-                "CREATE PUBLICATION {} FOR TABLE {}",
-                quote_ident(&publication),
-                list.join(", ")
-            ))
-            .await?;
+        admin.ensure_publication(&publication, &opts.tables).await?;
     }
     let result = stream(opts, &slot, &publication, temporary, out, shutdown).await;
     if temporary {

@@ -41,7 +41,7 @@ pub enum SourceError {
     #[error("source refused: {0}")]
     Definite(String),
     /// The server sent bytes that are not valid pgoutput: a bug or corruption; stop.
-    #[error("undecodable pgoutput message at {lsn}: {source}")]
+    #[error("undecodable pgoutput message at {lsn}")]
     Decode {
         /// Where in the WAL the message came from.
         lsn: Lsn,
@@ -50,7 +50,7 @@ pub enum SourceError {
     },
     /// A change names a relation the stream never described: the decoder and the server
     /// disagree, so nothing after it can be trusted; stop.
-    #[error("inconsistent stream at {lsn}: {source}")]
+    #[error("inconsistent stream at {lsn}")]
     Relation {
         /// Where in the WAL the change came from.
         lsn: Lsn,
