@@ -68,6 +68,18 @@ pub struct Config {
     pub source: SourceConfig,
     /// The business tables walpoints follows.
     pub tables: TablesConfig,
+    /// Which column of each business table holds what (mapped by name).
+    pub columns: ColumnsConfig,
+    /// Where walpoints keeps its ledger, totals, rule state and checkpoint.
+    pub store: StoreConfig,
+    /// How many changes / how long a store transaction collects before it commits.
+    pub batch: BatchConfig,
+    /// The transactional heartbeat walpoints writes on the source.
+    pub heartbeat: HeartbeatConfig,
+    /// Awarding trades that were committed before `setup`.
+    pub backfill: BackfillConfig,
+    /// What a TRUNCATE of `trades` or `positions` does.
+    pub truncate: TruncateConfig,
     /// The points rules: the top-level sections `epoch`, `trading`, `tiers`, `referral`,
     /// `holding`, `pnl` and the key `excluded_addresses` (see README, "Points rules").
     #[serde(skip)]
@@ -120,6 +132,201 @@ impl Default for TablesConfig {
             referral_relations: "public.referral_relations".into(),
         }
     }
+}
+
+/// Column names of the three business tables, flat so each has a `WALPOINTS_COLUMNS_<KEY>`
+/// variable. Defaults match the seed schema in `sql/exchange_schema.sql`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ColumnsConfig {
+    /// `trades` primary key: it keys corrections and deletes.
+    pub trades_id: String,
+    /// `trades` market symbol.
+    pub trades_symbol: String,
+    /// `trades` fill price.
+    pub trades_price: String,
+    /// `trades` fill amount (base quantity).
+    pub trades_amount: String,
+    /// `trades` taker address.
+    pub trades_taker: String,
+    /// `trades` maker address.
+    pub trades_maker: String,
+    /// `trades` fill time; empty means "use the commit time of the inserting transaction".
+    pub trades_time: String,
+    /// `positions` primary key.
+    pub positions_id: String,
+    /// `positions` owner address.
+    pub positions_user: String,
+    /// `positions` market symbol.
+    pub positions_symbol: String,
+    /// `positions` signed size.
+    pub positions_size: String,
+    /// `positions` entry price.
+    pub positions_entry_price: String,
+    /// `positions` status.
+    pub positions_status: String,
+    /// `positions` realized PnL (NULL while open).
+    pub positions_realized_pnl: String,
+    /// Status values that mean "open" (compared case-insensitively).
+    pub positions_open_values: Vec<String>,
+    /// Status values that mean "closed" (liquidated counts as closed if listed here).
+    pub positions_closed_values: Vec<String>,
+    /// `referral_relations` referee address (its key).
+    pub referrals_referee: String,
+    /// `referral_relations` referrer address.
+    pub referrals_referrer: String,
+}
+
+impl Default for ColumnsConfig {
+    fn default() -> Self {
+        let s = |v: &str| v.to_owned();
+        ColumnsConfig {
+            trades_id: s("id"),
+            trades_symbol: s("symbol"),
+            trades_price: s("price"),
+            trades_amount: s("amount"),
+            trades_taker: s("taker_address"),
+            trades_maker: s("maker_address"),
+            trades_time: s("created_at"),
+            positions_id: s("id"),
+            positions_user: s("user_address"),
+            positions_symbol: s("symbol"),
+            positions_size: s("size"),
+            positions_entry_price: s("entry_price"),
+            positions_status: s("status"),
+            positions_realized_pnl: s("realized_pnl"),
+            positions_open_values: vec![s("open")],
+            positions_closed_values: vec![s("closed")],
+            referrals_referee: s("referee_address"),
+            referrals_referrer: s("referrer_address"),
+        }
+    }
+}
+
+/// The store: a PostgreSQL database of walpoints' own.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// URL of the store database; empty means a database named `walpoints` on the source
+    /// server, with the source's credentials. Keep it out of the source database: the walsender
+    /// must decode every WAL record of its own database, but skips other databases cheaply.
+    pub url: String,
+}
+
+/// When a batch (one store transaction) closes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Close the batch once it holds this many row changes.
+    pub max_changes: u64,
+    /// Close the batch this long after its first transaction arrived (e.g. "100ms").
+    pub max_delay: String,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_changes: 10_000,
+            max_delay: "100ms".into(),
+        }
+    }
+}
+
+/// The heartbeat: a transactional `pg_logical_emit_message` on the source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// How often (e.g. "10s"); "0s" turns it off.
+    pub interval: String,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            interval: "10s".into(),
+        }
+    }
+}
+
+/// Awarding trades committed before the initial snapshot.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackfillConfig {
+    /// RFC 3339 instant; when set, `setup` awards every trade with a time at or after it, in
+    /// (time, id) order. Empty: trades before `setup` earn nothing.
+    pub trades_since: String,
+}
+
+/// What a TRUNCATE of a followed table does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TruncateConfig {
+    /// `stop` (default: the daemon stops and says why) or `ignore` (logged, nothing reversed).
+    pub policy: TruncatePolicy,
+}
+
+impl Default for TruncateConfig {
+    fn default() -> Self {
+        TruncateConfig {
+            policy: TruncatePolicy::Stop,
+        }
+    }
+}
+
+/// See [`TruncateConfig::policy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TruncatePolicy {
+    /// Stop with an error: points would silently diverge from a table that was emptied.
+    Stop,
+    /// Log and go on; what was awarded stays awarded.
+    Ignore,
+}
+
+impl Config {
+    /// The store URL: `store.url`, or the `walpoints` database on the source server.
+    pub fn store_url(&self) -> ConnUrl {
+        match self.store.url.trim() {
+            "" => self.source.url.with_dbname("walpoints"),
+            // validate() has parsed it already.
+            text => text
+                .parse()
+                .unwrap_or_else(|_| self.source.url.with_dbname("walpoints")),
+        }
+    }
+
+    /// `batch.max_delay` parsed.
+    pub fn batch_delay(&self) -> std::time::Duration {
+        duration_key(&self.batch.max_delay).unwrap_or(std::time::Duration::from_millis(100))
+    }
+
+    /// `heartbeat.interval` parsed; `None` when off.
+    pub fn heartbeat_interval(&self) -> Option<std::time::Duration> {
+        duration_key(&self.heartbeat.interval).filter(|d| !d.is_zero())
+    }
+
+    /// `backfill.trades_since` as Unix microseconds; `None` when unset.
+    pub fn backfill_since(&self) -> Option<i64> {
+        let s = self.backfill.trades_since.trim();
+        (!s.is_empty())
+            .then(|| crate::points::parse_rfc3339(s))
+            .flatten()
+    }
+}
+
+/// Reads "250ms", "10s", "0s", "2m" (and the points rules' "1d"/"1h" forms).
+fn duration_key(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    if let Some(ms) = s.strip_suffix("ms") {
+        return ms.trim().parse().ok().map(std::time::Duration::from_millis);
+    }
+    if s == "0" || s == "0s" {
+        return Some(std::time::Duration::ZERO);
+    }
+    let micros = crate::points::parse_duration(s)?;
+    u64::try_from(micros)
+        .ok()
+        .map(std::time::Duration::from_micros)
 }
 
 impl TablesConfig {
@@ -203,6 +410,63 @@ impl Config {
             value
                 .parse::<TableName>()
                 .map_err(|message| invalid(key, message))?;
+        }
+        if !self.store.url.trim().is_empty() {
+            self.store
+                .url
+                .parse::<ConnUrl>()
+                .map_err(|message| invalid("store.url", message))?;
+        }
+        if self.batch.max_changes == 0 {
+            return Err(invalid("batch.max_changes", "must be at least 1".into()));
+        }
+        for (key, value) in [
+            ("batch.max_delay", &self.batch.max_delay),
+            ("heartbeat.interval", &self.heartbeat.interval),
+        ] {
+            if duration_key(value).is_none() {
+                return Err(invalid(
+                    key,
+                    format!("{value:?} is not a duration like \"100ms\", \"10s\" or \"1m\""),
+                ));
+            }
+        }
+        if !self.backfill.trades_since.trim().is_empty() && self.backfill_since().is_none() {
+            return Err(invalid(
+                "backfill.trades_since",
+                format!(
+                    "{:?} is not an RFC 3339 instant like \"2026-01-05T00:00:00Z\"",
+                    self.backfill.trades_since
+                ),
+            ));
+        }
+        let c = &self.columns;
+        for (key, value) in [
+            ("columns.trades_id", &c.trades_id),
+            ("columns.trades_symbol", &c.trades_symbol),
+            ("columns.trades_price", &c.trades_price),
+            ("columns.trades_amount", &c.trades_amount),
+            ("columns.trades_taker", &c.trades_taker),
+            ("columns.trades_maker", &c.trades_maker),
+            ("columns.positions_id", &c.positions_id),
+            ("columns.positions_user", &c.positions_user),
+            ("columns.positions_symbol", &c.positions_symbol),
+            ("columns.positions_size", &c.positions_size),
+            ("columns.positions_entry_price", &c.positions_entry_price),
+            ("columns.positions_status", &c.positions_status),
+            ("columns.positions_realized_pnl", &c.positions_realized_pnl),
+            ("columns.referrals_referee", &c.referrals_referee),
+            ("columns.referrals_referrer", &c.referrals_referrer),
+        ] {
+            if value.trim().is_empty() {
+                return Err(invalid(key, "must name a column".into()));
+            }
+        }
+        if c.positions_open_values.is_empty() || c.positions_closed_values.is_empty() {
+            return Err(invalid(
+                "columns.positions_open_values",
+                "positions_open_values and positions_closed_values must each list a value".into(),
+            ));
         }
         Ok(())
     }
