@@ -7,12 +7,17 @@
 pub mod change;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod demo;
+pub mod events;
 pub mod lsn;
 pub mod pgcluster;
+pub mod pgconn;
 pub mod pgoutput;
+pub mod pipeline;
 pub mod points;
 pub mod signal;
 pub mod source;
+pub mod store;
 pub mod tail;
 pub mod value;
