@@ -39,11 +39,30 @@ pub enum LogFormat {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Prepare everything once: the store's schema, the publication, the replication slot and
+    /// the initial snapshot of open positions and referrals. Safe to re-run.
+    Setup,
+    /// The daemon: stream the slot into the store until SIGINT/SIGTERM.
+    Run,
+    /// Drop the slot and the publication (so no slot is left pinning WAL); the store is kept
+    /// unless --drop-store.
+    Teardown(TeardownArgs),
     /// Print the decoded change stream as JSON lines, one change per line.
     Tail(TailArgs),
     /// Start a throwaway PostgreSQL, run a small synthetic exchange on it and show walpoints
     /// following it; everything is removed at the end.
     Demo(DemoArgs),
+}
+
+/// Options of `walpoints teardown`.
+#[derive(Debug, Args)]
+pub struct TeardownArgs {
+    /// Confirm: without it nothing is dropped.
+    #[arg(long)]
+    pub yes: bool,
+    /// Also delete this source's ledger, totals, state and checkpoint from the store.
+    #[arg(long)]
+    pub drop_store: bool,
 }
 
 /// Options of `walpoints demo`.

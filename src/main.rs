@@ -51,6 +51,35 @@ async fn run(cli: Cli) -> Result<()> {
             .map_err(|e: String| anyhow::anyhow!("--source-url: {e}"))?;
     }
     match cli.command {
+        Command::Setup => {
+            let report = walpoints::daemon::setup(&config).await?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Run => {
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                walpoints::signal::shutdown().await;
+                tracing::info!("signal received: finishing the current batch");
+                let _ = stop_tx.send(true);
+            });
+            walpoints::daemon::run(&config, stop_rx).await?;
+            Ok(())
+        }
+        Command::Teardown(args) => {
+            let report = walpoints::daemon::teardown(&config, args.yes, args.drop_store).await?;
+            println!(
+                "dropped slot {:?} and publication {:?}{}",
+                config.source.slot,
+                config.source.publication,
+                if report.store_dropped {
+                    "; deleted the source's rows from the store"
+                } else {
+                    "; the store is kept"
+                }
+            );
+            Ok(())
+        }
         Command::Tail(args) => {
             let opts = walpoints::tail::options(&config, args).map_err(anyhow::Error::msg)?;
             let stdout = std::io::stdout();

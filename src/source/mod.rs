@@ -149,6 +149,9 @@ pub struct ReplicationSource {
     in_tx: Option<TxBegin>,
     /// Changes decoded but not yet handed out (a TRUNCATE of several tables yields several).
     pending: VecDeque<RowChange>,
+    /// The transaction [`ReplicationSource::next_transaction`] is assembling; kept here so
+    /// that dropping that future (a `select!` timeout) loses nothing.
+    partial: Option<Transaction>,
 }
 
 impl std::fmt::Debug for ReplicationSource {
@@ -291,6 +294,28 @@ impl AdminSession {
         consistent_point(rows)
     }
 
+    /// Creates a permanent pgoutput slot that exports its snapshot, for the initial copy. The
+    /// snapshot can be imported (`SET TRANSACTION SNAPSHOT`) only while this session stays open
+    /// and runs no other command, so keep the session until the copy's transaction has begun.
+    pub async fn create_slot_exporting(&mut self, name: &str) -> Result<ExportedSlot, SourceError> {
+        let rows = self
+            .query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
+                quote_ident(name)
+            ))
+            .await?;
+        let snapshot = rows
+            .first()
+            .and_then(|r| r.get(2).cloned().flatten())
+            .ok_or_else(|| {
+                SourceError::Definite("CREATE_REPLICATION_SLOT exported no snapshot".into())
+            })?;
+        Ok(ExportedSlot {
+            consistent_point: consistent_point(rows)?,
+            snapshot,
+        })
+    }
+
     /// Drops the slot if it exists (waiting for a session that holds it to let go).
     pub async fn drop_slot(&mut self, name: &str) -> Result<(), SourceError> {
         if self.slot(name).await?.is_some() {
@@ -299,6 +324,15 @@ impl AdminSession {
         }
         Ok(())
     }
+}
+
+/// A slot just created with its snapshot exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedSlot {
+    /// The first LSN whose commits the slot streams; the snapshot holds everything before.
+    pub consistent_point: Lsn,
+    /// The snapshot's name, for `SET TRANSACTION SNAPSHOT`.
+    pub snapshot: String,
 }
 
 /// What `pg_replication_slots` says of one slot.
@@ -361,6 +395,7 @@ impl ReplicationSource {
             system_id,
             in_tx: None,
             pending: VecDeque::new(),
+            partial: None,
         })
     }
 
@@ -446,24 +481,24 @@ impl ReplicationSource {
     }
 
     /// The next whole transaction, in commit order; `Ok(None)` when the stream ended.
+    /// Cancel-safe: a transaction being assembled survives a dropped call.
     pub async fn next_transaction(&mut self) -> Result<Option<Transaction>, SourceError> {
-        let mut tx: Option<Transaction> = None;
         loop {
             match self.next_event().await? {
                 None => return Ok(None),
-                Some(StreamEvent::Begin(b)) => tx = Some(Transaction::new(b)),
+                Some(StreamEvent::Begin(b)) => self.partial = Some(Transaction::new(b)),
                 Some(StreamEvent::Change(c)) => {
-                    if let Some(t) = tx.as_mut() {
+                    if let Some(t) = self.partial.as_mut() {
                         t.changes.push(c);
                     }
                 }
                 Some(StreamEvent::Message { prefix, content }) => {
-                    if let Some(t) = tx.as_mut() {
+                    if let Some(t) = self.partial.as_mut() {
                         t.messages.push((prefix, content));
                     }
                 }
                 Some(StreamEvent::Commit(c)) => {
-                    if let Some(mut t) = tx.take() {
+                    if let Some(mut t) = self.partial.take() {
                         t.end_lsn = c.end_lsn;
                         t.commit_time = c.commit_time;
                         return Ok(Some(t));

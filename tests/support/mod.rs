@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use walpoints::pgcluster::PgCluster;
 
+pub mod daemon;
+
 /// A database of the test's own on a throwaway cluster (or on `WALPOINTS_TEST_PG_URL`).
 pub struct TestDb {
     /// The cluster, when the test started one (None with `WALPOINTS_TEST_PG_URL`).

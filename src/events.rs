@@ -1,0 +1,1160 @@
+//! Row changes → domain events, through the column mapping of `walpoints.toml` `[columns]`.
+//!
+//! This is the one place where a row's text values become typed [`Event`]s, so every "bad row"
+//! decision is made here, once: a row that cannot be used becomes a [`RowRejected`] (definite
+//! for the row: the daemon dead-letters it with its LSN and goes on), while a followed table
+//! that lost a mapped column is a [`MappingError`] (definite for the stream: the daemon stops
+//! and tells the operator what to fix).
+//!
+//! The module is pure (no I/O, no clock), so the same mapping serves the replication stream
+//! ([`Mapper::map`]) and the initial snapshot ([`Mapper::map_snapshot_row`]).
+
+use std::borrow::Cow;
+
+use rust_decimal::Decimal;
+use serde_json::{json, Map, Value as Json};
+
+use crate::change::{Op, RowChange};
+use crate::config::{ColumnsConfig, TableName, TablesConfig};
+use crate::pgoutput::{ColumnValue, Relation, TupleData};
+use crate::points::{Event, Position, PositionStatus, ReferralLink, Trade};
+use crate::value;
+
+/// How many characters of each value the dead-letter `row` JSON keeps, so one huge value
+/// cannot bloat the dead-letter table.
+const ROW_VALUE_CHARS: usize = 1_000;
+/// How many characters of an offending value a rejection's `detail` quotes.
+const DETAIL_VALUE_CHARS: usize = 200;
+
+/// Which followed table a relation is; the engine's rules differ per table, and a truncate
+/// policy or a metric needs to say which one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TableKind {
+    /// `[tables] trades`: one row per fill.
+    Trades,
+    /// `[tables] positions`: one row per position.
+    Positions,
+    /// `[tables] referral_relations`: one row per referee.
+    Referrals,
+}
+
+impl TableKind {
+    /// All kinds, in the order of `[tables]`, so callers (e.g. the snapshot) can iterate them.
+    pub const ALL: [TableKind; 3] = [
+        TableKind::Trades,
+        TableKind::Positions,
+        TableKind::Referrals,
+    ];
+
+    /// The `[tables]` key naming this table, used in logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableKind::Trades => "trades",
+            TableKind::Positions => "positions",
+            TableKind::Referrals => "referral_relations",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            TableKind::Trades => 0,
+            TableKind::Positions => 1,
+            TableKind::Referrals => 2,
+        }
+    }
+}
+
+/// The outcome of mapping one row change that could be used.
+// Not boxed: a `Mapped` lives only until its event is moved into the transaction's event list,
+// and boxing would cost an allocation per row.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mapped {
+    /// A domain event for the engine.
+    Event(Event),
+    /// A TRUNCATE of a followed table (the daemon applies its truncate policy).
+    Truncate(TableKind),
+    /// A change of a table walpoints does not follow.
+    Ignored,
+}
+
+/// A row that cannot be used: goes to the dead-letter table with its LSN, and the stream goes
+/// on. Carries everything an operator needs to fix and replay the row.
+///
+/// Reason codes (stable, for metrics labels):
+/// - `null_value`: a required column is NULL;
+/// - `bad_value`: a value does not parse (number, timestamp, UTF-8), is NaN or infinite, or
+///   arrived in binary format;
+/// - `negative_price`: a trade price or position entry price below zero;
+/// - `unknown_status`: a position status in neither `positions_open_values` nor
+///   `positions_closed_values`;
+/// - `missing_key`: a delete whose key and old row are absent or NULL in the key column;
+/// - `unchanged_toast`: an update left a needed large value unsent and no full old row has it;
+/// - `missing_column`: a mapped column is not in the row (normally caught earlier by
+///   [`Mapper::check_relation`]);
+/// - `missing_tuple`: an insert or update without its new row (a malformed change).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{table} {op}: {detail}")]
+pub struct RowRejected {
+    /// The table, as `schema.name`.
+    pub table: String,
+    /// The operation ([`Op::as_str`]).
+    pub op: &'static str,
+    /// Stable snake_case reason code (see the type's docs).
+    pub reason: &'static str,
+    /// Human detail naming the column and the offending value (values cut to ~200 chars).
+    pub detail: String,
+    /// The row as JSON: `{"new": {col: text|null}, "old": {...}, "key": {...}}` with only the
+    /// parts present; text values cut to 1,000 chars. A value that is neither text nor NULL is
+    /// shown as `{"unchanged_toast": true}` or `{"binary_bytes": n}`.
+    pub row: Json,
+}
+
+/// A followed table whose shape no longer fits the mapping: definite for the stream, because
+/// every later row of that table would be rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MappingError {
+    /// Mapped columns are not in the table (renamed, dropped, or misnamed in the config).
+    #[error(
+        "table {table} has no column {} (mapped by {}): set those keys in walpoints.toml \
+         [columns] (or WALPOINTS_COLUMNS_*) to columns the table has, or restore the column in \
+         the source table, then restart walpoints (changes written while the column was missing \
+         are decoded without it, so only a config fix covers them)",
+        .columns.join(", "),
+        .keys.join(", ")
+    )]
+    MissingColumn {
+        /// The table, as `schema.name`.
+        table: String,
+        /// The missing column names.
+        columns: Vec<String>,
+        /// The config keys that map them, e.g. `columns.trades_price`.
+        keys: Vec<String>,
+    },
+}
+
+/// The column mapping resolved against the config; built once at start so mapping a row does
+/// no parsing of configuration.
+#[derive(Debug, Clone)]
+pub struct Mapper {
+    /// The followed tables by [`TableKind::index`]; `None` when the config name does not parse
+    /// (config validation rejects that, so it then simply follows nothing).
+    tables: [Option<TableName>; 3],
+    cols: ColumnsConfig,
+    /// Status values, trimmed and lowercased.
+    open: Vec<String>,
+    closed: Vec<String>,
+}
+
+impl Mapper {
+    /// Resolves the table names and normalizes the status values once.
+    pub fn new(tables: &TablesConfig, columns: &ColumnsConfig) -> Mapper {
+        let norm = |v: &[String]| v.iter().map(|s| s.trim().to_lowercase()).collect();
+        Mapper {
+            tables: [
+                tables.trades.parse().ok(),
+                tables.positions.parse().ok(),
+                tables.referral_relations.parse().ok(),
+            ],
+            cols: columns.clone(),
+            open: norm(&columns.positions_open_values),
+            closed: norm(&columns.positions_closed_values),
+        }
+    }
+
+    /// Which followed table `rel` is (by schema and name), or `None` for any other table.
+    pub fn table_of(&self, rel: &Relation) -> Option<TableKind> {
+        TableKind::ALL.into_iter().find(|k| {
+            self.tables[k.index()]
+                .as_ref()
+                .is_some_and(|t| t.schema == rel.schema() && t.name == rel.name)
+        })
+    }
+
+    /// Checks that every mapped column of a followed table exists in `rel`; called whenever a
+    /// Relation arrives or changes, so a dropped or renamed column stops the stream at once
+    /// instead of dead-lettering every later row.
+    pub fn check_relation(&self, rel: &Relation) -> Result<(), MappingError> {
+        let Some(kind) = self.table_of(rel) else {
+            return Ok(());
+        };
+        let (keys, columns): (Vec<String>, Vec<String>) = self
+            .mapped(kind)
+            .into_iter()
+            .filter(|(_, col)| rel.column_index(col).is_none())
+            .map(|(key, col)| (format!("columns.{key}"), col.to_owned()))
+            .unzip();
+        if columns.is_empty() {
+            Ok(())
+        } else {
+            Err(MappingError::MissingColumn {
+                table: format!("{}.{}", rel.schema(), rel.name),
+                columns,
+                keys,
+            })
+        }
+    }
+
+    /// Maps one change. `Ok(Mapped::Ignored)` for tables we don't follow.
+    pub fn map(&self, change: &RowChange) -> Result<Mapped, RowRejected> {
+        let Some(kind) = self.table_of(&change.relation) else {
+            return Ok(Mapped::Ignored);
+        };
+        self.map_followed(kind, change)
+            .map_err(|fault| reject_change(change, fault))
+    }
+
+    /// For the initial snapshot: the column names to SELECT, in this order, for a table. The
+    /// caller selects each as `col::text` and passes the texts to [`Mapper::map_snapshot_row`]
+    /// in the same order, so the snapshot is read exactly like the stream.
+    pub fn snapshot_columns(&self, table: TableKind) -> Vec<&str> {
+        self.mapped(table).into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// Maps one snapshot row (texts in [`Mapper::snapshot_columns`] order, NULL = `None`) to
+    /// the Insert event the row would have produced on the stream.
+    pub fn map_snapshot_row(
+        &self,
+        table: TableKind,
+        texts: &[Option<&str>],
+    ) -> Result<Event, RowRejected> {
+        let names = self.snapshot_columns(table);
+        let row = Row::Texts {
+            names: &names,
+            texts,
+        };
+        self.insert_event(table, &row).map_err(|fault| {
+            let values = names
+                .iter()
+                .zip(texts)
+                .map(|(n, t)| {
+                    let v = t.map_or(Json::Null, |t| {
+                        Json::String(clip(t, ROW_VALUE_CHARS).into())
+                    });
+                    ((*n).to_owned(), v)
+                })
+                .collect::<Map<_, _>>();
+            let name = self.tables[table.index()].as_ref().map_or_else(
+                || table.as_str().to_owned(),
+                |t| format!("{}.{}", t.schema, t.name),
+            );
+            RowRejected {
+                table: name,
+                op: Op::Insert.as_str(),
+                reason: fault.reason,
+                detail: fault.detail,
+                row: json!({ "new": values }),
+            }
+        })
+    }
+
+    /// The mapped columns of a table as (config key, column name), in snapshot order.
+    fn mapped(&self, kind: TableKind) -> Vec<(&'static str, &str)> {
+        let c = &self.cols;
+        let mut v = match kind {
+            TableKind::Trades => vec![
+                ("trades_id", c.trades_id.as_str()),
+                ("trades_symbol", &c.trades_symbol),
+                ("trades_price", &c.trades_price),
+                ("trades_amount", &c.trades_amount),
+                ("trades_taker", &c.trades_taker),
+                ("trades_maker", &c.trades_maker),
+            ],
+            TableKind::Positions => vec![
+                ("positions_id", c.positions_id.as_str()),
+                ("positions_user", &c.positions_user),
+                ("positions_symbol", &c.positions_symbol),
+                ("positions_size", &c.positions_size),
+                ("positions_entry_price", &c.positions_entry_price),
+                ("positions_status", &c.positions_status),
+                ("positions_realized_pnl", &c.positions_realized_pnl),
+            ],
+            TableKind::Referrals => vec![
+                ("referrals_referee", c.referrals_referee.as_str()),
+                ("referrals_referrer", &c.referrals_referrer),
+            ],
+        };
+        if kind == TableKind::Trades && !c.trades_time.is_empty() {
+            v.push(("trades_time", &c.trades_time));
+        }
+        v
+    }
+
+    fn map_followed(&self, kind: TableKind, change: &RowChange) -> Result<Mapped, Fault> {
+        let rel = &*change.relation;
+        let new = |fallback| {
+            let tuple = change.new.as_ref().ok_or_else(|| {
+                Fault::new(
+                    "missing_tuple",
+                    format!("{} without a new row", change.op.as_str()),
+                )
+            })?;
+            Ok::<_, Fault>(Row::Tuple {
+                rel,
+                tuple,
+                fallback,
+            })
+        };
+        // The full old row (REPLICA IDENTITY FULL), if sent.
+        let old = change.old.as_ref().map(|tuple| Row::Tuple {
+            rel,
+            tuple,
+            fallback: None,
+        });
+        let event = match change.op {
+            Op::Truncate => return Ok(Mapped::Truncate(kind)),
+            Op::Insert => self.insert_event(kind, &new(None)?)?,
+            // Unchanged TOAST values of the new row are taken from the full old row. The old
+            // row is only a hint to the engine, so one that does not map is simply left out.
+            Op::Update => {
+                let new = new(change.old.as_ref())?;
+                match kind {
+                    TableKind::Trades => Event::TradeUpdated {
+                        new: self.trade(&new)?,
+                        old: old.and_then(|o| self.trade(&o).ok()),
+                    },
+                    TableKind::Positions => Event::PositionUpdated {
+                        new: self.position(&new)?,
+                        old: old.and_then(|o| self.position(&o).ok()),
+                    },
+                    TableKind::Referrals => Event::ReferralUpdated {
+                        new: self.referral(&new)?,
+                        old: old.and_then(|o| self.referral(&o).ok()),
+                    },
+                }
+            }
+            Op::Delete => match kind {
+                TableKind::Trades => Event::TradeDeleted {
+                    id: key(change, &self.cols.trades_id)?,
+                },
+                TableKind::Positions => Event::PositionDeleted {
+                    id: key(change, &self.cols.positions_id)?,
+                },
+                TableKind::Referrals => Event::ReferralDeleted {
+                    referee: key(change, &self.cols.referrals_referee)?,
+                    referrer: old.and_then(|o| o.string(&self.cols.referrals_referrer).ok()),
+                },
+            },
+        };
+        Ok(Mapped::Event(event))
+    }
+
+    fn insert_event(&self, kind: TableKind, row: &Row<'_>) -> Result<Event, Fault> {
+        Ok(match kind {
+            TableKind::Trades => Event::TradeInserted {
+                new: self.trade(row)?,
+            },
+            TableKind::Positions => Event::PositionInserted {
+                new: self.position(row)?,
+            },
+            TableKind::Referrals => Event::ReferralInserted {
+                new: self.referral(row)?,
+            },
+        })
+    }
+
+    // Symbols are informational (they earn nothing), so a NULL one becomes "" rather than
+    // costing a fill or a position its points.
+    fn trade(&self, row: &Row<'_>) -> Result<Trade, Fault> {
+        let c = &self.cols;
+        Ok(Trade {
+            id: row.string(&c.trades_id)?,
+            symbol: row.opt_string(&c.trades_symbol)?.unwrap_or_default(),
+            price: row.price(&c.trades_price)?,
+            amount: row.decimal(&c.trades_amount)?,
+            taker: row.string(&c.trades_taker)?,
+            maker: row.string(&c.trades_maker)?,
+            time: match c.trades_time.as_str() {
+                "" => None,
+                col => Some(row.timestamp(col)?),
+            },
+        })
+    }
+
+    fn position(&self, row: &Row<'_>) -> Result<Position, Fault> {
+        let c = &self.cols;
+        Ok(Position {
+            id: row.string(&c.positions_id)?,
+            user: row.string(&c.positions_user)?,
+            symbol: row.opt_string(&c.positions_symbol)?.unwrap_or_default(),
+            size: row.decimal(&c.positions_size)?,
+            entry_price: row.price(&c.positions_entry_price)?,
+            status: self.status(row)?,
+            realized_pnl: row.opt_decimal(&c.positions_realized_pnl)?,
+        })
+    }
+
+    fn status(&self, row: &Row<'_>) -> Result<PositionStatus, Fault> {
+        let col = &self.cols.positions_status;
+        let raw = row.string(col)?;
+        let s = raw.trim().to_lowercase();
+        if self.open.contains(&s) {
+            Ok(PositionStatus::Open)
+        } else if self.closed.contains(&s) {
+            Ok(PositionStatus::Closed)
+        } else {
+            Err(Fault::new(
+                "unknown_status",
+                format!(
+                    "column {col:?}: status {:?} is neither open {:?} nor closed {:?} \
+                     (see columns.positions_open_values / positions_closed_values)",
+                    clip(&raw, DETAIL_VALUE_CHARS),
+                    self.cols.positions_open_values,
+                    self.cols.positions_closed_values
+                ),
+            ))
+        }
+    }
+
+    fn referral(&self, row: &Row<'_>) -> Result<ReferralLink, Fault> {
+        Ok(ReferralLink {
+            referee: row.string(&self.cols.referrals_referee)?,
+            referrer: row.string(&self.cols.referrals_referrer)?,
+        })
+    }
+}
+
+/// Why a row was rejected, before the table, op and row JSON are attached (those are only
+/// rendered when a row actually fails).
+struct Fault {
+    reason: &'static str,
+    detail: String,
+}
+
+impl Fault {
+    fn new(reason: &'static str, detail: String) -> Fault {
+        Fault { reason, detail }
+    }
+}
+
+fn bad_value(col: &str, e: value::ValueError) -> Fault {
+    // ValueError already quotes a bounded prefix of the value.
+    Fault::new("bad_value", format!("column {col:?}: {e}"))
+}
+
+/// One row image to read mapped columns from, by name.
+enum Row<'a> {
+    /// A pgoutput tuple; `fallback` (the full old row) supplies unchanged TOAST values.
+    Tuple {
+        rel: &'a Relation,
+        tuple: &'a TupleData,
+        fallback: Option<&'a TupleData>,
+    },
+    /// A snapshot row: `texts[i]` is the value of column `names[i]`.
+    Texts {
+        names: &'a [&'a str],
+        texts: &'a [Option<&'a str>],
+    },
+}
+
+impl<'a> Row<'a> {
+    /// The text bytes of `col`, `None` for NULL; anything unreadable is a fault.
+    fn get(&self, col: &str) -> Result<Option<&'a [u8]>, Fault> {
+        let missing = || {
+            Fault::new(
+                "missing_column",
+                format!("column {col:?} is not in the row"),
+            )
+        };
+        match *self {
+            Row::Tuple {
+                rel,
+                tuple,
+                fallback,
+            } => {
+                let i = rel.column_index(col).ok_or_else(missing)?;
+                let mut v = tuple.get(i).ok_or_else(missing)?;
+                if let (ColumnValue::UnchangedToast, Some(old)) =
+                    (v, fallback.and_then(|f| f.get(i)))
+                {
+                    v = old;
+                }
+                match v {
+                    ColumnValue::Text(b) => Ok(Some(b)),
+                    ColumnValue::Null => Ok(None),
+                    ColumnValue::UnchangedToast => Err(Fault::new(
+                        "unchanged_toast",
+                        format!(
+                            "column {col:?} is an unchanged TOAST value and no full old row \
+                             carries it (set REPLICA IDENTITY FULL on the table)"
+                        ),
+                    )),
+                    ColumnValue::Binary(_) => Err(Fault::new(
+                        "bad_value",
+                        format!("column {col:?} arrived in binary format; walpoints reads text"),
+                    )),
+                }
+            }
+            Row::Texts { names, texts } => {
+                let i = names.iter().position(|n| *n == col).ok_or_else(missing)?;
+                Ok(texts.get(i).ok_or_else(missing)?.map(str::as_bytes))
+            }
+        }
+    }
+
+    fn required(&self, col: &str) -> Result<&'a [u8], Fault> {
+        self.get(col)?
+            .ok_or_else(|| Fault::new("null_value", format!("column {col:?} is NULL")))
+    }
+
+    fn opt_string(&self, col: &str) -> Result<Option<String>, Fault> {
+        self.get(col)?
+            .map(|b| {
+                value::text(b)
+                    .map(str::to_owned)
+                    .map_err(|e| bad_value(col, e))
+            })
+            .transpose()
+    }
+
+    fn string(&self, col: &str) -> Result<String, Fault> {
+        let b = self.required(col)?;
+        value::text(b)
+            .map(str::to_owned)
+            .map_err(|e| bad_value(col, e))
+    }
+
+    fn opt_decimal(&self, col: &str) -> Result<Option<Decimal>, Fault> {
+        self.get(col)?
+            .map(|b| value::numeric(b).map_err(|e| bad_value(col, e)))
+            .transpose()
+    }
+
+    fn decimal(&self, col: &str) -> Result<Decimal, Fault> {
+        value::numeric(self.required(col)?).map_err(|e| bad_value(col, e))
+    }
+
+    fn timestamp(&self, col: &str) -> Result<i64, Fault> {
+        value::timestamp_micros(self.required(col)?).map_err(|e| bad_value(col, e))
+    }
+
+    /// A decimal that must not be negative.
+    fn price(&self, col: &str) -> Result<Decimal, Fault> {
+        let p = self.decimal(col)?;
+        if p.is_sign_negative() && !p.is_zero() {
+            return Err(Fault::new(
+                "negative_price",
+                format!("column {col:?}: negative price {p}"),
+            ));
+        }
+        Ok(p)
+    }
+}
+
+/// The key of a deleted row: from the replica-identity key, else the full old row.
+fn key(change: &RowChange, col: &str) -> Result<String, Fault> {
+    let rel = &*change.relation;
+    for tuple in [change.key.as_ref(), change.old.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        let row = Row::Tuple {
+            rel,
+            tuple,
+            fallback: None,
+        };
+        if let Some(id) = row.opt_string(col)? {
+            return Ok(id);
+        }
+    }
+    Err(Fault::new(
+        "missing_key",
+        format!(
+            "delete carries no value for key column {col:?} (the table's replica identity \
+             must include it, or be FULL)"
+        ),
+    ))
+}
+
+fn reject_change(change: &RowChange, fault: Fault) -> RowRejected {
+    let rel = &*change.relation;
+    RowRejected {
+        table: format!("{}.{}", rel.schema(), rel.name),
+        op: change.op.as_str(),
+        reason: fault.reason,
+        detail: fault.detail,
+        row: row_json(change),
+    }
+}
+
+/// A change's row images as `{"new": {col: text|null}, "old": {...}, "key": {...}}` (only the
+/// parts present, values cut as in [`RowRejected::row`]), so a dead letter raised after mapping
+/// (e.g. by the engine) shows the row the same way as one rejected here.
+pub fn row_json(change: &RowChange) -> Json {
+    let rel = &*change.relation;
+    let mut row = Map::new();
+    for (part, tuple) in [
+        ("new", &change.new),
+        ("old", &change.old),
+        ("key", &change.key),
+    ] {
+        if let Some(t) = tuple {
+            row.insert(part.to_owned(), tuple_json(rel, t));
+        }
+    }
+    Json::Object(row)
+}
+
+/// A tuple as `{column: text|null}`; values past the relation's columns are named `$<index>`.
+fn tuple_json(rel: &Relation, tuple: &TupleData) -> Json {
+    let mut m = Map::new();
+    for (i, v) in tuple.iter().enumerate() {
+        let name = rel
+            .columns
+            .get(i)
+            .map_or_else(|| format!("${i}"), |c| c.name.clone());
+        let v = match v {
+            ColumnValue::Null => Json::Null,
+            ColumnValue::Text(b) => Json::String(clip_bytes(b, ROW_VALUE_CHARS)),
+            ColumnValue::UnchangedToast => json!({ "unchanged_toast": true }),
+            ColumnValue::Binary(b) => json!({ "binary_bytes": b.len() }),
+        };
+        m.insert(name, v);
+    }
+    Json::Object(m)
+}
+
+/// At most `max` characters of `s`, with `…` appended when cut.
+fn clip(s: &str, max: usize) -> Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        Some((end, _)) => Cow::Owned(format!("{}…", &s[..end])),
+        None => Cow::Borrowed(s),
+    }
+}
+
+/// Like [`clip`] for bytes that should be UTF-8; decodes only a bounded prefix (at most 4 bytes
+/// per kept character, so a cut can only split a character beyond the kept ones).
+fn clip_bytes(b: &[u8], max: usize) -> String {
+    let head = b.get(..max.saturating_mul(4)).unwrap_or(b);
+    let lossy = String::from_utf8_lossy(head);
+    match lossy.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &lossy[..end]),
+        None if head.len() < b.len() => format!("{lossy}…"),
+        None => lossy.into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::lsn::Lsn;
+    use crate::pgoutput::{Column, ReplicaIdentity};
+
+    const TRADE_COLS: &str = "id symbol price amount taker_address maker_address created_at memo";
+    const POSITION_COLS: &str = "id user_address symbol size entry_price status realized_pnl";
+    const T0: &str = "2026-01-05 12:34:56+00";
+    const T0_MICROS: i64 = 1_767_616_496_000_000;
+    const POSITION_ID: &str = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
+
+    /// A relation with space-separated column names; the mapping reads values by name only,
+    /// so every column is `text`.
+    fn relation(schema: &str, name: &str, columns: &str) -> Arc<Relation> {
+        let column = |name: &str| Column {
+            part_of_key: false,
+            name: name.into(),
+            type_oid: value::oid::TEXT,
+            type_modifier: -1,
+        };
+        Arc::new(Relation {
+            oid: 16_400,
+            namespace: schema.into(),
+            name: name.into(),
+            replica_identity: ReplicaIdentity::Default,
+            columns: columns.split_whitespace().map(column).collect(),
+        })
+    }
+
+    fn trades_rel() -> Arc<Relation> {
+        relation("public", "trades", TRADE_COLS)
+    }
+
+    fn positions_rel() -> Arc<Relation> {
+        relation("public", "positions", POSITION_COLS)
+    }
+
+    fn referrals_rel() -> Arc<Relation> {
+        relation(
+            "public",
+            "referral_relations",
+            "referee_address referrer_address",
+        )
+    }
+
+    fn text(s: &str) -> ColumnValue {
+        ColumnValue::Text(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    /// A tuple written like a COPY line: values separated by `|`, `\N` for NULL.
+    fn tuple(line: &str) -> TupleData {
+        let value = |v| match v {
+            "\\N" => ColumnValue::Null,
+            v => text(v),
+        };
+        let columns = line.split('|').map(value).collect();
+        TupleData { columns }
+    }
+
+    /// `t` with column `i` replaced by `v`.
+    fn with(mut t: TupleData, i: usize, v: ColumnValue) -> TupleData {
+        t.columns[i] = v;
+        t
+    }
+
+    fn change(rel: &Arc<Relation>, op: Op, new: Option<TupleData>) -> RowChange {
+        let (lsn, relation, old, key) = (Lsn(0x1_0000), rel.clone(), None, None);
+        RowChange {
+            lsn,
+            relation,
+            op,
+            new,
+            old,
+            key,
+        }
+    }
+
+    fn insert(rel: &Arc<Relation>, new: TupleData) -> RowChange {
+        change(rel, Op::Insert, Some(new))
+    }
+
+    fn update(rel: &Arc<Relation>, new: TupleData, old: Option<TupleData>) -> RowChange {
+        let c = change(rel, Op::Update, Some(new));
+        RowChange { old, ..c }
+    }
+
+    fn delete(rel: &Arc<Relation>, old: Option<TupleData>, key: Option<TupleData>) -> RowChange {
+        let c = change(rel, Op::Delete, None);
+        RowChange { old, key, ..c }
+    }
+
+    fn trade_row(price: &str) -> TupleData {
+        tuple(&format!("7|BTC-USD|{price}|-0.5|0xTaker|0xmaker|{T0}|\\N"))
+    }
+
+    fn trade(price: &str) -> Trade {
+        Trade {
+            id: "7".into(),
+            symbol: "BTC-USD".into(),
+            price: price.parse().unwrap(),
+            amount: "-0.5".parse().unwrap(),
+            taker: "0xTaker".into(),
+            maker: "0xmaker".into(),
+            time: Some(T0_MICROS),
+        }
+    }
+
+    fn position_row(status: &str, pnl: &str) -> TupleData {
+        tuple(&format!(
+            "{POSITION_ID}|0xUser|ETH-USD|-2|3000.50|{status}|{pnl}"
+        ))
+    }
+
+    fn position(status: PositionStatus, pnl: Option<&str>) -> Position {
+        Position {
+            id: POSITION_ID.into(),
+            user: "0xUser".into(),
+            symbol: "ETH-USD".into(),
+            size: "-2".parse().unwrap(),
+            entry_price: "3000.5".parse().unwrap(),
+            status,
+            realized_pnl: pnl.map(|p| p.parse().unwrap()),
+        }
+    }
+
+    fn link(referee: &str, referrer: &str) -> ReferralLink {
+        let (referee, referrer) = (referee.into(), referrer.into());
+        ReferralLink { referee, referrer }
+    }
+
+    fn mapper() -> Mapper {
+        Mapper::new(&TablesConfig::default(), &ColumnsConfig::default())
+    }
+
+    fn event(m: &Mapper, c: &RowChange) -> Event {
+        match m.map(c) {
+            Ok(Mapped::Event(e)) => e,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    fn rejected(m: &Mapper, c: &RowChange) -> RowRejected {
+        match m.map(c) {
+            Err(r) => r,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    /// Asserts `c` is rejected with `reason` and a detail containing `detail`.
+    fn assert_rejected(m: &Mapper, c: RowChange, reason: &str, detail: &str) {
+        let r = rejected(m, &c);
+        assert_eq!((r.reason, r.op), (reason, c.op.as_str()), "{r}");
+        assert!(r.detail.contains(detail), "{r}");
+    }
+
+    #[test]
+    fn trades_insert_update_delete() {
+        let (m, rel) = (mapper(), trades_rel());
+        assert_eq!(m.table_of(&rel), Some(TableKind::Trades));
+        let new = trade("100.5");
+        assert_eq!(
+            event(&m, &insert(&rel, trade_row("100.50"))),
+            Event::TradeInserted { new }
+        );
+        // The old image is given only when the full old row (REPLICA IDENTITY FULL) maps.
+        for (old_row, old) in [
+            (None, None),
+            (Some(trade_row("100")), Some(trade("100"))),
+            (Some(trade_row("NaN")), None),
+        ] {
+            let new = trade("101");
+            let e = event(&m, &update(&rel, trade_row("101"), old_row));
+            assert_eq!(e, Event::TradeUpdated { old, new });
+        }
+        let id = "7".to_owned();
+        let key = tuple("7|\\N|\\N|\\N|\\N|\\N|\\N|\\N");
+        assert_eq!(
+            event(&m, &delete(&rel, None, Some(key))),
+            Event::TradeDeleted { id }
+        );
+        let id = "7".to_owned();
+        let e = event(&m, &delete(&rel, Some(trade_row("1")), None));
+        assert_eq!(e, Event::TradeDeleted { id });
+    }
+
+    #[test]
+    fn positions_insert_update_delete() {
+        let (m, rel) = (mapper(), positions_rel());
+        let new = position(PositionStatus::Open, None);
+        let e = event(&m, &insert(&rel, position_row(" Open ", "\\N")));
+        assert_eq!(e, Event::PositionInserted { new });
+        let old_row = Some(position_row("open", "\\N"));
+        let e = event(&m, &update(&rel, position_row("CLOSED", "12.5"), old_row));
+        let old = Some(position(PositionStatus::Open, None));
+        let new = position(PositionStatus::Closed, Some("12.5"));
+        assert_eq!(e, Event::PositionUpdated { old, new });
+        // A key tuple shorter than the relation is read by position, never indexed blindly.
+        let id = POSITION_ID.to_owned();
+        let e = event(&m, &delete(&rel, None, Some(tuple(POSITION_ID))));
+        assert_eq!(e, Event::PositionDeleted { id });
+    }
+
+    #[test]
+    fn referrals_insert_update_delete() {
+        let (m, rel) = (mapper(), referrals_rel());
+        let new = link("0xA", "0xB");
+        assert_eq!(
+            event(&m, &insert(&rel, tuple("0xA|0xB"))),
+            Event::ReferralInserted { new }
+        );
+        let (old, new) = (Some(link("0xA", "0xB")), link("0xA", "0xC"));
+        let e = event(&m, &update(&rel, tuple("0xA|0xC"), Some(tuple("0xA|0xB"))));
+        assert_eq!(e, Event::ReferralUpdated { old, new });
+        // The referrer of a deleted link is known only from the full old row.
+        for (old, key, referrer) in [
+            (None, Some(tuple("0xA|\\N")), None),
+            (Some(tuple("0xA|0xB")), None, Some("0xB".to_owned())),
+        ] {
+            let referee = "0xA".to_owned();
+            let e = event(&m, &delete(&rel, old, key));
+            assert_eq!(e, Event::ReferralDeleted { referee, referrer });
+        }
+    }
+
+    #[test]
+    fn custom_names_and_no_time_column() {
+        let trades = "exchange.fills".to_owned();
+        let tables = TablesConfig {
+            trades,
+            ..TablesConfig::default()
+        };
+        let columns = ColumnsConfig {
+            trades_id: "fill_id".into(),
+            trades_symbol: "market".into(),
+            trades_price: "px".into(),
+            trades_amount: "qty".into(),
+            trades_taker: "buyer".into(),
+            trades_maker: "seller".into(),
+            trades_time: String::new(),
+            positions_open_values: vec!["ACTIVE".into()],
+            positions_closed_values: vec!["settled".into(), "Liquidated".into()],
+            ..ColumnsConfig::default()
+        };
+        let m = Mapper::new(&tables, &columns);
+        let cols = ["fill_id", "market", "px", "qty", "buyer", "seller"];
+        assert_eq!(m.snapshot_columns(TableKind::Trades), cols);
+        let fills = relation("exchange", "fills", &cols.join(" "));
+        assert_eq!(m.check_relation(&fills), Ok(()));
+        // The default-named table is not followed any more.
+        assert_eq!(m.table_of(&trades_rel()), None);
+        let e = event(&m, &insert(&fills, tuple("f1|\\N|2|3|b|s")));
+        let (id, symbol, taker, maker) = ("f1".into(), String::new(), "b".into(), "s".into());
+        let (price, amount, time) = (2.into(), 3.into(), None);
+        let new = Trade {
+            id,
+            symbol,
+            price,
+            amount,
+            taker,
+            maker,
+            time,
+        };
+        assert_eq!(e, Event::TradeInserted { new });
+        let rel = positions_rel();
+        for (status, want) in [
+            ("liquidated ", PositionStatus::Closed),
+            ("active", PositionStatus::Open),
+        ] {
+            let new = position(want, None);
+            let e = event(&m, &insert(&rel, position_row(status, "\\N")));
+            assert_eq!(e, Event::PositionInserted { new });
+        }
+        let c = insert(&rel, position_row("open", "\\N"));
+        assert_rejected(
+            &m,
+            c,
+            "unknown_status",
+            "\"open\" is neither open [\"ACTIVE\"]",
+        );
+    }
+
+    #[test]
+    fn each_rejection_reason() {
+        let (m, trades, positions) = (mapper(), trades_rel(), positions_rel());
+        let ins = |row| insert(&trades, row);
+        let set = |i, v| ins(with(trade_row("1"), i, v));
+        let null = || ColumnValue::Null;
+        assert_rejected(&m, set(2, null()), "null_value", "column \"price\" is NULL");
+        assert_rejected(
+            &m,
+            set(4, null()),
+            "null_value",
+            "\"taker_address\" is NULL",
+        );
+        assert_rejected(
+            &m,
+            ins(trade_row("NaN")),
+            "bad_value",
+            "NaN is not a number",
+        );
+        assert_rejected(
+            &m,
+            ins(trade_row("1e5")),
+            "bad_value",
+            "\"price\": invalid numeric",
+        );
+        assert_rejected(
+            &m,
+            set(3, text("abc")),
+            "bad_value",
+            "\"amount\": invalid numeric",
+        );
+        assert_rejected(
+            &m,
+            set(6, text("soon")),
+            "bad_value",
+            "\"created_at\": invalid",
+        );
+        let binary = ColumnValue::Binary(Bytes::from_static(b"\x01"));
+        assert_rejected(&m, set(4, binary), "bad_value", "binary format");
+        let not_utf8 = ColumnValue::Text(Bytes::from_static(b"\xff"));
+        assert_rejected(&m, set(4, not_utf8), "bad_value", "not valid UTF-8");
+        assert_rejected(
+            &m,
+            ins(trade_row("-0.01")),
+            "negative_price",
+            "negative price -0.01",
+        );
+        let pos = |row| insert(&positions, row);
+        assert_rejected(
+            &m,
+            pos(position_row("open", "x")),
+            "bad_value",
+            "\"realized_pnl\"",
+        );
+        assert_rejected(
+            &m,
+            pos(position_row("pending", "\\N")),
+            "unknown_status",
+            "\"pending\"",
+        );
+        let row = with(position_row("open", "\\N"), 4, text("-1"));
+        assert_rejected(&m, pos(row), "negative_price", "\"entry_price\"");
+        assert_rejected(
+            &m,
+            delete(&trades, None, None),
+            "missing_key",
+            "key column \"id\"",
+        );
+        let null_key = delete(&trades, None, Some(tuple("\\N")));
+        assert_rejected(&m, null_key, "missing_key", "key column \"id\"");
+        let no_tuple = change(&trades, Op::Update, None);
+        assert_rejected(&m, no_tuple, "missing_tuple", "update without a new row");
+        let only_id = insert(&relation("public", "trades", "id"), tuple("1"));
+        assert_rejected(
+            &m,
+            only_id,
+            "missing_column",
+            "column \"symbol\" is not in the row",
+        );
+        // Zero is a price, and "-0" is zero.
+        assert!(m.map(&ins(trade_row("0"))).is_ok());
+        assert!(m.map(&ins(trade_row("-0"))).is_ok());
+        // The dead letter shows what arrived, and only the parts that arrived.
+        let r = rejected(&m, &ins(trade_row("-1")));
+        let msg = "public.trades insert: column \"price\": negative price -1";
+        assert_eq!(r.to_string(), msg);
+        assert_eq!(r.row["new"]["price"], "-1");
+        assert_eq!(r.row["new"]["memo"], Json::Null);
+        assert!(r.row.get("old").is_none() && r.row.get("key").is_none());
+        let r = rejected(&m, &delete(&trades, None, Some(tuple("\\N"))));
+        assert_eq!(r.row, json!({"key": {"id": null}}));
+    }
+
+    #[test]
+    fn unchanged_toast_falls_back_to_the_full_old_row() {
+        let (m, rel) = (mapper(), trades_rel());
+        let toasted = with(trade_row("2"), 4, ColumnValue::UnchangedToast);
+        let e = event(&m, &update(&rel, toasted.clone(), Some(trade_row("1"))));
+        let (old, new) = (Some(trade("1")), trade("2"));
+        assert_eq!(e, Event::TradeUpdated { old, new });
+        let r = rejected(&m, &update(&rel, toasted, None));
+        assert_eq!(r.reason, "unchanged_toast");
+        assert!(r.detail.contains("\"taker_address\""), "{r}");
+        assert_eq!(
+            r.row["new"]["taker_address"],
+            json!({"unchanged_toast": true})
+        );
+        // An unchanged TOAST value in a column walpoints does not map does not matter.
+        let toasted = with(trade_row("2"), 7, ColumnValue::UnchangedToast);
+        assert!(m.map(&update(&rel, toasted, None)).is_ok());
+    }
+
+    #[test]
+    fn other_tables_ignored_and_truncate() {
+        let m = mapper();
+        let orders = relation("public", "orders", "id");
+        for rel in [orders, relation("archive", "trades", TRADE_COLS)] {
+            assert_eq!(m.table_of(&rel), None);
+            assert_eq!(m.check_relation(&rel), Ok(()));
+            for op in [Op::Insert, Op::Update, Op::Delete, Op::Truncate] {
+                let c = change(&rel, op, Some(tuple("x")));
+                assert_eq!(m.map(&c), Ok(Mapped::Ignored));
+            }
+        }
+        let rels = [trades_rel(), positions_rel(), referrals_rel()];
+        for (rel, kind) in rels.iter().zip(TableKind::ALL) {
+            let c = change(rel, Op::Truncate, None);
+            assert_eq!(m.map(&c), Ok(Mapped::Truncate(kind)));
+        }
+        let names = TableKind::ALL.map(TableKind::as_str);
+        assert_eq!(names, ["trades", "positions", "referral_relations"]);
+    }
+
+    #[test]
+    fn snapshot_rows_map_like_inserts() {
+        let m = mapper();
+        let trade_cols: Vec<_> = TRADE_COLS.split_whitespace().take(7).collect();
+        assert_eq!(m.snapshot_columns(TableKind::Trades), trade_cols);
+        let position_cols: Vec<_> = POSITION_COLS.split_whitespace().collect();
+        assert_eq!(m.snapshot_columns(TableKind::Positions), position_cols);
+        let line = format!("7|BTC-USD|100.5|-0.5|0xTaker|0xmaker|{T0}");
+        let texts: Vec<_> = line.split('|').map(Some).collect();
+        let new = trade("100.5");
+        let e = m.map_snapshot_row(TableKind::Trades, &texts);
+        assert_eq!(e, Ok(Event::TradeInserted { new }));
+        let new = link("a", "b");
+        let e = m.map_snapshot_row(TableKind::Referrals, &[Some("a"), Some("b")]);
+        assert_eq!(e, Ok(Event::ReferralInserted { new }));
+        let r = m.map_snapshot_row(TableKind::Positions, &[Some("x"), None]);
+        let r = r.unwrap_err();
+        assert_eq!((r.table.as_str(), r.op), ("public.positions", "insert"));
+        assert_eq!(r.reason, "null_value");
+        assert_eq!(r.row, json!({"new": {"id": "x", "user_address": null}}));
+        // Too few texts is a missing column, not a panic.
+        let r = m.map_snapshot_row(TableKind::Trades, &texts[..3]);
+        assert_eq!(r.unwrap_err().reason, "missing_column");
+    }
+
+    #[test]
+    fn check_relation_names_missing_columns() {
+        let m = mapper();
+        assert_eq!(m.check_relation(&trades_rel()), Ok(()));
+        let rel = relation("public", "trades", "id symbol amount memo");
+        let e = m.check_relation(&rel).unwrap_err();
+        let MappingError::MissingColumn {
+            table,
+            columns,
+            keys,
+        } = &e;
+        assert_eq!(table, "public.trades");
+        let missing = ["price", "taker_address", "maker_address", "created_at"];
+        assert_eq!(columns, &missing);
+        assert_eq!(keys[0], "columns.trades_price");
+        let msg = e.to_string();
+        let head = "table public.trades has no column price, taker_address";
+        assert!(msg.starts_with(head), "{msg}");
+        assert!(
+            msg.contains("columns.trades_price, columns.trades_taker"),
+            "{msg}"
+        );
+        assert!(msg.contains("walpoints.toml") && msg.contains("restore the column"));
+    }
+
+    #[test]
+    fn huge_values_are_cut_in_the_dead_letter() {
+        let m = mapper();
+        let huge = "é".repeat(1 << 20);
+        let row = with(with(trade_row("1"), 4, text(&huge)), 2, ColumnValue::Null);
+        let r = rejected(&m, &insert(&trades_rel(), row));
+        let kept = r.row["new"]["taker_address"].as_str().unwrap();
+        assert_eq!(kept.chars().count(), ROW_VALUE_CHARS + 1);
+        assert!(kept.ends_with('…'));
+        assert!(serde_json::to_string(&r.row).unwrap().len() < 4_000);
+        // A huge status is quoted briefly in the detail.
+        let row = with(position_row("open", "\\N"), 5, text(&"x".repeat(1 << 20)));
+        let r = rejected(&m, &insert(&positions_rel(), row));
+        assert_eq!(r.reason, "unknown_status");
+        assert!(r.detail.len() < 400, "{}", r.detail.len());
+        // Invalid UTF-8 is rendered lossily; a short value is kept whole.
+        assert_eq!(clip_bytes(b"ab\xff", 10), "ab\u{fffd}");
+        assert_eq!(clip_bytes(b"abcd", 4), "abcd");
+        assert_eq!(clip_bytes(b"abcde", 4), "abcd…");
+        assert_eq!(clip("héllo", 2), "hé…");
+    }
+
+    fn arb_value() -> impl proptest::strategy::Strategy<Value = ColumnValue> {
+        use proptest::prelude::*;
+        let text =
+            "[-0-9a-zA-Z .:+]{0,12}|\\PC{0,8}".prop_map(|s: String| ColumnValue::Text(s.into()));
+        let bytes = proptest::collection::vec(any::<u8>(), 0..6);
+        let binary = bytes.prop_map(|b| ColumnValue::Binary(b.into()));
+        prop_oneof![
+            Just(ColumnValue::Null),
+            Just(ColumnValue::UnchangedToast),
+            text,
+            binary
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any tuples, of any length, under any op, map or reject: never a panic.
+        #[test]
+        fn never_panics(
+            table in 0usize..4,
+            op in 0usize..4,
+            tuples in proptest::collection::vec(
+                proptest::option::of(proptest::collection::vec(arb_value(), 0..10)), 3),
+        ) {
+            let rels = [trades_rel(), positions_rel(), referrals_rel(), relation("x", "y", "id")];
+            let ops = [Op::Insert, Op::Update, Op::Delete, Op::Truncate];
+            let t = |i: usize| tuples[i].clone().map(|columns| TupleData { columns });
+            let c = change(&rels[table], ops[op], t(0));
+            let _ = mapper().map(&RowChange { old: t(1), key: t(2), ..c });
+            let texts: Vec<Option<&str>> = vec![Some("1"); op * 2];
+            let _ = mapper().map_snapshot_row(TableKind::ALL[table % 3], &texts);
+        }
+    }
+}

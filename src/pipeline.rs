@@ -1,0 +1,469 @@
+//! The batch loop: source transactions → events → points rules → one store transaction →
+//! acknowledgement. It owns no business logic; it decides only *when* to commit and makes sure
+//! the order of effects keeps the exactly-once invariants:
+//!
+//! - a transaction whose end LSN is at or below the checkpoint is skipped (it is in the store);
+//! - a batch's ledger rows, totals, state, awards, dead letters and new checkpoint commit in one
+//!   store transaction ([`crate::store::StoreTx`]);
+//! - the slot is acknowledged with the batch's end LSN only after that commit returned.
+//!
+//! The engine's in-memory state runs ahead of the store while a batch is open, so after any
+//! failure the caller must throw this `Pipeline` away and build a new one from the store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::change::{Op, RowChange, Transaction};
+use crate::config::TruncatePolicy;
+use crate::events::{Mapped, Mapper, MappingError, TableKind};
+use crate::lsn::Lsn;
+use crate::pgoutput::Relation;
+use crate::points::{Counters, Engine, Event, EventError, State, StreamError, TxEvents};
+use crate::source::{ReplicationSource, SourceError};
+use crate::store::{Batch, BatchAwards, DeadLetter, Store, StoreError};
+
+/// Why the pipeline stopped, split by what the caller must do.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Reading the stream failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Writing the store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A followed table no longer has a mapped column.
+    #[error("at {lsn}: {source}")]
+    Mapping {
+        /// Where the table's new shape appeared.
+        lsn: Lsn,
+        /// What is missing.
+        source: MappingError,
+    },
+    /// A followed table was truncated under `truncate.policy = "stop"`.
+    #[error(
+        "{table} was TRUNCATEd at {lsn}. walpoints stopped so that points do not silently \
+         diverge from an emptied table; nothing after it was processed. If the truncate was \
+         intended, set truncate.policy = \"ignore\" (what was awarded stays awarded) and start \
+         again; to recompute from scratch, run `walpoints teardown --yes --drop-store` and \
+         `walpoints setup`"
+    )]
+    Truncated {
+        /// The table.
+        table: String,
+        /// WAL position of the TRUNCATE.
+        lsn: Lsn,
+    },
+    /// The rules refused a transaction as a whole.
+    #[error("transaction committed at {lsn}: {source}")]
+    Stream {
+        /// Commit LSN of the transaction.
+        lsn: Lsn,
+        /// Why.
+        source: StreamError,
+    },
+}
+
+impl PipelineError {
+    /// Whether reconnecting may help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PipelineError::Source(e) => e.is_transient(),
+            PipelineError::Store(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// When a batch closes.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// After this many row changes.
+    pub max_changes: u64,
+    /// This long after its first transaction.
+    pub max_delay: Duration,
+}
+
+/// Running totals for logs and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Source transactions applied.
+    pub transactions: u64,
+    /// Row changes of followed tables seen.
+    pub changes: u64,
+    /// Ledger entries written.
+    pub entries: u64,
+    /// Rows dead-lettered.
+    pub dead_letters: u64,
+    /// Store commits.
+    pub batches: u64,
+    /// The rules' decision counts.
+    pub counters: Counters,
+}
+
+/// What one batch has collected so far.
+#[derive(Debug, Default)]
+pub struct OpenBatch {
+    batch: Batch,
+    awards: BatchAwards,
+    /// End LSN and commit time of the last transaction applied.
+    end: Option<(Lsn, i64)>,
+    transactions: u64,
+    changes: u64,
+    counters: Counters,
+}
+
+impl OpenBatch {
+    /// Whether no transaction was applied.
+    pub fn is_empty(&self) -> bool {
+        self.end.is_none()
+    }
+}
+
+/// Where a dead-lettered event came from.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// WAL position of the change.
+    pub lsn: Lsn,
+    /// `schema.table`.
+    pub table: String,
+    /// The operation.
+    pub op: &'static str,
+    /// The row as JSON.
+    pub row: serde_json::Value,
+}
+
+/// The stateful middle of the daemon for one session: rules, mapping and the engine's state.
+pub struct Pipeline {
+    engine: Engine,
+    mapper: Mapper,
+    truncate: TruncatePolicy,
+    state: State,
+    /// The committed checkpoint: everything at or below it is in the store.
+    checkpoint: Lsn,
+    /// Relations already checked against the mapping, by oid.
+    checked: HashMap<u32, Arc<Relation>>,
+    progress: Progress,
+}
+
+impl Pipeline {
+    /// A pipeline resuming from a committed checkpoint with the state loaded from the store.
+    pub fn new(
+        engine: Engine,
+        mapper: Mapper,
+        truncate: TruncatePolicy,
+        state: State,
+        checkpoint: Lsn,
+    ) -> Pipeline {
+        Pipeline {
+            engine,
+            mapper,
+            truncate,
+            state,
+            checkpoint,
+            checked: HashMap::new(),
+            progress: Progress::default(),
+        }
+    }
+
+    /// The committed checkpoint.
+    pub fn checkpoint(&self) -> Lsn {
+        self.checkpoint
+    }
+
+    /// Totals since this pipeline started.
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    /// The engine's state (ahead of the store while a batch is open).
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The column mapping.
+    pub fn mapper(&self) -> &Mapper {
+        &self.mapper
+    }
+
+    /// Streams until `stop` resolves: collects transactions into batches, commits each, then
+    /// acknowledges it. On `stop` the open batch is committed and acknowledged first.
+    pub async fn stream(
+        &mut self,
+        source: &mut ReplicationSource,
+        store: &mut Store,
+        limits: BatchLimits,
+        stop: &mut (impl std::future::Future<Output = ()> + Unpin),
+    ) -> Result<(), PipelineError> {
+        let mut last_log = Instant::now();
+        loop {
+            let mut open = OpenBatch::default();
+            let mut deadline: Option<tokio::time::Instant> = None;
+            let mut stopping = false;
+            loop {
+                let wait = deadline.unwrap_or_else(|| {
+                    tokio::time::Instant::now() + Duration::from_secs(24 * 3600)
+                });
+                tokio::select! {
+                    biased;
+                    () = &mut *stop => {
+                        stopping = true;
+                        break;
+                    }
+                    () = tokio::time::sleep_until(wait), if deadline.is_some() => break,
+                    next = source.next_transaction() => {
+                        let Some(tx) = next? else {
+                            return Err(SourceError::Transient(
+                                "the server ended the replication stream".into(),
+                            )
+                            .into());
+                        };
+                        self.apply(store, &mut open, tx).await?;
+                        if deadline.is_none() && !open.is_empty() {
+                            deadline = Some(tokio::time::Instant::now() + limits.max_delay);
+                        }
+                        if open.changes >= limits.max_changes {
+                            break;
+                        }
+                    }
+                }
+            }
+            if let Some(lsn) = self.commit(store, open).await? {
+                // Only now is the batch durable: tell the slot.
+                source.ack(lsn);
+            }
+            if last_log.elapsed() >= Duration::from_secs(5) || stopping {
+                last_log = Instant::now();
+                let p = &self.progress;
+                tracing::info!(
+                    checkpoint = %self.checkpoint,
+                    transactions = p.transactions,
+                    changes = p.changes,
+                    entries = p.entries,
+                    dead_letters = p.dead_letters,
+                    batches = p.batches,
+                    "progress"
+                );
+            }
+            if stopping {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Maps, evaluates and adds one source transaction to the open batch (skipping it when the
+    /// store already has it).
+    pub async fn apply(
+        &mut self,
+        store: &Store,
+        open: &mut OpenBatch,
+        tx: Transaction,
+    ) -> Result<(), PipelineError> {
+        if tx.end_lsn <= self.checkpoint {
+            tracing::debug!(end_lsn = %tx.end_lsn, checkpoint = %self.checkpoint, "already in the store: skipped");
+            return Ok(());
+        }
+        let mut events = Vec::with_capacity(tx.changes.len());
+        let mut sources = Vec::with_capacity(tx.changes.len());
+        let mut dead = Vec::new();
+        let mut followed = 0u64;
+        for (i, change) in tx.changes.iter().enumerate() {
+            self.check_relation(change)?;
+            match self.mapper.map(change) {
+                Ok(Mapped::Ignored) => {}
+                Ok(Mapped::Event(e)) => {
+                    followed += 1;
+                    events.push(e);
+                    sources.push(i);
+                }
+                Ok(Mapped::Truncate(kind)) => {
+                    followed += 1;
+                    self.on_truncate(kind, change)?;
+                }
+                Err(rejected) => {
+                    followed += 1;
+                    dead.push(DeadLetter {
+                        commit_lsn: tx.commit_lsn,
+                        seq: 0,
+                        lsn: change.lsn,
+                        table: rejected.table.clone(),
+                        op: rejected.op.to_owned(),
+                        reason: rejected.reason.to_owned(),
+                        detail: rejected.detail.clone(),
+                        row: rejected.row.clone(),
+                        at: tx.commit_time,
+                    });
+                }
+            }
+        }
+        let txe = TxEvents {
+            commit_lsn: tx.commit_lsn.0,
+            commit_time: tx.commit_time,
+            events,
+        };
+        open.awards
+            .prefetch(store, txe.trade_ids_to_look_up())
+            .await?;
+        let origin = |k: usize| {
+            let change = sources.get(k).and_then(|&i| tx.changes.get(i));
+            change.map(|c| Origin {
+                lsn: c.lsn,
+                table: format!("{}.{}", c.relation.schema(), c.relation.name),
+                op: c.op.as_str(),
+                row: crate::events::row_json(c),
+            })
+        };
+        self.evaluate(open, &txe, tx.end_lsn, dead, origin)?;
+        open.changes += followed;
+        self.progress.changes += followed;
+        Ok(())
+    }
+
+    /// Runs the rules on one transaction's events and adds the outcome to the batch; `dead`
+    /// holds rows already rejected by the mapping, `origin` says where event `k` came from.
+    pub fn evaluate(
+        &mut self,
+        open: &mut OpenBatch,
+        txe: &TxEvents,
+        end_lsn: Lsn,
+        mut dead: Vec<DeadLetter>,
+        origin: impl Fn(usize) -> Option<Origin>,
+    ) -> Result<(), PipelineError> {
+        let commit_lsn = Lsn(txe.commit_lsn);
+        let outcome = self
+            .engine
+            .apply_transaction(&mut self.state, &mut open.awards, txe)
+            .map_err(|source| PipelineError::Stream {
+                lsn: commit_lsn,
+                source,
+            })?;
+        for failure in &outcome.errors {
+            let reason = match failure.error {
+                EventError::Overflow(_) => "overflow",
+                EventError::Invalid(_) => "invalid_value",
+            };
+            let o = failure.index.and_then(&origin).unwrap_or(Origin {
+                lsn: commit_lsn,
+                table: "(holding settlement)".into(),
+                op: "settle",
+                row: serde_json::Value::Null,
+            });
+            dead.push(DeadLetter {
+                commit_lsn,
+                seq: 0,
+                lsn: o.lsn,
+                table: o.table,
+                op: o.op.to_owned(),
+                reason: reason.to_owned(),
+                detail: failure.error.to_string(),
+                row: o.row,
+                at: txe.commit_time,
+            });
+        }
+        for (seq, d) in dead.iter_mut().enumerate() {
+            d.seq = u32::try_from(seq).unwrap_or(u32::MAX);
+            tracing::warn!(lsn = %d.lsn, table = %d.table, op = %d.op, reason = %d.reason, detail = %d.detail, "row dead-lettered");
+        }
+        self.progress.dead_letters += dead.len() as u64;
+        self.progress.entries += outcome.entries.len() as u64;
+        self.progress.transactions += 1;
+        self.progress.counters.merge(&outcome.counters);
+        open.counters.merge(&outcome.counters);
+        open.batch.dead.extend(dead);
+        open.batch
+            .add_entries(commit_lsn, txe.commit_time, outcome.entries)?;
+        open.end = Some((end_lsn, txe.commit_time));
+        open.transactions += 1;
+        Ok(())
+    }
+
+    /// Writes the batch and the new checkpoint in one store transaction; returns the LSN that
+    /// may now be acknowledged (`None` when the batch was empty).
+    pub async fn commit(
+        &mut self,
+        store: &mut Store,
+        mut open: OpenBatch,
+    ) -> Result<Option<Lsn>, PipelineError> {
+        let Some((end_lsn, commit_time)) = open.end else {
+            return Ok(None);
+        };
+        open.batch.state = self.state.drain_delta();
+        open.batch.awards = open.awards.take_changes();
+        let tx = store.begin().await?;
+        tx.advance_checkpoint(
+            self.checkpoint,
+            end_lsn,
+            commit_time,
+            self.state.stream_time(),
+            open.transactions,
+            self.engine.version(),
+        )
+        .await?;
+        tx.write(&mut open.batch).await?;
+        tx.commit().await?;
+        self.checkpoint = end_lsn;
+        self.progress.batches += 1;
+        Ok(Some(end_lsn))
+    }
+
+    /// The engine, for the snapshot.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Moves an open batch's collected rows out (for the snapshot, which writes them into its
+    /// own store transaction).
+    pub fn take_batch(&mut self, open: &mut OpenBatch) -> Batch {
+        let mut batch = std::mem::take(&mut open.batch);
+        batch.state = self.state.drain_delta();
+        batch.awards = open.awards.take_changes();
+        batch
+    }
+
+    fn check_relation(&mut self, change: &RowChange) -> Result<(), PipelineError> {
+        let rel = &change.relation;
+        if self
+            .checked
+            .get(&rel.oid)
+            .is_some_and(|seen| Arc::ptr_eq(seen, rel))
+        {
+            return Ok(());
+        }
+        if self.mapper.table_of(rel).is_some() {
+            self.mapper
+                .check_relation(rel)
+                .map_err(|source| PipelineError::Mapping {
+                    lsn: change.lsn,
+                    source,
+                })?;
+        }
+        self.checked.insert(rel.oid, rel.clone());
+        Ok(())
+    }
+
+    /// Every followed table obeys the policy (the issue names trades and positions; an emptied
+    /// referral table would silently leave every binding in force, which is no better).
+    fn on_truncate(&self, kind: TableKind, change: &RowChange) -> Result<(), PipelineError> {
+        debug_assert_eq!(change.op, Op::Truncate);
+        let table = format!("{}.{}", change.relation.schema(), change.relation.name);
+        match self.truncate {
+            TruncatePolicy::Ignore => {
+                tracing::warn!(%table, kind = kind.as_str(), lsn = %change.lsn, "TRUNCATE ignored: what was awarded stays awarded");
+                Ok(())
+            }
+            TruncatePolicy::Stop => Err(PipelineError::Truncated {
+                table,
+                lsn: change.lsn,
+            }),
+        }
+    }
+}
+
+/// Builds a transaction's events from snapshot rows (used by `setup`).
+pub fn snapshot_tx(commit_lsn: Lsn, commit_time: i64, events: Vec<Event>) -> TxEvents {
+    TxEvents {
+        commit_lsn: commit_lsn.0,
+        commit_time,
+        events,
+    }
+}

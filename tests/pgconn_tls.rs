@@ -1,0 +1,330 @@
+//! `pgconn::connect` against a throwaway cluster with TLS on: each `sslmode` does what libpq's
+//! does, failures are classified transient or definite, and no error shows the password.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use walpoints::config::ConnUrl;
+use walpoints::pgcluster::{PgCluster, StopMode};
+use walpoints::pgconn::{connect, is_transient, ConnectError};
+
+/// The password of the role `pw` (scram-sha-256); it must never show in an error.
+const PASSWORD: &str = "Sekr3t-do-not-print";
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// In `dir`: CAs `ca` and `other-ca`, and `server.crt`/`server.key` signed by `ca` with the
+/// subject alternative names `sans` (e.g. "DNS:localhost,IP:127.0.0.1"). P-256 keys: quick to
+/// make, and what rustls and PostgreSQL both take.
+fn certificates(dir: &Path, sans: &str) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+    for ca in ["ca", "other-ca"] {
+        let subject = format!("/CN=walpoints test {ca}");
+        let (key, crt) = (format!("{ca}.key"), format!("{ca}.crt"));
+        let mut args = vec!["req", "-x509", "-nodes", "-days", "2", "-subj", &subject];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &crt]);
+        openssl(dir, &args);
+    }
+    let mut args = vec![
+        "req",
+        "-new",
+        "-nodes",
+        "-subj",
+        "/CN=walpoints test server",
+    ];
+    args.extend(ec);
+    args.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    openssl(dir, &args);
+    std::fs::write(dir.join("server.ext"), format!("subjectAltName = {sans}\n")).unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ],
+    );
+}
+
+/// A throwaway cluster serving TLS with a certificate for `sans`; the role `pw` logs in with
+/// [`PASSWORD`], everyone else is trusted. `None` (skip) when the tests run against a server
+/// of the environment's (`WALPOINTS_TEST_PG_URL`), which this cannot configure.
+struct TlsServer {
+    cluster: PgCluster,
+    dir: tempfile::TempDir,
+}
+
+impl TlsServer {
+    async fn start(sans: &str) -> Option<TlsServer> {
+        if std::env::var_os("WALPOINTS_TEST_PG_URL").is_some() {
+            eprintln!("skipped: needs a cluster of its own to configure TLS");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        certificates(dir.path(), sans);
+        // The certificate files go into the data directory, which exists only once the cluster
+        // has started: start plain, then restart with TLS on.
+        let cluster = PgCluster::start(&[]).expect("start a throwaway PostgreSQL");
+        for (name, mode) in [("server.crt", 0o644), ("server.key", 0o600)] {
+            let contents = std::fs::read(dir.path().join(name)).unwrap();
+            cluster.write_data_file(name, &contents, mode).unwrap();
+        }
+        cluster
+            .write_data_file(
+                "pg_hba.conf",
+                b"local all all trust\nhost all pw 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\n",
+                0o600,
+            )
+            .unwrap();
+        cluster
+            .configure(&[
+                ("ssl", "on"),
+                ("ssl_cert_file", "'server.crt'"),
+                ("ssl_key_file", "'server.key'"),
+            ])
+            .unwrap();
+        cluster.stop(StopMode::Fast).unwrap();
+        cluster.start_again().unwrap();
+        let server = TlsServer { cluster, dir };
+        let admin = connect(
+            &server.url("postgres", "127.0.0.1", "disable", None),
+            "admin",
+        )
+        .await
+        .unwrap();
+        admin
+            .batch_execute(&format!("CREATE ROLE pw LOGIN PASSWORD '{PASSWORD}'"))
+            .await
+            .unwrap();
+        Some(server)
+    }
+
+    /// `user` (with [`PASSWORD`] for `pw`) at `host` with `sslmode`, and `ca` (a file in the
+    /// certificate directory) as `sslrootcert`.
+    fn url(&self, user: &str, host: &str, sslmode: &str, ca: Option<&str>) -> ConnUrl {
+        let auth = if user == "pw" {
+            format!("pw:{PASSWORD}")
+        } else {
+            user.to_owned()
+        };
+        let mut url = format!(
+            "postgres://{auth}@{host}:{}/postgres?sslmode={sslmode}",
+            self.cluster.port()
+        );
+        if let Some(ca) = ca {
+            url.push_str(&format!("&sslrootcert={}", self.ca(ca).display()));
+        }
+        url.parse().unwrap()
+    }
+
+    fn ca(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// Whether the session of `client` runs over TLS, per the server.
+async fn uses_tls(client: &tokio_postgres::Client) -> bool {
+    client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Connects to `url`, which must be refused definitely, and returns the error text.
+async fn refused(url: &ConnUrl, why: &str) -> String {
+    match connect(url, "pgconn_test").await {
+        Ok(_) => panic!("connected to {url} despite {why}"),
+        Err(ConnectError::Transient(e)) => panic!("{why}: transient, not definite: {e}"),
+        Err(ConnectError::Definite(e)) => e,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_full_with_the_right_ca_connects_over_tls_by_name_or_ip() {
+    let Some(server) = TlsServer::start("DNS:localhost,IP:127.0.0.1").await else {
+        return;
+    };
+    for host in ["localhost", "127.0.0.1"] {
+        let url = server.url("postgres", host, "verify-full", Some("ca.crt"));
+        let client = connect(&url, "pgconn_test")
+            .await
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+        assert!(uses_tls(&client).await, "{host}: the session uses TLS");
+        let row = client
+            .query_one(
+                "SELECT current_setting('TimeZone'), current_setting('application_name')",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "UTC");
+        assert_eq!(row.get::<_, String>(1), "pgconn_test");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_full_refuses_a_wrong_ca_or_host_name() {
+    let Some(server) = TlsServer::start("DNS:localhost").await else {
+        return;
+    };
+    // The right CA and name connect, so the refusals below are for the CA and the name.
+    let good = server.url("postgres", "localhost", "verify-full", Some("ca.crt"));
+    assert!(uses_tls(&connect(&good, "pgconn_test").await.unwrap()).await);
+
+    let wrong_ca = server.url("postgres", "localhost", "verify-full", Some("other-ca.crt"));
+    let text = refused(&wrong_ca, "a certificate from another CA").await;
+    assert!(text.contains("certificate"), "{text}");
+    assert!(
+        text.contains("other-ca.crt"),
+        "names the sslrootcert: {text}"
+    );
+
+    let wrong_host = server.url("postgres", "127.0.0.1", "verify-full", Some("ca.crt"));
+    let text = refused(&wrong_host, "a certificate for another host name").await;
+    assert!(text.contains("certificate"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_ca_checks_the_chain_but_not_the_host_name() {
+    let Some(server) = TlsServer::start("DNS:elsewhere.invalid").await else {
+        return;
+    };
+    // The certificate names another host: verify-ca (and require with a root certificate, as
+    // libpq) accept it for its chain...
+    for mode in ["verify-ca", "require"] {
+        let url = server.url("postgres", "127.0.0.1", mode, Some("ca.crt"));
+        let client = connect(&url, "pgconn_test")
+            .await
+            .unwrap_or_else(|e| panic!("{mode}: {e}"));
+        assert!(uses_tls(&client).await, "{mode}");
+    }
+    // ...and refuse it against another CA.
+    for mode in ["verify-ca", "require"] {
+        let url = server.url("postgres", "127.0.0.1", mode, Some("other-ca.crt"));
+        let text = refused(&url, &format!("{mode} with another CA")).await;
+        assert!(text.contains("certificate"), "{text}");
+    }
+    // verify-full does check the name.
+    let url = server.url("postgres", "127.0.0.1", "verify-full", Some("ca.crt"));
+    refused(&url, "verify-full with a certificate for another name").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn require_uses_tls_without_a_ca_and_disable_does_not() {
+    let Some(server) = TlsServer::start("DNS:elsewhere.invalid").await else {
+        return;
+    };
+    for (mode, tls) in [("require", true), ("prefer", true), ("disable", false)] {
+        let url = server.url("postgres", "127.0.0.1", mode, None);
+        let client = connect(&url, "pgconn_test")
+            .await
+            .unwrap_or_else(|e| panic!("{mode}: {e}"));
+        assert_eq!(uses_tls(&client).await, tls, "{mode}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_password_or_database_is_definite_and_a_closed_port_transient() {
+    let Some(server) = TlsServer::start("DNS:localhost").await else {
+        return;
+    };
+    // The role's password works (over TLS, with SCRAM channel binding)...
+    let good = server.url("pw", "localhost", "verify-full", Some("ca.crt"));
+    connect(&good, "pgconn_test").await.unwrap();
+    // ...another password does not, and the error shows neither.
+    for mode in ["require", "disable"] {
+        let mut url = server.url("pw", "127.0.0.1", mode, None);
+        url.password = Some(walpoints::config::Secret::new(format!("{PASSWORD}-wrong")));
+        let err = connect(&url, "pgconn_test").await.unwrap_err();
+        for text in [err.to_string(), format!("{err:?}")] {
+            assert!(!err.is_transient(), "{text}");
+            assert!(text.contains("password authentication failed"), "{text}");
+            assert!(
+                !text.contains(PASSWORD),
+                "the error shows the password: {text}"
+            );
+        }
+    }
+
+    let missing = server
+        .url("pw", "127.0.0.1", "require", None)
+        .with_dbname("no_such_database");
+    let text = refused(&missing, "a missing database").await;
+    assert!(text.contains("no_such_database"), "{text}");
+    assert!(!text.contains(PASSWORD), "{text}");
+
+    // A port nobody listens on (bound, then let go).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url: ConnUrl =
+        format!("postgres://pw:{PASSWORD}@127.0.0.1:{port}/postgres?sslmode=require")
+            .parse()
+            .unwrap();
+    match connect(&url, "pgconn_test").await {
+        Err(ConnectError::Transient(text)) => assert!(!text.contains(PASSWORD), "{text}"),
+        other => panic!("a closed port is transient, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminated_session_is_transient_and_a_sql_error_definite() {
+    let Some(server) = TlsServer::start("DNS:localhost").await else {
+        return;
+    };
+    let url = server.url("postgres", "localhost", "verify-full", Some("ca.crt"));
+    let victim = connect(&url, "pgconn_victim").await.unwrap();
+    let killer = connect(&url, "pgconn_test").await.unwrap();
+
+    let e = victim.simple_query("SELEC 1").await.unwrap_err();
+    assert!(!is_transient(&e), "a syntax error is definite: {e:?}");
+    let e = victim
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (1)")
+        .await
+        .unwrap_err();
+    assert!(!is_transient(&e), "a unique violation is definite: {e:?}");
+
+    let pid: i32 = victim
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let terminated: bool = killer
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(terminated);
+    let e = victim.simple_query("SELECT 1").await.unwrap_err();
+    assert!(is_transient(&e), "a terminated session is transient: {e:?}");
+}

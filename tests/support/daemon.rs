@@ -1,0 +1,378 @@
+//! Driving the walpoints daemon in tests: one source id, slot, publication and store database per
+//! instance, the exchange's seed schema, fences in the WAL, and a reference replay of the same
+//! WAL through the pure library (decoder → mapping → engine in memory) to compare with the store.
+
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rust_decimal::Decimal;
+use tokio_postgres::types::PgLsn;
+use walpoints::config::{ColumnsConfig, ConnUrl, TablesConfig};
+use walpoints::events::{Mapped, Mapper};
+use walpoints::lsn::Lsn;
+use walpoints::points::{Engine, LedgerEntry, MemoryAwardBook, RuleSet, State, TxEvents};
+use walpoints::source::{AdminSession, ReplicationSource, SourceOptions};
+
+use super::{connect, with_db, Running, TestDb};
+
+/// The seed's business tables.
+pub const EXCHANGE_SCHEMA: &str = include_str!("../../sql/exchange_schema.sql");
+
+impl TestDb {
+    /// Creates the seed's business tables in the test database.
+    pub async fn exchange(&self) {
+        self.client()
+            .await
+            .batch_execute(EXCHANGE_SCHEMA)
+            .await
+            .expect("create the exchange schema");
+    }
+}
+
+/// One walpoints source on the test database with a store database of its own.
+pub struct Walpoints<'a> {
+    /// The test database (the source).
+    pub db: &'a TestDb,
+    /// `source.id`; also names the slot, publication and store database.
+    pub id: String,
+    /// The store's URL.
+    pub store_url: String,
+    env: Vec<(String, String)>,
+}
+
+impl<'a> Walpoints<'a> {
+    /// A source named `id`, heartbeat off (tests turn it on when they test it), 20 ms batches.
+    pub fn new(db: &'a TestDb, id: &str) -> Walpoints<'a> {
+        let store_url = with_db(&db.url, &format!("{}_store_{id}", db.name));
+        Walpoints {
+            db,
+            id: id.to_owned(),
+            store_url,
+            env: vec![
+                ("WALPOINTS_HEARTBEAT_INTERVAL".into(), "0s".into()),
+                ("WALPOINTS_BATCH_MAX_DELAY".into(), "20ms".into()),
+            ],
+        }
+    }
+
+    /// The slot's name.
+    pub fn slot(&self) -> String {
+        format!("wp_{}", self.id)
+    }
+
+    /// Sets (or overrides) an environment variable of every command.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// `walpoints ARGS` for this source.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = self.db.walpoints();
+        cmd.env("WALPOINTS_SOURCE_ID", &self.id)
+            .env("WALPOINTS_SOURCE_SLOT", self.slot())
+            .env(
+                "WALPOINTS_SOURCE_PUBLICATION",
+                format!("wp_pub_{}", self.id),
+            )
+            .env("WALPOINTS_STORE_URL", &self.store_url)
+            .env("RUST_LOG", "info")
+            .args(args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs `walpoints ARGS` to completion.
+    pub fn output(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run walpoints")
+    }
+
+    /// `walpoints setup`, which must succeed; returns its stdout.
+    pub fn setup(&self) -> String {
+        let out = self.output(&["setup"]);
+        assert!(
+            out.status.success(),
+            "setup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts `walpoints run`.
+    pub fn start(&self) -> Running {
+        Running::spawn(self.cmd(&["run"]))
+    }
+
+    /// A session on the store database.
+    pub async fn store(&self) -> tokio_postgres::Client {
+        connect(&self.store_url).await
+    }
+
+    /// The store's checkpoint (0/0 before setup).
+    pub async fn checkpoint(&self) -> Lsn {
+        let store = self.store().await;
+        checkpoint_of(&store, &self.id).await
+    }
+
+    /// Waits until the store's checkpoint reaches `lsn` (the daemon must be running).
+    pub async fn wait_for(&self, lsn: Lsn, timeout: Duration, running: &Running) {
+        let store = self.store().await;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if checkpoint_of(&store, &self.id).await >= lsn {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "checkpoint did not reach {lsn} within {timeout:?}; stderr:\n{}",
+                running.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The ledger in (commit LSN, ordinal) order, one comparable line per entry.
+    pub async fn ledger(&self) -> Vec<String> {
+        let store = self.store().await;
+        store
+            .query(
+                "SELECT commit_lsn, ordinal, user_address, epoch, kind, reversal, points, basis, \
+                 multiplier, rate, position_notional, trade_id, position_id, referee, \
+                 segment_start, event_time FROM walpoints.ledger WHERE source_id = $1 \
+                 ORDER BY commit_lsn, ordinal",
+                &[&self.id],
+            )
+            .await
+            .expect("read the ledger")
+            .iter()
+            .map(|r| {
+                let lsn: PgLsn = r.get(0);
+                let micros = |t: Option<SystemTime>| {
+                    t.map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_micros() as i64)
+                };
+                Line {
+                    commit_lsn: Lsn(u64::from(lsn)),
+                    ordinal: r.get::<_, i32>(1) as u32,
+                    user: r.get(2),
+                    epoch: r.get::<_, i32>(3) as u32,
+                    kind: r.get(4),
+                    reversal: r.get(5),
+                    points: r.get(6),
+                    basis: r.get(7),
+                    multiplier: r.get(8),
+                    rate: r.get(9),
+                    position_notional: r.get(10),
+                    trade_id: r.get(11),
+                    position_id: r.get(12),
+                    referee: r.get(13),
+                    segment_start: micros(r.get(14)),
+                    event_time: micros(r.get(15)).unwrap_or_default(),
+                }
+                .to_string()
+            })
+            .collect()
+    }
+
+    /// Whether `user_epoch_points` equals the ledger's sums, per (user, epoch); returns the
+    /// number of (user, epoch) rows.
+    pub async fn assert_totals_match_ledger(&self) -> usize {
+        let store = self.store().await;
+        let mismatches = store
+            .query(
+                "WITH sums AS (
+                   SELECT user_address, epoch,
+                     coalesce(sum(points) FILTER (WHERE kind LIKE 'trading%'), 0) AS tp,
+                     coalesce(sum(points) FILTER (WHERE kind LIKE 'referral%'), 0) AS rp,
+                     coalesce(sum(points) FILTER (WHERE kind = 'holding'), 0) AS hp,
+                     coalesce(sum(points) FILTER (WHERE kind = 'pnl'), 0) AS pp,
+                     sum(points) AS total,
+                     coalesce(sum(basis) FILTER (WHERE kind LIKE 'trading%'), 0) AS vol
+                   FROM walpoints.ledger GROUP BY 1, 2)
+                 SELECT coalesce(s.user_address, u.user_address)::text
+                 FROM sums s FULL JOIN walpoints.user_epoch_points u
+                   ON u.user_address = s.user_address AND u.epoch = s.epoch
+                 WHERE s.user_address IS NULL OR u.user_address IS NULL
+                   OR s.tp <> u.trading_points OR s.rp <> u.referral_points
+                   OR s.hp <> u.holding_points OR s.pp <> u.pnl_points
+                   OR s.total <> u.total_points OR s.vol <> u.trading_volume",
+                &[],
+            )
+            .await
+            .expect("compare totals");
+        let bad: Vec<String> = mismatches.iter().map(|r| r.get(0)).collect();
+        assert!(bad.is_empty(), "totals differ from the ledger for {bad:?}");
+        store
+            .query_one("SELECT count(*) FROM walpoints.user_epoch_points", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0) as usize
+    }
+}
+
+async fn checkpoint_of(store: &tokio_postgres::Client, id: &str) -> Lsn {
+    match store
+        .query_opt(
+            "SELECT lsn FROM walpoints.checkpoint WHERE source_id = $1",
+            &[&id],
+        )
+        .await
+    {
+        Ok(Some(r)) => Lsn(u64::from(r.get::<_, PgLsn>(0))),
+        _ => Lsn::ZERO,
+    }
+}
+
+/// Commits a transactional logical message and returns its LSN: once a checkpoint is at or past
+/// it, every transaction committed before the fence is in the store.
+pub async fn fence(client: &tokio_postgres::Client) -> Lsn {
+    let lsn: PgLsn = client
+        .query_one(
+            "SELECT pg_logical_emit_message(true, 'walpoints.test.fence', '')",
+            &[],
+        )
+        .await
+        .expect("write a fence")
+        .get(0);
+    Lsn(u64::from(lsn))
+}
+
+/// A ledger entry in a form both the store and the reference produce.
+struct Line {
+    commit_lsn: Lsn,
+    ordinal: u32,
+    user: String,
+    epoch: u32,
+    kind: String,
+    reversal: bool,
+    points: Decimal,
+    basis: Decimal,
+    multiplier: Decimal,
+    rate: Decimal,
+    position_notional: Option<Decimal>,
+    trade_id: Option<String>,
+    position_id: Option<String>,
+    referee: Option<String>,
+    segment_start: Option<i64>,
+    event_time: i64,
+}
+
+impl std::fmt::Display for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = |d: Decimal| d.normalize().to_string();
+        write!(
+            f,
+            "{} #{} {} e{} {}{} pts={} basis={} x{} rate={} notional={:?} trade={:?} pos={:?} referee={:?} seg={:?} t={}",
+            self.commit_lsn,
+            self.ordinal,
+            self.user,
+            self.epoch,
+            self.kind,
+            if self.reversal { " REV" } else { "" },
+            n(self.points),
+            n(self.basis),
+            n(self.multiplier),
+            n(self.rate),
+            self.position_notional.map(n),
+            self.trade_id,
+            self.position_id,
+            self.referee,
+            self.segment_start,
+            self.event_time
+        )
+    }
+}
+
+fn line_of(commit_lsn: Lsn, e: &LedgerEntry) -> String {
+    Line {
+        commit_lsn,
+        ordinal: e.ordinal,
+        user: e.user.clone(),
+        epoch: e.epoch,
+        kind: e.kind.as_str().to_owned(),
+        reversal: e.reversal,
+        points: e.points,
+        basis: e.basis,
+        multiplier: e.multiplier,
+        rate: e.rate,
+        position_notional: e.position_notional,
+        trade_id: e.trade_id.clone(),
+        position_id: e.position_id.clone(),
+        referee: e.referee.clone(),
+        segment_start: e.segment_start,
+        event_time: e.event_time,
+    }
+    .to_string()
+}
+
+/// A slot for [`reference_ledger`], created now (so it sees what commits from here on).
+pub async fn reference_slot(db: &TestDb, name: &str) {
+    let url: ConnUrl = db.url.parse().unwrap();
+    let mut admin = AdminSession::connect(&url, "walpoints-test-reference")
+        .await
+        .unwrap();
+    let tables = TablesConfig::default().all();
+    admin
+        .ensure_publication("wp_ref_pub", &tables)
+        .await
+        .unwrap();
+    admin.create_slot(name).await.unwrap();
+}
+
+/// The ledger the pure library computes from the WAL on `slot` (created before the workload,
+/// with empty business tables), for every transaction committed at or before `until`.
+pub async fn reference_ledger(db: &TestDb, slot: &str, rules: RuleSet, until: Lsn) -> Vec<String> {
+    let url: ConnUrl = db.url.parse().unwrap();
+    let mut source = ReplicationSource::start(&SourceOptions {
+        url,
+        slot: slot.to_owned(),
+        publication: "wp_ref_pub".into(),
+        start_lsn: Lsn::ZERO,
+        durable_lsn: Lsn::ZERO,
+        temporary_slot: false,
+        application_name: "walpoints-test-reference".into(),
+    })
+    .await
+    .expect("start the reference stream");
+    let mapper = Mapper::new(&TablesConfig::default(), &ColumnsConfig::default());
+    let engine = Engine::new(rules).unwrap();
+    let mut state = State::new();
+    let mut book = MemoryAwardBook::new();
+    let mut lines = Vec::new();
+    loop {
+        let tx = tokio::time::timeout(Duration::from_secs(60), source.next_transaction())
+            .await
+            .expect("the reference stream stalled")
+            .expect("reference stream")
+            .expect("reference stream ended");
+        if tx.commit_lsn > until {
+            break;
+        }
+        let events = tx
+            .changes
+            .iter()
+            .filter_map(|c| match mapper.map(c) {
+                Ok(Mapped::Event(e)) => Some(e),
+                _ => None,
+            })
+            .collect();
+        let outcome = engine
+            .apply_transaction(
+                &mut state,
+                &mut book,
+                &TxEvents {
+                    commit_lsn: tx.commit_lsn.0,
+                    commit_time: tx.commit_time,
+                    events,
+                },
+            )
+            .expect("reference engine");
+        lines.extend(outcome.entries.iter().map(|e| line_of(tx.commit_lsn, e)));
+        if tx.end_lsn > until {
+            break;
+        }
+    }
+    lines
+}
