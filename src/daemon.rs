@@ -305,11 +305,14 @@ pub async fn setup(config: &Config) -> Result<SetupReport, DaemonError> {
         .get(0);
     let snapshot_time = crate::store::micros_of(now);
 
+    // Change tracking on: the snapshot's state reaches the store as deltas, like a batch's.
+    let mut state = crate::points::State::new();
+    state.enable_change_tracking();
     let mut pipeline = Pipeline::new(
         engine,
         mapper,
         config.truncate.policy,
-        crate::points::State::new(),
+        state,
         exported.consistent_point,
     );
     let mut report = SetupReport {

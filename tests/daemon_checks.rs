@@ -1,0 +1,554 @@
+//! Every startup check of the daemon fires, with the message that tells the operator what
+//! happened and what to do: a dropped, advanced or invalidated slot, a different cluster, a
+//! missing table or column, `run` before `setup`; TRUNCATE under each policy, and `teardown`.
+//! Each test has a cluster of its own (unless `WALPOINTS_TEST_PG_URL` names a shared server,
+//! hence the distinct source ids).
+
+mod support;
+
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use walpoints::pgcluster::PgCluster;
+
+use support::daemon::{fence, Walpoints};
+use support::{connect, with_db, Running, TestDb};
+
+/// Runs `cmd` to completion, killing it (by its own pid) and failing the test if it takes
+/// longer than `timeout`: a check that does not fire would otherwise leave `run` streaming.
+fn finish(mut cmd: Command, timeout: Duration) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn walpoints");
+    let pid = child.id() as i32;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => out.expect("wait for walpoints"),
+        Err(_) => {
+            // SAFETY: kill(2) with plain integers; the pid is our own, not yet reaped, child's.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            let out = rx.recv().expect("walpoints' waiter").expect("wait");
+            panic!(
+                "walpoints did not exit within {timeout:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// `walpoints ARGS`, which must fail within 30 s; returns its stderr.
+fn fails(wp: &Walpoints<'_>, args: &[&str]) -> String {
+    let out = finish(wp.cmd(args), Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "walpoints {args:?} succeeded; stdout:\n{}\nstderr:\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+/// `walpoints ARGS`, which must succeed; returns its stdout.
+fn succeeds(wp: &Walpoints<'_>, args: &[&str]) -> String {
+    let out = finish(wp.cmd(args), Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "walpoints {args:?} failed; stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The error line `main` prints (`walpoints: {error}`), for a tighter assertion than the whole
+/// of stderr with its log lines.
+fn error_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("walpoints: "))
+        .unwrap_or_else(|| panic!("no `walpoints: ` error line in stderr:\n{stderr}"))
+}
+
+fn assert_mentions(stderr: &str, needles: &[&str]) {
+    let line = error_line(stderr);
+    for needle in needles {
+        assert!(
+            line.contains(needle),
+            "the error does not mention {needle:?}; stderr:\n{stderr}"
+        );
+    }
+}
+
+/// Waits until the daemon streams from its slot (its startup checks have passed).
+async fn wait_streaming(wp: &Walpoints<'_>, running: &mut Running) {
+    let client = wp.db.client().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let active: Option<bool> = client
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&wp.slot()],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0));
+        if active == Some(true) {
+            return;
+        }
+        if let Some(status) = running.child.try_wait().unwrap() {
+            panic!(
+                "the daemon exited ({status}) before streaming; stderr:\n{}",
+                running.stderr()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not start streaming; stderr:\n{}",
+            running.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits for a daemon that must stop on its own with a failure; returns its stderr once the
+/// error line is in (the reader thread may trail the exit by a moment).
+fn wait_failed(running: &mut Running) -> String {
+    let status = running.wait(Duration::from_secs(30));
+    assert!(
+        !status.success(),
+        "the daemon exited successfully; stderr:\n{}",
+        running.stderr()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !running
+        .stderr()
+        .lines()
+        .any(|l| l.starts_with("walpoints: "))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    running.stderr()
+}
+
+async fn insert_trade(client: &tokio_postgres::Client, id: i64) {
+    client
+        .execute(
+            "INSERT INTO trades (id, symbol, price, amount, taker_address, maker_address)
+             VALUES ($1, 'BTC-PERP', 100, 2, '0xtaker', '0xmaker')",
+            &[&id],
+        )
+        .await
+        .expect("insert a trade");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_slot_with_a_checkpoint_refuses_to_run() {
+    let db = TestDb::new("chk_slot_missing").await;
+    db.exchange().await;
+    let wp = Walpoints::new(&db, "chk_gone");
+    wp.setup();
+    db.client()
+        .await
+        .execute("SELECT pg_drop_replication_slot($1)", &[&wp.slot()])
+        .await
+        .unwrap();
+    let stderr = fails(&wp, &["run"]);
+    assert_mentions(
+        &stderr,
+        &[&wp.slot(), "does not exist", "teardown --yes --drop-store"],
+    );
+    // setup, which re-checks an existing checkpoint, refuses too instead of starting over.
+    let stderr = fails(&wp, &["setup"]);
+    assert_mentions(&stderr, &["does not exist", "teardown --yes --drop-store"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_confirmed_past_the_checkpoint_refuses_to_run() {
+    let db = TestDb::new("chk_slot_ahead").await;
+    db.exchange().await;
+    let wp = Walpoints::new(&db, "chk_ahead");
+    wp.setup();
+    let ex = db.client().await;
+    for id in 1..=3 {
+        insert_trade(&ex, id).await;
+    }
+    ex.execute(
+        "SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())",
+        &[&wp.slot()],
+    )
+    .await
+    .unwrap();
+    let stderr = fails(&wp, &["run"]);
+    assert_mentions(
+        &stderr,
+        &[
+            "ahead of the store's checkpoint",
+            "teardown --yes --drop-store",
+        ],
+    );
+}
+
+/// A throwaway cluster of the test's own with `extra` settings, whatever
+/// `WALPOINTS_TEST_PG_URL` says: these settings must not touch a shared server.
+async fn own_cluster(name: &str, extra: &[(&str, &str)]) -> TestDb {
+    let cluster = PgCluster::start(extra).expect("start a throwaway PostgreSQL");
+    let admin_url = cluster.url("postgres");
+    let name = format!("{name}_{}", std::process::id());
+    connect(&admin_url)
+        .await
+        .simple_query(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create the test database");
+    let url = with_db(&admin_url, &name);
+    TestDb {
+        cluster: Some(cluster),
+        admin_url,
+        name,
+        url,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalidated_slot_refuses_to_run() {
+    let db = own_cluster("chk_slot_lost", &[("max_slot_wal_keep_size", "1MB")]).await;
+    db.exchange().await;
+    let wp = Walpoints::new(&db, "chk_lost");
+    wp.setup();
+    // Write WAL on a table nobody follows, segment after segment, while the slot is idle, until
+    // a checkpoint invalidates the slot.
+    let ex = db.client().await;
+    ex.batch_execute("CREATE TABLE filler (x int)")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        for _ in 0..3 {
+            ex.batch_execute(
+                "INSERT INTO filler SELECT generate_series(1, 1000); SELECT pg_switch_wal();",
+            )
+            .await
+            .unwrap();
+        }
+        ex.batch_execute("CHECKPOINT").await.unwrap();
+        let status: Option<String> = ex
+            .query_one(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+                &[&wp.slot()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if status.as_deref() == Some("lost") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slot is still {status:?} after 15 s of WAL"
+        );
+    }
+    let stderr = fails(&wp, &["run"]);
+    assert_mentions(
+        &stderr,
+        &[
+            "wal_status = lost",
+            "max_slot_wal_keep_size",
+            "teardown --yes --drop-store",
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_different_cluster_refuses_to_run() {
+    let db = TestDb::new("chk_system_id").await;
+    db.exchange().await;
+    let wp = Walpoints::new(&db, "chk_sysid");
+    wp.setup();
+    let n = wp
+        .store()
+        .await
+        .execute(
+            "UPDATE walpoints.checkpoint SET system_id = '1' WHERE source_id = $1",
+            &[&wp.id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let stderr = fails(&wp, &["run"]);
+    assert_mentions(&stderr, &["system identifier", "set up against 1"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_table_fails_setup() {
+    let db = TestDb::new("chk_table_missing").await;
+    db.exchange().await;
+    let wp = Walpoints::new(&db, "chk_notable").env("WALPOINTS_TABLES_TRADES", "public.nope");
+    let stderr = fails(&wp, &["setup"]);
+    assert_mentions(
+        &stderr,
+        &["public", "nope", "does not exist", "tables.trades"],
+    );
+    // Nothing was created on the source.
+    let slots: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&wp.slot()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_mapped_column_fails_setup_and_run() {
+    let db = TestDb::new("chk_column_missing").await;
+    db.exchange().await;
+
+    // Misconfigured: trades has no column px.
+    let bad = Walpoints::new(&db, "chk_nocol").env("WALPOINTS_COLUMNS_TRADES_PRICE", "px");
+    let stderr = fails(&bad, &["setup"]);
+    assert_mentions(&stderr, &["trades", "no column px"]);
+
+    // Set up fine, then the column is renamed under it: run refuses at startup.
+    let wp = Walpoints::new(&db, "chk_renamed");
+    wp.setup();
+    let ex = db.client().await;
+    ex.batch_execute("ALTER TABLE trades RENAME COLUMN price TO px")
+        .await
+        .unwrap();
+    let stderr = fails(&wp, &["run"]);
+    assert_mentions(&stderr, &["trades", "no column price"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_column_dropped_while_streaming_stops_the_daemon() {
+    let db = TestDb::new("chk_column_dropped").await;
+    db.exchange().await;
+    let wp = Walpoints::new(&db, "chk_dropcol");
+    wp.setup();
+    let mut running = wp.start();
+    wait_streaming(&wp, &mut running).await;
+    let ex = db.client().await;
+    insert_trade(&ex, 1).await;
+    let until = fence(&ex).await;
+    wp.wait_for(until, Duration::from_secs(30), &running).await;
+    ex.batch_execute("ALTER TABLE trades DROP COLUMN symbol")
+        .await
+        .unwrap();
+    ex.execute(
+        "INSERT INTO trades (id, price, amount, taker_address, maker_address)
+         VALUES (2, 100, 1, '0xa', '0xb')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let stderr = wait_failed(&mut running);
+    assert_mentions(
+        &stderr,
+        &["public.trades", "no column symbol", "columns.trades_symbol"],
+    );
+    // Nothing of the insert after the drop was written.
+    let after: i64 = wp
+        .store()
+        .await
+        .query_one(
+            "SELECT count(*) FROM walpoints.ledger WHERE trade_id = '2'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(after, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_before_setup_says_to_run_setup() {
+    let db = TestDb::new("chk_not_set_up").await;
+    db.exchange().await;
+
+    // A store that already serves another source, but not this one.
+    let other = Walpoints::new(&db, "chk_other");
+    other.setup();
+    let mut wp = Walpoints::new(&db, "chk_fresh");
+    wp.store_url = other.store_url.clone();
+    let stderr = fails(&wp, &["run"]);
+    assert_mentions(&stderr, &["chk_fresh", "run `walpoints setup` first"]);
+
+    // A store database that does not exist yet: setup creates it, so that is "not set up" too.
+    let fresh = Walpoints::new(&db, "chk_nostore");
+    let stderr = fails(&fresh, &["run"]);
+    assert_mentions(&stderr, &["run `walpoints setup` first"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn truncate_stops_the_daemon_by_default() {
+    let db = TestDb::new("chk_truncate_stop").await;
+    db.exchange().await;
+    let wp = Walpoints::new(&db, "chk_trstop");
+    wp.setup();
+    let mut running = wp.start();
+    wait_streaming(&wp, &mut running).await;
+    let ex = db.client().await;
+    insert_trade(&ex, 1).await;
+    ex.batch_execute("TRUNCATE trades").await.unwrap();
+    insert_trade(&ex, 2).await;
+    let stderr = wait_failed(&mut running);
+    assert_mentions(&stderr, &["public.trades", "TRUNCATE", "truncate.policy"]);
+    // The trade before the TRUNCATE may be in the store; nothing after it is.
+    let after: i64 = wp
+        .store()
+        .await
+        .query_one(
+            "SELECT count(*) FROM walpoints.ledger WHERE trade_id = '2'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(after, 0);
+    // And it stays stopped: a restart meets the same TRUNCATE.
+    let stderr = fails(&wp, &["run"]);
+    assert_mentions(&stderr, &["TRUNCATE"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn truncate_is_ignored_when_the_policy_says_so() {
+    let db = TestDb::new("chk_truncate_ignore").await;
+    db.exchange().await;
+    let wp = Walpoints::new(&db, "chk_trignore").env("WALPOINTS_TRUNCATE_POLICY", "ignore");
+    wp.setup();
+    let mut running = wp.start();
+    wait_streaming(&wp, &mut running).await;
+    let ex = db.client().await;
+    insert_trade(&ex, 1).await;
+    ex.batch_execute("TRUNCATE trades").await.unwrap();
+    insert_trade(&ex, 2).await;
+    let until = fence(&ex).await;
+    wp.wait_for(until, Duration::from_secs(30), &running).await;
+    assert!(
+        running.child.try_wait().unwrap().is_none(),
+        "the daemon stopped; stderr:\n{}",
+        running.stderr()
+    );
+    let store = wp.store().await;
+    let rows = |trade: &'static str| {
+        let store = &store;
+        async move {
+            store
+                .query_one(
+                    "SELECT count(*) FROM walpoints.ledger WHERE trade_id = $1 AND NOT reversal",
+                    &[&trade],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(
+        rows("1").await,
+        2,
+        "taker and maker points before the TRUNCATE"
+    );
+    assert_eq!(
+        rows("2").await,
+        2,
+        "taker and maker points after the TRUNCATE"
+    );
+    let reversals: i64 = store
+        .query_one("SELECT count(*) FROM walpoints.ledger WHERE reversal", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(reversals, 0, "what was awarded stays awarded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn teardown_needs_yes_and_drops_slot_publication_and_store() {
+    let db = TestDb::new("chk_teardown").await;
+    db.exchange().await;
+    let wp = Walpoints::new(&db, "chk_td");
+    wp.setup();
+    let src = db.client().await;
+    let publication = format!("wp_pub_{}", wp.id);
+    let objects = || async {
+        let slots: i64 = src
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&wp.slot()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let pubs: i64 = src
+            .query_one(
+                "SELECT count(*) FROM pg_publication WHERE pubname = $1",
+                &[&publication],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (slots, pubs)
+    };
+    let checkpoint_rows = || async {
+        let store = wp.store().await;
+        let schema: bool = store
+            .query_one(
+                "SELECT to_regclass('walpoints.checkpoint') IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if !schema {
+            return 0;
+        }
+        store
+            .query_one(
+                "SELECT count(*) FROM walpoints.checkpoint WHERE source_id = $1",
+                &[&wp.id],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(objects().await, (1, 1));
+
+    // Without --yes: refused, nothing dropped.
+    let stderr = fails(&wp, &["teardown"]);
+    assert_mentions(&stderr, &["--yes", &wp.slot(), &publication]);
+    assert_eq!(objects().await, (1, 1));
+    let stderr = fails(&wp, &["teardown", "--drop-store"]);
+    assert_mentions(&stderr, &["--yes"]);
+    assert_eq!(checkpoint_rows().await, 1);
+
+    // --yes: slot and publication dropped, the store kept.
+    let out = succeeds(&wp, &["teardown", "--yes"]);
+    assert!(out.contains("the store is kept"), "{out}");
+    assert_eq!(objects().await, (0, 0));
+    assert_eq!(checkpoint_rows().await, 1);
+    // The kept checkpoint now has no slot: setup refuses to paper over it.
+    let stderr = fails(&wp, &["setup"]);
+    assert_mentions(&stderr, &["does not exist", "teardown --yes --drop-store"]);
+
+    // --yes --drop-store (slot and publication already gone: still fine) deletes the source's
+    // rows, and setup starts over.
+    let out = succeeds(&wp, &["teardown", "--yes", "--drop-store"]);
+    assert!(out.contains("deleted the source's rows"), "{out}");
+    assert_eq!(objects().await, (0, 0));
+    assert_eq!(checkpoint_rows().await, 0);
+    let out = wp.setup();
+    assert!(out.starts_with("set up"), "{out}");
+    assert_eq!(objects().await, (1, 1));
+    assert_eq!(checkpoint_rows().await, 1);
+}
