@@ -60,7 +60,7 @@ pub enum ConfigError {
     },
 }
 
-/// The whole of walpoints' configuration; see `walpoints.toml.example` for every key annotated.
+/// The whole of walpoints' configuration; README.md, "Configuration", shows every key annotated.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {

@@ -373,10 +373,9 @@ async fn a_column_dropped_while_streaming_stops_the_daemon() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn run_before_setup_says_to_run_setup() {
+async fn run_before_setup_on_a_shared_store_says_to_run_setup() {
     let db = TestDb::new("chk_not_set_up").await;
     db.exchange().await;
-
     // A store that already serves another source, but not this one.
     let other = Walpoints::new(&db, "chk_other");
     other.setup();
@@ -384,11 +383,17 @@ async fn run_before_setup_says_to_run_setup() {
     wp.store_url = other.store_url.clone();
     let stderr = fails(&wp, &["run"]);
     assert_mentions(&stderr, &["chk_fresh", "run `walpoints setup` first"]);
+}
 
-    // A store database that does not exist yet: setup creates it, so that is "not set up" too.
-    let fresh = Walpoints::new(&db, "chk_nostore");
-    let stderr = fails(&fresh, &["run"]);
-    assert_mentions(&stderr, &["run `walpoints setup` first"]);
+#[tokio::test(flavor = "multi_thread")]
+async fn run_before_setup_without_a_store_database_says_to_run_setup() {
+    let db = TestDb::new("chk_no_store").await;
+    db.exchange().await;
+    // The store database does not exist yet (setup creates it): that is "not set up" too, not
+    // a connection failure.
+    let wp = Walpoints::new(&db, "chk_nostore");
+    let stderr = fails(&wp, &["run"]);
+    assert_mentions(&stderr, &["chk_nostore", "run `walpoints setup` first"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
