@@ -256,13 +256,17 @@ pub async fn setup(config: &Config) -> Result<SetupReport, DaemonError> {
     let system_id = admin.system_id().await?;
     let mut source_db = pgconn::connect(&config.source.url, "walpoints-setup").await?;
     check_tables(&source_db, config, &mapper).await?;
+    let existing = store.checkpoint().await?;
+    if let Some(cp) = &existing {
+        // Set up before: refuse (without creating anything) if the slot cannot continue.
+        check_slot(&mut admin, config, cp, &system_id).await?;
+    }
     admin
         .ensure_publication(&config.source.publication, &config.tables.all())
         .await?;
     check_publication(&source_db, config).await?;
 
-    if let Some(cp) = store.checkpoint().await? {
-        check_slot(&mut admin, config, &cp, &system_id).await?;
+    if let Some(cp) = existing {
         return Ok(SetupReport {
             already: true,
             consistent_point: cp.consistent_point,
@@ -694,7 +698,16 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Dae
 async fn session(config: &Config, stop: watch::Receiver<bool>) -> Result<(), DaemonError> {
     let engine = engine(config)?;
     let mapper = mapper(config);
-    let mut store = Store::connect(&config.store_url(), &config.source.id, false).await?;
+    let mut store = match Store::connect(&config.store_url(), &config.source.id, false).await {
+        Ok(s) => s,
+        // No store database yet: setup has never run (it creates it).
+        Err(StoreError::NoDatabase(_)) => {
+            return Err(DaemonError::NotSetUp {
+                source_id: config.source.id.clone(),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
     store.migrate().await?;
     let cp = store
         .checkpoint()
@@ -836,10 +849,17 @@ pub async fn teardown(
     tracing::info!(slot = %config.source.slot, publication = %config.source.publication, "slot and publication dropped");
     let mut store_dropped = false;
     if drop_store {
-        let mut store = Store::connect(&config.store_url(), &config.source.id, false).await?;
-        store.migrate().await?;
-        store.drop_source().await?;
-        store_dropped = true;
+        match Store::connect(&config.store_url(), &config.source.id, false).await {
+            Ok(mut store) => {
+                store.migrate().await?;
+                store.drop_source().await?;
+                store_dropped = true;
+            }
+            Err(StoreError::NoDatabase(_)) => {
+                tracing::info!("the store database does not exist: nothing to delete")
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(TeardownReport { store_dropped })
 }

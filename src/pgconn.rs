@@ -52,6 +52,10 @@ pub enum ConnectError {
     /// stop and tell the operator.
     #[error("{0}")]
     Definite(String),
+    /// The database does not exist (SQLSTATE 3D000): definite, but callers may know why (the
+    /// store before `setup`) and say something more useful.
+    #[error("{0}")]
+    NoDatabase(String),
 }
 
 impl ConnectError {
@@ -200,6 +204,9 @@ fn is_tls_error(e: &tokio_postgres::Error) -> bool {
 }
 
 fn connect_error(context: &str, url: &ConnUrl, e: &tokio_postgres::Error) -> ConnectError {
+    if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) {
+        return ConnectError::NoDatabase(format!("{context}: {}", error_text(e)));
+    }
     let mut err = ConnectError::from_pg(context, e);
     if let (ConnectError::Definite(message), Some(ca)) = (&mut err, &url.sslrootcert) {
         if is_tls_error(e) {

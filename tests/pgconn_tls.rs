@@ -163,7 +163,7 @@ async fn refused(url: &ConnUrl, why: &str) -> String {
     match connect(url, "pgconn_test").await {
         Ok(_) => panic!("connected to {url} despite {why}"),
         Err(ConnectError::Transient(e)) => panic!("{why}: transient, not definite: {e}"),
-        Err(ConnectError::Definite(e)) => e,
+        Err(ConnectError::Definite(e) | ConnectError::NoDatabase(e)) => e,
     }
 }
 

@@ -50,6 +50,9 @@ pub enum StoreError {
     /// Anything else: a bad schema, a constraint violation, a value out of range. Stop.
     #[error("store: {0}")]
     Definite(String),
+    /// The store's database does not exist (yet: `setup` creates it).
+    #[error("store: {0}")]
+    NoDatabase(String),
 }
 
 impl StoreError {
@@ -73,10 +76,10 @@ impl StoreError {
 
 impl From<crate::pgconn::ConnectError> for StoreError {
     fn from(e: crate::pgconn::ConnectError) -> Self {
-        if e.is_transient() {
-            StoreError::Transient(e.to_string())
-        } else {
-            StoreError::Definite(e.to_string())
+        match e {
+            crate::pgconn::ConnectError::Transient(m) => StoreError::Transient(m),
+            crate::pgconn::ConnectError::Definite(m) => StoreError::Definite(m),
+            crate::pgconn::ConnectError::NoDatabase(m) => StoreError::NoDatabase(m),
         }
     }
 }
