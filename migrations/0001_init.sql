@@ -99,7 +99,7 @@ CREATE TABLE walpoints.state_pnl_paid (
 CREATE TABLE walpoints.trade_award (
     source_id text  NOT NULL,
     trade_id  text  NOT NULL,
-    award     jsonb NOT NULL,
+    award     text  NOT NULL,   -- points::Award as JSON (text: never queried inside, cheaper to write)
     PRIMARY KEY (source_id, trade_id)
 );
 

@@ -142,6 +142,15 @@ pub enum DaemonError {
         /// The table.
         table: String,
     },
+    /// The publication is gone.
+    #[error(
+        "the publication {publication:?} does not exist on the source: run `walpoints setup` \
+         (or sql/publication.sql as the tables' owner) to create it"
+    )]
+    NoPublication {
+        /// The publication.
+        publication: String,
+    },
     /// Backfill needs a time column.
     #[error("backfill.trades_since needs columns.trades_time (the trades' time column)")]
     BackfillWithoutTime,
@@ -602,6 +611,19 @@ async fn check_publication(
     source_db: &tokio_postgres::Client,
     config: &Config,
 ) -> Result<(), DaemonError> {
+    let exists = source_db
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&config.source.publication],
+        )
+        .await
+        .map_err(|e| DaemonError::Connect(ConnectError::from_pg("checking the publication", &e)))?
+        .is_some();
+    if !exists {
+        return Err(DaemonError::NoPublication {
+            publication: config.source.publication.clone(),
+        });
+    }
     for table in config.tables.all() {
         let n = source_db
             .query_one(

@@ -195,7 +195,7 @@ impl BatchAwards {
         let rows = store
             .client
             .query(
-                "SELECT trade_id, award::text FROM walpoints.trade_award \
+                "SELECT trade_id, award FROM walpoints.trade_award \
                  WHERE source_id = $1 AND trade_id = ANY($2)",
                 &[&store.source_id, &missing],
             )
@@ -862,7 +862,7 @@ impl StoreTx<'_> {
             self.tx
                 .execute(
                     "INSERT INTO walpoints.trade_award (source_id, trade_id, award) \
-                     SELECT $1, i, a::jsonb FROM unnest($2::text[], $3::text[]) AS x(i, a) \
+                     SELECT $1, i, a FROM unnest($2::text[], $3::text[]) AS x(i, a) \
                      ON CONFLICT (source_id, trade_id) DO UPDATE SET award = excluded.award",
                     &[&self.source_id, &ids, &jsons],
                 )
