@@ -49,8 +49,8 @@ pub enum Command {
     Teardown(TeardownArgs),
     /// Print the decoded change stream as JSON lines, one change per line.
     Tail(TailArgs),
-    /// Start a throwaway PostgreSQL, run a small synthetic exchange on it and show walpoints
-    /// following it; everything is removed at the end.
+    /// Start a throwaway PostgreSQL, run setup and the daemon while a small synthetic exchange
+    /// trades on it, and print the leaderboard; everything is removed at the end.
     Demo(DemoArgs),
 }
 

@@ -92,7 +92,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => {
             let stdout = std::io::stdout();
             let mut out = std::io::LineWriter::new(stdout.lock());
-            walpoints::demo::run(args.seconds, &mut out).await?;
+            let summary = walpoints::demo::run(args.seconds, &mut out).await?;
+            tracing::debug!(?summary, "demo finished");
             Ok(())
         }
     }
