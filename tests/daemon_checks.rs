@@ -87,37 +87,6 @@ fn assert_mentions(stderr: &str, needles: &[&str]) {
     }
 }
 
-/// Waits until the daemon streams from its slot (its startup checks have passed).
-async fn wait_streaming(wp: &Walpoints<'_>, running: &mut Running) {
-    let client = wp.db.client().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let active: Option<bool> = client
-            .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                &[&wp.slot()],
-            )
-            .await
-            .unwrap()
-            .map(|r| r.get(0));
-        if active == Some(true) {
-            return;
-        }
-        if let Some(status) = running.child.try_wait().unwrap() {
-            panic!(
-                "the daemon exited ({status}) before streaming; stderr:\n{}",
-                running.stderr()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the daemon did not start streaming; stderr:\n{}",
-            running.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits for a daemon that must stop on its own with a failure; returns its stderr once the
 /// error line is in (the reader thread may trail the exit by a moment).
 fn wait_failed(running: &mut Running) -> String {
@@ -336,9 +305,7 @@ async fn a_column_dropped_while_streaming_stops_the_daemon() {
     let db = TestDb::new("chk_column_dropped").await;
     db.exchange().await;
     let wp = Walpoints::new(&db, "chk_dropcol");
-    wp.setup();
-    let mut running = wp.start();
-    wait_streaming(&wp, &mut running).await;
+    let mut running = wp.setup_and_stream().await;
     let ex = db.client().await;
     insert_trade(&ex, 1).await;
     let until = fence(&ex).await;
@@ -401,9 +368,7 @@ async fn truncate_stops_the_daemon_by_default() {
     let db = TestDb::new("chk_truncate_stop").await;
     db.exchange().await;
     let wp = Walpoints::new(&db, "chk_trstop");
-    wp.setup();
-    let mut running = wp.start();
-    wait_streaming(&wp, &mut running).await;
+    let mut running = wp.setup_and_stream().await;
     let ex = db.client().await;
     insert_trade(&ex, 1).await;
     ex.batch_execute("TRUNCATE trades").await.unwrap();
@@ -432,9 +397,7 @@ async fn truncate_is_ignored_when_the_policy_says_so() {
     let db = TestDb::new("chk_truncate_ignore").await;
     db.exchange().await;
     let wp = Walpoints::new(&db, "chk_trignore").env("WALPOINTS_TRUNCATE_POLICY", "ignore");
-    wp.setup();
-    let mut running = wp.start();
-    wait_streaming(&wp, &mut running).await;
+    let mut running = wp.setup_and_stream().await;
     let ex = db.client().await;
     insert_trade(&ex, 1).await;
     ex.batch_execute("TRUNCATE trades").await.unwrap();

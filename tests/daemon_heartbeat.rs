@@ -11,7 +11,7 @@ use tokio_postgres::types::PgLsn;
 use walpoints::lsn::Lsn;
 
 use support::daemon::Walpoints;
-use support::{Running, TestDb};
+use support::TestDb;
 
 /// The slot's (confirmed_flush_lsn, restart_lsn).
 async fn slot_position(client: &tokio_postgres::Client, slot: &str) -> (Lsn, Lsn) {
@@ -34,37 +34,6 @@ async fn current_lsn(client: &tokio_postgres::Client) -> Lsn {
         .unwrap()
         .get(0);
     Lsn(u64::from(lsn))
-}
-
-/// Waits until the daemon streams from its slot.
-async fn wait_streaming(wp: &Walpoints<'_>, running: &mut Running) {
-    let client = wp.db.client().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let active: Option<bool> = client
-            .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                &[&wp.slot()],
-            )
-            .await
-            .unwrap()
-            .map(|r| r.get(0));
-        if active == Some(true) {
-            return;
-        }
-        if let Some(status) = running.child.try_wait().unwrap() {
-            panic!(
-                "the daemon exited ({status}) before streaming; stderr:\n{}",
-                running.stderr()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the daemon did not start streaming; stderr:\n{}",
-            running.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Writes to `noise` (published nowhere) for `how_long`, switching WAL segments twice.
@@ -98,7 +67,7 @@ async fn the_heartbeat_moves_the_slot_past_unfollowed_writes() {
         .await
         .unwrap();
     let mut running = wp.start();
-    wait_streaming(&wp, &mut running).await;
+    wp.wait_streaming(&mut running).await;
 
     // The heartbeat already runs (its first beat is at start): the load's own first write marks
     // the point that every position must pass.
@@ -164,7 +133,7 @@ async fn without_heartbeat_the_slot_stays_put_under_unfollowed_writes() {
         .await
         .unwrap();
     let mut running = wp.start();
-    wait_streaming(&wp, &mut running).await;
+    wp.wait_streaming(&mut running).await;
 
     let start = current_lsn(&src).await;
     let (confirmed0, _) = slot_position(&src, &wp.slot()).await;

@@ -2,27 +2,17 @@
 //! does, failures are classified transient or definite, and no error shows the password.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+mod support;
 
 use walpoints::config::ConnUrl;
 use walpoints::pgcluster::{PgCluster, StopMode};
 use walpoints::pgconn::{connect, is_transient, ConnectError};
 
+use support::openssl;
+
 /// The password of the role `pw` (scram-sha-256); it must never show in an error.
 const PASSWORD: &str = "Sekr3t-do-not-print";
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl is installed");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// In `dir`: CAs `ca` and `other-ca`, and `server.crt`/`server.key` signed by `ca` with the
 /// subject alternative names `sans` (e.g. "DNS:localhost,IP:127.0.0.1"). P-256 keys: quick to

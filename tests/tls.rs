@@ -4,23 +4,9 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use support::{wait_for_active_tail_slot, Running, TestDb};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl is installed");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use support::{openssl, wait_for_active_tail_slot, Running, TestDb};
 
 /// A CA, server certificates for `localhost` and for `elsewhere.invalid` signed by it, and an
 /// unrelated CA.

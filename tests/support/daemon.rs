@@ -117,6 +117,46 @@ impl<'a> Walpoints<'a> {
         checkpoint_of(&store, &self.id).await
     }
 
+    /// `setup`, then `run`, returned once it streams.
+    pub async fn setup_and_stream(&self) -> Running {
+        self.setup();
+        let mut running = self.start();
+        self.wait_streaming(&mut running).await;
+        running
+    }
+
+    /// Waits until the daemon streams from its slot (its startup checks have passed); fails the
+    /// test if it exits first.
+    pub async fn wait_streaming(&self, running: &mut Running) {
+        let client = self.db.client().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let active: Option<bool> = client
+                .query_opt(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&self.slot()],
+                )
+                .await
+                .unwrap()
+                .map(|r| r.get(0));
+            if active == Some(true) {
+                return;
+            }
+            if let Some(status) = running.child.try_wait().unwrap() {
+                panic!(
+                    "the daemon exited ({status}) before streaming; stderr:\n{}",
+                    running.stderr()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon did not start streaming; stderr:\n{}",
+                running.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until the store's checkpoint reaches `lsn` (the daemon must be running).
     pub async fn wait_for(&self, lsn: Lsn, timeout: Duration, running: &Running) {
         let store = self.store().await;
