@@ -59,6 +59,20 @@ pub enum DaemonError {
         /// The store's checkpoint.
         checkpoint: Lsn,
     },
+    /// The configuration names another slot than the one the store's checkpoint belongs to.
+    #[error(
+        "source {source_id:?} was set up with the slot {recorded:?}, but source.slot is now \
+         {configured:?}: a checkpoint is a position in one slot only. Set source.slot back to \
+         {recorded:?}, or give the new slot its own source.id (and run `walpoints setup`)"
+    )]
+    SlotRenamed {
+        /// The source.
+        source_id: String,
+        /// The slot in the checkpoint.
+        recorded: String,
+        /// The slot in the configuration.
+        configured: String,
+    },
     /// The slot was acknowledged past the checkpoint.
     #[error(
         "the slot {slot:?} has confirmed_flush_lsn {confirmed}, ahead of the store's checkpoint \
@@ -653,6 +667,13 @@ async fn check_slot(
     cp: &Checkpoint,
     system_id: &str,
 ) -> Result<(), DaemonError> {
+    if cp.slot_name != config.source.slot {
+        return Err(DaemonError::SlotRenamed {
+            source_id: config.source.id.clone(),
+            recorded: cp.slot_name.clone(),
+            configured: config.source.slot.clone(),
+        });
+    }
     if cp.system_id != system_id {
         return Err(DaemonError::SystemIdChanged {
             recorded: cp.system_id.clone(),

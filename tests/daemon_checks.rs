@@ -256,6 +256,20 @@ async fn a_different_cluster_refuses_to_run() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_of_another_slot_refuses_to_run() {
+    let db = TestDb::new("chk_slot_renamed").await;
+    db.exchange().await;
+    let wp = Walpoints::new(&db, "chk_renamed_slot");
+    wp.setup();
+    let other = Walpoints::new(&db, "chk_renamed_slot").env("WALPOINTS_SOURCE_SLOT", "wp_other");
+    let stderr = fails(&other, &["run"]);
+    assert_mentions(
+        &stderr,
+        &["set up with the slot \"wp_chk_renamed_slot\"", "wp_other"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_missing_table_fails_setup() {
     let db = TestDb::new("chk_table_missing").await;
     db.exchange().await;
