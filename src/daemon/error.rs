@@ -1,0 +1,193 @@
+//! What can stop a command, and what the operator should do about each.
+
+use crate::lsn::Lsn;
+use crate::pgconn::ConnectError;
+use crate::pipeline::PipelineError;
+use crate::source::SourceError;
+use crate::store::StoreError;
+
+/// Why a command failed; the definite ones carry the operator's next step.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The configuration cannot be used.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// `run` before `setup`.
+    #[error(
+        "source {source_id:?} is not set up in the store: run `walpoints setup` first (it \
+         creates the publication, the slot and the initial snapshot)"
+    )]
+    NotSetUp {
+        /// The source.
+        source_id: String,
+    },
+    /// The slot is gone but the store has a checkpoint.
+    #[error(
+        "the replication slot {slot:?} does not exist, but the store has a checkpoint at \
+         {checkpoint} for source {source_id:?}: the slot was dropped, and the WAL since the \
+         checkpoint is gone with it, so the points since then cannot be computed. To start over \
+         from a fresh snapshot: `walpoints teardown --yes --drop-store`, then `walpoints setup` \
+         (set backfill.trades_since to award the trades since the loss). See README, \
+         \"Refusing to lose data\""
+    )]
+    SlotMissing {
+        /// The slot.
+        slot: String,
+        /// The source.
+        source_id: String,
+        /// The store's checkpoint.
+        checkpoint: Lsn,
+    },
+    /// The configuration names another slot than the one the store's checkpoint belongs to.
+    #[error(
+        "source {source_id:?} was set up with the slot {recorded:?}, but source.slot is now \
+         {configured:?}: a checkpoint is a position in one slot only. Set source.slot back to \
+         {recorded:?}, or give the new slot its own source.id (and run `walpoints setup`)"
+    )]
+    SlotRenamed {
+        /// The source.
+        source_id: String,
+        /// The slot in the checkpoint.
+        recorded: String,
+        /// The slot in the configuration.
+        configured: String,
+    },
+    /// The slot was acknowledged past the checkpoint.
+    #[error(
+        "the slot {slot:?} has confirmed_flush_lsn {confirmed}, ahead of the store's checkpoint \
+         {checkpoint}: something other than this store's walpoints acknowledged the slot, or \
+         the store was restored from an older backup. The transactions in between will never be \
+         streamed again, so walpoints refuses to skip them silently. Restore the matching \
+         store, or start over: `walpoints teardown --yes --drop-store`, then `walpoints setup`. \
+         See README, \"Refusing to lose data\""
+    )]
+    SlotAhead {
+        /// The slot.
+        slot: String,
+        /// Its confirmed position.
+        confirmed: Lsn,
+        /// The store's checkpoint.
+        checkpoint: Lsn,
+    },
+    /// The server invalidated the slot.
+    #[error(
+        "the slot {slot:?} was invalidated (wal_status = lost): the server removed WAL it still \
+         needed, because walpoints fell further behind than max_slot_wal_keep_size allows. \
+         Start over from a fresh snapshot: `walpoints teardown --yes --drop-store`, then \
+         `walpoints setup`. See README, \"Refusing to lose data\""
+    )]
+    SlotLost {
+        /// The slot.
+        slot: String,
+    },
+    /// The slot exists but is not a pgoutput logical slot.
+    #[error("the slot {slot:?} is not a logical pgoutput slot (plugin {plugin:?}); choose another source.slot")]
+    WrongSlot {
+        /// The slot.
+        slot: String,
+        /// Its plugin.
+        plugin: String,
+    },
+    /// The source is a different cluster than at setup.
+    #[error(
+        "the source's system identifier is {found}, but the store was set up against {recorded}: \
+         source.url now points at a different cluster (restored from a backup, rebuilt, or \
+         another server), whose LSNs mean nothing to this store. Point source.url back at the \
+         original cluster, or start over: `walpoints teardown --yes --drop-store`, then \
+         `walpoints setup`"
+    )]
+    SystemIdChanged {
+        /// At setup.
+        recorded: String,
+        /// Now.
+        found: String,
+    },
+    /// A configured table is missing on the source.
+    #[error(
+        "the table {table} (tables.{key} in walpoints.toml) does not exist in the source \
+         database: create it, or set tables.{key} to the table's schema-qualified name"
+    )]
+    TableMissing {
+        /// The table.
+        table: String,
+        /// Its config key.
+        key: &'static str,
+    },
+    /// Mapped columns are missing on the source.
+    #[error(
+        "the table {table} has no column {columns}: set the [columns] keys in walpoints.toml to \
+         the table's column names, or restore the column"
+    )]
+    ColumnMissing {
+        /// The table.
+        table: String,
+        /// The missing columns.
+        columns: String,
+    },
+    /// The publication does not cover a configured table.
+    #[error(
+        "the publication {publication:?} does not include {table}, so its changes would never \
+         arrive: `ALTER PUBLICATION {publication} ADD TABLE {table};` on the source"
+    )]
+    NotPublished {
+        /// The publication.
+        publication: String,
+        /// The table.
+        table: String,
+    },
+    /// The publication is gone.
+    #[error(
+        "the publication {publication:?} does not exist on the source: run `walpoints setup` \
+         (or sql/publication.sql as the tables' owner) to create it"
+    )]
+    NoPublication {
+        /// The publication.
+        publication: String,
+    },
+    /// Backfill needs a time column.
+    #[error("backfill.trades_since needs columns.trades_time (the trades' time column)")]
+    BackfillWithoutTime,
+    /// An SQL connection to the source failed.
+    #[error("source: {0}")]
+    Connect(#[from] ConnectError),
+    /// The initial snapshot failed.
+    #[error("initial snapshot: {0}")]
+    Snapshot(String),
+    /// Teardown without `--yes`.
+    #[error(
+        "teardown drops the slot {slot:?} and the publication {publication:?}; points can then \
+         only start over from a new snapshot. Re-run with --yes to confirm"
+    )]
+    NotConfirmed {
+        /// The slot.
+        slot: String,
+        /// The publication.
+        publication: String,
+    },
+    /// Streaming or writing failed.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+impl From<SourceError> for DaemonError {
+    fn from(e: SourceError) -> Self {
+        DaemonError::Pipeline(e.into())
+    }
+}
+
+impl From<StoreError> for DaemonError {
+    fn from(e: StoreError) -> Self {
+        DaemonError::Pipeline(e.into())
+    }
+}
+
+impl DaemonError {
+    /// Whether `run` should reconnect and try again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DaemonError::Pipeline(e) => e.is_transient(),
+            DaemonError::Connect(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}

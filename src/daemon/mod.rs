@@ -1,0 +1,238 @@
+//! The operator's commands: `setup` (store schema, publication, slot, initial snapshot), `run`
+//! (the daemon: startup checks, heartbeat, the batch loop, reconnects) and `teardown`.
+//!
+//! Every check that guards against losing data lives here, before the stream starts, and each
+//! says what happened and what to do; see the README, "Refusing to lose
+//! data", for the longer story.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::{Config, ConnUrl};
+use crate::events::Mapper;
+use crate::pgconn;
+use crate::pipeline::{BatchLimits, Pipeline};
+use crate::points::Engine;
+use crate::source::{AdminSession, ReplicationSource, SourceOptions};
+use crate::store::{Store, StoreError};
+
+mod checks;
+mod error;
+mod setup;
+
+use checks::{check_publication, check_slot, check_tables};
+pub use error::DaemonError;
+pub use setup::{setup, SetupReport};
+
+/// Prefix of walpoints' heartbeat messages in the WAL.
+pub const HEARTBEAT_PREFIX: &str = "walpoints.heartbeat";
+
+/// Longest pause between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+fn engine(config: &Config) -> Result<Engine, DaemonError> {
+    Engine::new(config.rules.clone()).map_err(|e| DaemonError::Config(e.to_string()))
+}
+
+fn mapper(config: &Config) -> Mapper {
+    Mapper::new(&config.tables, &config.columns)
+}
+
+/// `walpoints run`: streams until `stop` turns true, reconnecting with capped exponential
+/// backoff on transient errors; returns the definite error that stopped it.
+pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), DaemonError> {
+    let mut backoff = Duration::from_millis(250);
+    let mut attempt = 0u32;
+    loop {
+        let started = std::time::Instant::now();
+        let err = match session(config, stop.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() => e,
+            Err(e) => return Err(e),
+        };
+        if started.elapsed() > Duration::from_secs(60) {
+            // The session was healthy for a while: this is a new incident.
+            backoff = Duration::from_millis(250);
+            attempt = 0;
+        }
+        attempt += 1;
+        tracing::warn!(attempt, retry_in_ms = backoff.as_millis() as u64, error = %err, "transient failure; reconnecting");
+        let mut stop_wait = stop.clone();
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop_wait.wait_for(|s| *s) => return Ok(()),
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One connected session: checks, state load, stream until stop or error.
+async fn session(config: &Config, stop: watch::Receiver<bool>) -> Result<(), DaemonError> {
+    let engine = engine(config)?;
+    let mapper = mapper(config);
+    let mut store = match Store::connect(&config.store_url(), &config.source.id, false).await {
+        Ok(s) => s,
+        // No store database yet: setup has never run (it creates it).
+        Err(StoreError::NoDatabase(_)) => {
+            return Err(DaemonError::NotSetUp {
+                source_id: config.source.id.clone(),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    store.migrate().await?;
+    let cp = store
+        .checkpoint()
+        .await?
+        .ok_or_else(|| DaemonError::NotSetUp {
+            source_id: config.source.id.clone(),
+        })?;
+    {
+        let mut admin = AdminSession::connect(&config.source.url, "walpoints-check").await?;
+        let system_id = admin.system_id().await?;
+        check_slot(&mut admin, config, &cp, &system_id).await?;
+        let source_db = pgconn::connect(&config.source.url, "walpoints-check").await?;
+        check_tables(&source_db, config, &mapper).await?;
+        check_publication(&source_db, config).await?;
+    }
+    let state = store.load_state(cp.stream_time).await?;
+    tracing::info!(
+        checkpoint = %cp.lsn,
+        open_positions = state.open_positions(),
+        users = state.user_count(),
+        "state loaded; starting the stream"
+    );
+    let mut pipeline = Pipeline::new(engine, mapper, config.truncate.policy, state, cp.lsn);
+    let mut source = ReplicationSource::start(&SourceOptions {
+        url: config.source.url.clone(),
+        slot: config.source.slot.clone(),
+        publication: config.source.publication.clone(),
+        start_lsn: cp.lsn,
+        durable_lsn: cp.lsn,
+        temporary_slot: false,
+        application_name: "walpoints".into(),
+    })
+    .await?;
+    if source.system_id() != cp.system_id {
+        return Err(DaemonError::SystemIdChanged {
+            recorded: cp.system_id.clone(),
+            found: source.system_id().to_owned(),
+        });
+    }
+    let heartbeat = config.heartbeat_interval().map(|every| {
+        let url = config.source.url.clone();
+        let id = config.source.id.clone();
+        AbortOnDrop(tokio::spawn(heartbeat_loop(url, id, every)))
+    });
+    let limits = BatchLimits {
+        max_changes: config.batch.max_changes,
+        max_delay: config.batch_delay(),
+    };
+    let mut stop_rx = stop;
+    let mut stopped = Box::pin(async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    });
+    let result = pipeline
+        .stream(&mut source, &mut store, limits, &mut stopped)
+        .await;
+    drop(heartbeat);
+    match result {
+        Ok(()) => {
+            // Give the transport a moment to send the last acknowledgement, then end cleanly.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            if let Err(e) = source.stop().await {
+                tracing::debug!(error = %e, "ending the replication session");
+            }
+            tracing::info!(checkpoint = %pipeline.checkpoint(), "stopped cleanly");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Aborts a spawned task when dropped, so a session's heartbeat dies with the session.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Writes a transactional logical message on the source every `every`: it keeps the slot
+/// moving (and WAL recyclable) when the followed tables are idle but the database is not, and
+/// advances stream time so holding segments settle at hour boundaries without trades.
+async fn heartbeat_loop(url: ConnUrl, source_id: String, every: Duration) {
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            match pgconn::connect(&url, "walpoints-heartbeat").await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    tracing::debug!(error = %e, "heartbeat: cannot connect");
+                    continue;
+                }
+            }
+        }
+        let Some(c) = client.as_ref() else { continue };
+        let sent = std::time::Instant::now();
+        match c
+            .query_one(
+                "SELECT pg_logical_emit_message(true, $1, $2)::text",
+                &[&HEARTBEAT_PREFIX, &source_id],
+            )
+            .await
+        {
+            Ok(_) => tracing::trace!(ms = sent.elapsed().as_millis() as u64, "heartbeat"),
+            Err(e) => {
+                tracing::warn!(error = %pgconn::error_text(&e), "heartbeat failed");
+                client = None;
+            }
+        }
+    }
+}
+
+/// What `teardown` removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeardownReport {
+    /// The store's rows of this source were deleted.
+    pub store_dropped: bool,
+}
+
+/// `walpoints teardown`: drops the slot (so it never pins the primary's WAL again) and the
+/// publication; with `drop_store`, deletes this source's rows from the store too.
+pub async fn teardown(
+    config: &Config,
+    yes: bool,
+    drop_store: bool,
+) -> Result<TeardownReport, DaemonError> {
+    if !yes {
+        return Err(DaemonError::NotConfirmed {
+            slot: config.source.slot.clone(),
+            publication: config.source.publication.clone(),
+        });
+    }
+    let mut admin = AdminSession::connect(&config.source.url, "walpoints-teardown").await?;
+    admin.drop_slot(&config.source.slot).await?;
+    admin.drop_publication(&config.source.publication).await?;
+    tracing::info!(slot = %config.source.slot, publication = %config.source.publication, "slot and publication dropped");
+    let mut store_dropped = false;
+    if drop_store {
+        match Store::connect(&config.store_url(), &config.source.id, false).await {
+            Ok(mut store) => {
+                store.migrate().await?;
+                store.drop_source().await?;
+                store_dropped = true;
+            }
+            Err(StoreError::NoDatabase(_)) => {
+                tracing::info!("the store database does not exist: nothing to delete")
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(TeardownReport { store_dropped })
+}
