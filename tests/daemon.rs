@@ -213,3 +213,58 @@ async fn a_bad_row_is_dead_lettered_and_the_rows_after_it_are_processed() {
         "the fill after the bad rows earns taker and maker points"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_exchange_shards_share_one_store() {
+    let east = TestDb::new("daemon_shards").await;
+    let west = east.sibling("west").await;
+    east.exchange().await;
+    west.exchange().await;
+    let a = Walpoints::new(&east, "east");
+    let b = Walpoints::new(&west, "west").sharing_store_of(&a);
+    a.setup();
+    b.setup();
+    let (ra, rb) = (a.start(), b.start());
+    for db in [&east, &west] {
+        db.client()
+            .await
+            .batch_execute(
+                "INSERT INTO trades (id, symbol, price, amount, taker_address, maker_address)
+                 VALUES (1, 'BTC-PERP', 100, 2, '0xsam', '0xmia')",
+            )
+            .await
+            .unwrap();
+    }
+    let until = fence(&east.client().await).await;
+    a.wait_for(until, Duration::from_secs(30), &ra).await;
+    let until = fence(&west.client().await).await;
+    b.wait_for(until, Duration::from_secs(30), &rb).await;
+
+    // Each source's ledger is its own (the same commit LSN may occur in both); the totals add up.
+    assert_eq!(a.ledger().await.len(), 2);
+    assert_eq!(b.ledger().await.len(), 2);
+    a.assert_totals_match_ledger().await;
+    let store = a.store().await;
+    let sam: Decimal = store
+        .query_one(
+            "SELECT total_points FROM walpoints.user_epoch_points WHERE user_address = '0xsam'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sam, Decimal::new(4, 0), "2 points from each shard");
+
+    // Tearing one source down keeps the other.
+    drop(ra);
+    let out = a.output(&["teardown", "--yes", "--drop-store"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(a.ledger().await.is_empty());
+    assert_eq!(b.ledger().await.len(), 2);
+    b.assert_totals_match_ledger().await;
+    drop(rb);
+}

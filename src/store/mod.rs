@@ -386,14 +386,48 @@ impl Store {
         })
     }
 
-    /// Deletes everything of this source (for `teardown --drop-store`); drops the whole schema
-    /// when no other source is left in it. Returns whether the schema was dropped.
+    /// Deletes everything of this source (for `teardown --drop-store`), its share of the shared
+    /// totals included; drops the whole schema when no other source is left in it. Returns
+    /// whether the schema was dropped.
     pub async fn drop_source(&mut self) -> Result<bool, StoreError> {
         let tx = self
             .client
             .transaction()
             .await
             .map_err(StoreError::db("begin"))?;
+        // Take this source's share out of the shared totals first, so they keep equalling the
+        // ledger's sums; rows left at zero everywhere go (zero and absent read the same).
+        tx.execute(
+            "WITH share AS (
+               SELECT user_address, epoch,
+                 coalesce(sum(points) FILTER (WHERE kind LIKE 'trading%'), 0) AS tp,
+                 coalesce(sum(points) FILTER (WHERE kind LIKE 'referral%'), 0) AS rp,
+                 coalesce(sum(points) FILTER (WHERE kind = 'holding'), 0) AS hp,
+                 coalesce(sum(points) FILTER (WHERE kind = 'pnl'), 0) AS pp,
+                 sum(points) AS total,
+                 coalesce(sum(basis) FILTER (WHERE kind LIKE 'trading%'), 0) AS vol
+               FROM walpoints.ledger WHERE source_id = $1 GROUP BY 1, 2)
+             UPDATE walpoints.user_epoch_points u SET
+               trading_points = u.trading_points - s.tp,
+               referral_points = u.referral_points - s.rp,
+               holding_points = u.holding_points - s.hp,
+               pnl_points = u.pnl_points - s.pp,
+               total_points = u.total_points - s.total,
+               trading_volume = u.trading_volume - s.vol,
+               updated_at = now()
+             FROM share s WHERE u.user_address = s.user_address AND u.epoch = s.epoch",
+            &[&self.source_id],
+        )
+        .await
+        .map_err(StoreError::db("take the source's share out of the totals"))?;
+        tx.execute(
+            "DELETE FROM walpoints.user_epoch_points WHERE trading_points = 0 \
+             AND referral_points = 0 AND holding_points = 0 AND pnl_points = 0 \
+             AND total_points = 0 AND trading_volume = 0",
+            &[],
+        )
+        .await
+        .map_err(StoreError::db("delete emptied totals"))?;
         for table in [
             "ledger",
             "state_volume",
@@ -421,10 +455,9 @@ impl Store {
                 .await
                 .map_err(StoreError::db("drop the walpoints schema"))?;
         } else {
-            tracing::warn!(
+            tracing::info!(
                 other_sources = others,
-                "other sources share this store: kept user_epoch_points, which still holds this \
-                 source's share of the totals"
+                "other sources share this store: kept the schema and their rows"
             );
         }
         tx.commit().await.map_err(StoreError::db("commit"))?;

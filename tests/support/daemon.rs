@@ -19,6 +19,27 @@ use super::{connect, with_db, Running, TestDb};
 pub const EXCHANGE_SCHEMA: &str = include_str!("../../sql/exchange_schema.sql");
 
 impl TestDb {
+    /// Another database on the same server (a second exchange shard), created empty.
+    pub async fn sibling(&self, suffix: &str) -> TestDb {
+        let name = format!("{}_{suffix}", self.name);
+        let admin = connect(&self.admin_url).await;
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            admin
+                .simple_query(&sql)
+                .await
+                .expect("create a sibling database");
+        }
+        TestDb {
+            cluster: None,
+            admin_url: self.admin_url.clone(),
+            url: with_db(&self.url, &name),
+            name,
+        }
+    }
+
     /// Creates the seed's business tables in the test database.
     pub async fn exchange(&self) {
         self.client()
@@ -53,6 +74,12 @@ impl<'a> Walpoints<'a> {
                 ("WALPOINTS_BATCH_MAX_DELAY".into(), "20ms".into()),
             ],
         }
+    }
+
+    /// Writes into `other`'s store instead of a store of its own (several sources, one store).
+    pub fn sharing_store_of(mut self, other: &Walpoints<'_>) -> Self {
+        self.store_url = other.store_url.clone();
+        self
     }
 
     /// The slot's name.
