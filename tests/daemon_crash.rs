@@ -174,3 +174,39 @@ async fn a_source_restart_mid_stream_loses_and_doubles_nothing() {
         running.stderr()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_restart_mid_stream_loses_and_doubles_nothing() {
+    let db = TestDb::new("crash_store_restart").await;
+    let store_db = TestDb::new("crash_store_server").await;
+    let Some(store_cluster) = store_db.cluster.as_ref() else {
+        eprintln!("skipped: WALPOINTS_TEST_PG_URL names a server this test cannot restart");
+        return;
+    };
+    db.exchange().await;
+    reference_slot(&db, "wp_ref").await;
+    let wp = Walpoints::new(&db, "store_restart").store_on(&store_db);
+    wp.setup();
+    let running = wp.start();
+
+    workload(db.url.clone(), 1, 20_000, 200).await;
+    store_cluster.stop(StopMode::Fast).expect("stop the store");
+    // The source keeps trading while the store is away.
+    workload(db.url.clone(), 20_001, 5_000, 200).await;
+    store_cluster.start_again().expect("start the store again");
+    workload(db.url.clone(), 25_001, 5_000, 200).await;
+
+    let ex = db.client().await;
+    let until = fence(&ex).await;
+    wp.wait_for(until, Duration::from_secs(180), &running).await;
+    let got = wp.ledger().await;
+    let expected = reference_ledger(&db, "wp_ref", RuleSet::default(), until).await;
+    assert_eq!(got.len(), expected.len(), "entry count");
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != expected[i]) {
+        panic!(
+            "first difference at entry {i}:\n  store:     {}\n  reference: {}",
+            got[i], expected[i]
+        );
+    }
+    wp.assert_totals_match_ledger().await;
+}

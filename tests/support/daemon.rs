@@ -82,6 +82,12 @@ impl<'a> Walpoints<'a> {
         self
     }
 
+    /// Keeps the store on another server (`db`'s), in a database named after this source.
+    pub fn store_on(mut self, db: &TestDb) -> Self {
+        self.store_url = with_db(&db.url, &format!("store_{}", self.id));
+        self
+    }
+
     /// The slot's name.
     pub fn slot(&self) -> String {
         format!("wp_{}", self.id)
