@@ -72,6 +72,9 @@ impl TableKind {
 pub enum Mapped {
     /// A domain event for the engine.
     Event(Event),
+    /// An update that moved a row's key, as two events in this order (a referral row whose
+    /// referee changed: the old referee is unbound, then the new row links).
+    KeyMoved(Event, Event),
     /// A TRUNCATE of a followed table (the daemon applies its truncate policy).
     Truncate(TableKind),
     /// A change of a table walpoints does not follow.
@@ -308,19 +311,47 @@ impl Mapper {
             // row is only a hint to the engine, so one that does not map is simply left out.
             Op::Update => {
                 let new = new(change.old.as_ref())?;
+                // Under the default replica identity an update that changes the key carries the
+                // old key only (no full old row): the engine still has to see the key move, or
+                // the old id's award or open position would stay behind.
+                let moved_from = |col: &str| match (&change.old, &change.key) {
+                    (None, Some(_)) => key(change, col).ok(),
+                    _ => None,
+                };
                 match kind {
-                    TableKind::Trades => Event::TradeUpdated {
-                        new: self.trade(&new)?,
-                        old: old.and_then(|o| self.trade(&o).ok()),
-                    },
-                    TableKind::Positions => Event::PositionUpdated {
-                        new: self.position(&new)?,
-                        old: old.and_then(|o| self.position(&o).ok()),
-                    },
-                    TableKind::Referrals => Event::ReferralUpdated {
-                        new: self.referral(&new)?,
-                        old: old.and_then(|o| self.referral(&o).ok()),
-                    },
+                    TableKind::Trades => {
+                        let new = self.trade(&new)?;
+                        let old = match moved_from(&self.cols.trades_id) {
+                            Some(id) => Some(Trade { id, ..new.clone() }),
+                            None => old.and_then(|o| self.trade(&o).ok()),
+                        };
+                        Event::TradeUpdated { new, old }
+                    }
+                    TableKind::Positions => {
+                        let new = self.position(&new)?;
+                        let old = match moved_from(&self.cols.positions_id) {
+                            Some(id) => Some(Position { id, ..new.clone() }),
+                            None => old.and_then(|o| self.position(&o).ok()),
+                        };
+                        Event::PositionUpdated { new, old }
+                    }
+                    TableKind::Referrals => {
+                        let new = self.referral(&new)?;
+                        if let Some(referee) = moved_from(&self.cols.referrals_referee) {
+                            // The old referee's row is gone: unbind it, then link the new one.
+                            return Ok(Mapped::KeyMoved(
+                                Event::ReferralDeleted {
+                                    referee,
+                                    referrer: None,
+                                },
+                                Event::ReferralInserted { new },
+                            ));
+                        }
+                        Event::ReferralUpdated {
+                            new,
+                            old: old.and_then(|o| self.referral(&o).ok()),
+                        }
+                    }
                 }
             }
             Op::Delete => match kind {
@@ -917,6 +948,40 @@ mod tests {
             c,
             "unknown_status",
             "\"open\" is neither open [\"ACTIVE\"]",
+        );
+    }
+
+    #[test]
+    fn an_update_that_moves_the_key_shows_the_old_key() {
+        let (m, trades, referrals) = (mapper(), trades_rel(), referrals_rel());
+        // Default replica identity: the key tuple has the old id, every other column NULL.
+        let old_key = tuple("6|\\N|\\N|\\N|\\N|\\N|\\N|\\N");
+        let moved = RowChange {
+            key: Some(old_key),
+            ..update(&trades, trade_row("100"), None)
+        };
+        let new = trade("100");
+        let old = Some(Trade {
+            id: "6".into(),
+            ..new.clone()
+        });
+        assert_eq!(event(&m, &moved), Event::TradeUpdated { old, new });
+
+        let moved = RowChange {
+            key: Some(tuple("0xold|\\N")),
+            ..update(&referrals, tuple("0xnew|0xboss"), None)
+        };
+        let new = ReferralLink {
+            referee: "0xnew".into(),
+            referrer: "0xboss".into(),
+        };
+        let deleted = Event::ReferralDeleted {
+            referee: "0xold".into(),
+            referrer: None,
+        };
+        assert_eq!(
+            m.map(&moved),
+            Ok(Mapped::KeyMoved(deleted, Event::ReferralInserted { new }))
         );
     }
 

@@ -276,6 +276,11 @@ impl Pipeline {
                     events.push(e);
                     sources.push(i);
                 }
+                Ok(Mapped::KeyMoved(first, then)) => {
+                    followed += 1;
+                    events.extend([first, then]);
+                    sources.extend([i, i]);
+                }
                 Ok(Mapped::Truncate(kind)) => {
                     followed += 1;
                     self.on_truncate(kind, change)?;

@@ -268,3 +268,49 @@ async fn two_exchange_shards_share_one_store() {
     b.assert_totals_match_ledger().await;
     drop(rb);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn updates_that_move_a_key_move_its_points_too() {
+    let db = TestDb::new("daemon_key_moves").await;
+    db.exchange().await;
+    reference_slot(&db, "wp_ref").await;
+    let wp = Walpoints::new(&db, "keys");
+    wp.setup();
+    let running = wp.start();
+    let ex = db.client().await;
+    ex.batch_execute(
+        "INSERT INTO referral_relations VALUES ('0xann', '0xboss');
+         INSERT INTO trades (id, symbol, price, amount, taker_address, maker_address)
+             VALUES (1, 'BTC-PERP', 100, 2, '0xann', '0xkim');
+         -- default replica identity: these updates carry only the old key
+         UPDATE trades SET id = 101 WHERE id = 1;
+         UPDATE referral_relations SET referee_address = '0xbea' WHERE referee_address = '0xann';
+         INSERT INTO trades (id, symbol, price, amount, taker_address, maker_address)
+             VALUES (2, 'BTC-PERP', 100, 2, '0xann', '0xkim');",
+    )
+    .await
+    .unwrap();
+    let until = fence(&ex).await;
+    wp.wait_for(until, Duration::from_secs(30), &running).await;
+    assert_eq!(
+        wp.ledger().await,
+        reference_ledger(&db, "wp_ref", RuleSet::default(), until).await
+    );
+    let store = wp.store().await;
+    assert_eq!(
+        points_of(&store, "0xann", "trading_taker", Some(1)).await,
+        ["2.000000", "-2.000000 rev"],
+        "the award under the old id is reversed ..."
+    );
+    assert_eq!(
+        points_of(&store, "0xann", "trading_taker", Some(101)).await,
+        ["2.000000"],
+        "... and made again under the new one"
+    );
+    assert_eq!(
+        points_of(&store, "0xboss", "referral_l1", Some(2)).await,
+        Vec::<String>::new(),
+        "0xann is no longer anyone's referee after her row became 0xbea's"
+    );
+    wp.assert_totals_match_ledger().await;
+}

@@ -426,9 +426,10 @@ pub async fn reference_ledger(db: &TestDb, slot: &str, rules: RuleSet, until: Ls
         let events = tx
             .changes
             .iter()
-            .filter_map(|c| match mapper.map(c) {
-                Ok(Mapped::Event(e)) => Some(e),
-                _ => None,
+            .flat_map(|c| match mapper.map(c) {
+                Ok(Mapped::Event(e)) => vec![e],
+                Ok(Mapped::KeyMoved(first, then)) => vec![first, then],
+                _ => vec![],
             })
             .collect();
         let outcome = engine
