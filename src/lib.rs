@@ -1,8 +1,12 @@
 //! walpoints: a sidecar that turns an exchange's PostgreSQL write-ahead log into loyalty points.
 //!
 //! Data flows one way: [`source`] (a logical replication slot) → [`pgoutput`] (pure decoder) →
-//! [`change`] (row changes in commit order) → points rules → store. See `ARCHITECTURE.md` in the
-//! shared folder for the whole picture and the invariants each module keeps.
+//! [`change`] (row changes in commit order) → [`events`] (the column mapping) → [`points`] (pure
+//! rules) → [`store`] (one transaction per batch), wired by [`pipeline`] and run by [`daemon`].
+//! See `ARCHITECTURE.md` in the shared folder for the whole picture and the invariants each
+//! module keeps.
+
+#![warn(missing_docs)]
 
 pub mod change;
 pub mod cli;
