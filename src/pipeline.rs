@@ -19,7 +19,7 @@ use crate::config::TruncatePolicy;
 use crate::events::{Mapped, Mapper, MappingError, TableKind};
 use crate::lsn::Lsn;
 use crate::pgoutput::Relation;
-use crate::points::{Counters, Engine, Event, EventError, State, StreamError, TxEvents};
+use crate::points::{Counters, Engine, EventError, State, StreamError, TxEvents};
 use crate::source::{ReplicationSource, SourceError};
 use crate::store::{Batch, BatchAwards, DeadLetter, Store, StoreError};
 
@@ -461,14 +461,5 @@ impl Pipeline {
                 lsn: change.lsn,
             }),
         }
-    }
-}
-
-/// Builds a transaction's events from snapshot rows (used by `setup`).
-pub fn snapshot_tx(commit_lsn: Lsn, commit_time: i64, events: Vec<Event>) -> TxEvents {
-    TxEvents {
-        commit_lsn: commit_lsn.0,
-        commit_time,
-        events,
     }
 }
