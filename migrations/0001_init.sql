@@ -2,11 +2,13 @@
 -- checkpoint, all written in one transaction per batch so that they always agree.
 -- Everything that belongs to one source (one exchange database and its slot) is keyed by
 -- source_id, so several sources can share one store; user_epoch_points sums over all of them.
+-- Key columns use the "C" collation: addresses and ids compare as bytes, which keeps index
+-- maintenance cheap whatever the database's locale.
 
 -- One row per source: where its stream stands, and what it was set up against.
 CREATE TABLE walpoints.checkpoint (
-    source_id        text PRIMARY KEY,
-    slot_name        text        NOT NULL,
+    source_id        text COLLATE "C" PRIMARY KEY,
+    slot_name        text COLLATE "C" NOT NULL,
     publication      text        NOT NULL,
     -- The source cluster's system identifier at setup: a different one means the LSNs below
     -- belong to another cluster.
@@ -29,10 +31,10 @@ CREATE TABLE walpoints.checkpoint (
 -- Append-only: a correction is a new (negative) entry, never an edit. (source_id, commit_lsn,
 -- ordinal) identifies an entry forever; the initial snapshot uses commit LSNs 0/1, 0/2, ...
 CREATE TABLE walpoints.ledger (
-    source_id         text        NOT NULL,
+    source_id         text COLLATE "C" NOT NULL,
     commit_lsn        pg_lsn      NOT NULL,
     ordinal           integer     NOT NULL,
-    user_address      text        NOT NULL,
+    user_address      text COLLATE "C" NOT NULL,
     epoch             integer     NOT NULL,
     kind              text        NOT NULL,
     reversal          boolean     NOT NULL,
@@ -55,7 +57,7 @@ CREATE INDEX ledger_by_user ON walpoints.ledger (user_address, epoch, commit_lsn
 
 -- Kept equal to the ledger's sums per (user, epoch), over all sources.
 CREATE TABLE walpoints.user_epoch_points (
-    user_address    text    NOT NULL,
+    user_address    text COLLATE "C" NOT NULL,
     epoch           integer NOT NULL,
     trading_points  numeric(38,6) NOT NULL DEFAULT 0,
     referral_points numeric(38,6) NOT NULL DEFAULT 0,
@@ -70,42 +72,42 @@ CREATE INDEX user_epoch_points_rank ON walpoints.user_epoch_points (epoch, total
 
 -- The rules engine's state (see points::State), one table per kind of row.
 CREATE TABLE walpoints.state_volume (
-    source_id    text    NOT NULL,
-    user_address text    NOT NULL,
+    source_id    text COLLATE "C" NOT NULL,
+    user_address text COLLATE "C" NOT NULL,
     epoch        integer NOT NULL,
     volume       numeric NOT NULL,
     PRIMARY KEY (source_id, user_address, epoch)
 );
 CREATE TABLE walpoints.state_referral (
-    source_id text NOT NULL,
-    referee   text NOT NULL,
-    referrer  text NOT NULL,
+    source_id text COLLATE "C" NOT NULL,
+    referee   text COLLATE "C" NOT NULL,
+    referrer  text COLLATE "C" NOT NULL,
     PRIMARY KEY (source_id, referee)
 );
 CREATE TABLE walpoints.state_open_position (
-    source_id    text    NOT NULL,
-    position_id  text    NOT NULL,
-    user_address text    NOT NULL,
+    source_id    text COLLATE "C" NOT NULL,
+    position_id  text COLLATE "C" NOT NULL,
+    user_address text COLLATE "C" NOT NULL,
     notional     numeric NOT NULL,
     since        bigint  NOT NULL,
     PRIMARY KEY (source_id, position_id)
 );
 CREATE TABLE walpoints.state_pnl_paid (
-    source_id   text NOT NULL,
-    position_id text NOT NULL,
+    source_id   text COLLATE "C" NOT NULL,
+    position_id text COLLATE "C" NOT NULL,
     PRIMARY KEY (source_id, position_id)
 );
 -- What each trade currently earns (points::Award as JSON), for corrections and deletes.
 CREATE TABLE walpoints.trade_award (
-    source_id text  NOT NULL,
-    trade_id  text  NOT NULL,
+    source_id text COLLATE "C" NOT NULL,
+    trade_id  text COLLATE "C" NOT NULL,
     award     text  NOT NULL,   -- points::Award as JSON (text: never queried inside, cheaper to write)
     PRIMARY KEY (source_id, trade_id)
 );
 
 -- Rows that could not be used, with why; the stream went on without them.
 CREATE TABLE walpoints.dead_letter (
-    source_id   text        NOT NULL,
+    source_id   text COLLATE "C" NOT NULL,
     commit_lsn  pg_lsn      NOT NULL,
     seq         integer     NOT NULL,
     lsn         pg_lsn      NOT NULL,
