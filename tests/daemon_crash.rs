@@ -86,7 +86,7 @@ async fn sigkill_at_five_random_moments_changes_nothing_in_the_ledger() {
     let writer = tokio::spawn(workload(db.url.clone(), 1, 50_000, 100));
     let started = Instant::now();
     for kill in 1..=5 {
-        tokio::time::sleep(Duration::from_millis(150 + rng.below(900))).await;
+        tokio::time::sleep(Duration::from_millis(400 + rng.below(1200))).await;
         killed_run.child.kill().expect("SIGKILL");
         let _ = killed_run.child.wait();
         eprintln!(
