@@ -198,6 +198,7 @@ impl Pipeline {
         let mut last_log = Instant::now();
         loop {
             let mut open = OpenBatch::default();
+            let batch_started = Instant::now();
             let mut deadline: Option<tokio::time::Instant> = None;
             let mut stopping = false;
             loop {
@@ -228,9 +229,18 @@ impl Pipeline {
                     }
                 }
             }
+            let (changes, collected) = (open.changes, batch_started.elapsed());
+            let committing = Instant::now();
             if let Some(lsn) = self.commit(store, open).await? {
                 // Only now is the batch durable: tell the slot.
                 source.ack(lsn);
+                tracing::debug!(
+                    changes,
+                    collect_ms = collected.as_millis() as u64,
+                    commit_ms = committing.elapsed().as_millis() as u64,
+                    %lsn,
+                    "batch committed"
+                );
             }
             if last_log.elapsed() >= Duration::from_secs(5) || stopping {
                 last_log = Instant::now();

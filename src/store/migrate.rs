@@ -23,7 +23,8 @@ pub(super) async fn migrate(client: &mut Client) -> Result<usize, StoreError> {
         .await
         .map_err(StoreError::db("begin migrations"))?;
     tx.batch_execute(
-        "SELECT pg_advisory_xact_lock(hashtext('walpoints.migrate'));
+        "SET LOCAL client_min_messages = warning;
+         SELECT pg_advisory_xact_lock(hashtext('walpoints.migrate'));
          CREATE SCHEMA IF NOT EXISTS walpoints;
          CREATE TABLE IF NOT EXISTS walpoints.migrations (
              version    integer PRIMARY KEY,
