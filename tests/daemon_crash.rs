@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use walpoints::pgcluster::StopMode;
 use walpoints::points::RuleSet;
 
-use support::daemon::{fence, reference_ledger, reference_slot, Walpoints};
+use support::daemon::{assert_same_ledger, fence, reference_ledger, reference_slot, Walpoints};
 use support::{connect, TestDb};
 
 /// Commits `trades` trades in transactions of `per_tx`, drawn from 1,000 addresses (a few
@@ -109,13 +109,7 @@ async fn sigkill_at_five_random_moments_changes_nothing_in_the_ledger() {
     let expected = steady.ledger().await;
     let got = killed.ledger().await;
     assert!(expected.len() > 100_000, "{} entries", expected.len());
-    assert_eq!(got.len(), expected.len(), "entry count");
-    if let Some(i) = (0..got.len()).find(|&i| got[i] != expected[i]) {
-        panic!(
-            "first difference at entry {i}:\n  killed: {}\n  steady: {}",
-            got[i], expected[i]
-        );
-    }
+    assert_same_ledger(&got, &expected, "the undisturbed run");
     // Every trade got exactly one award (taker side) in the killed run.
     let store = killed.store().await;
     let dup: i64 = store
@@ -160,13 +154,7 @@ async fn a_source_restart_mid_stream_loses_and_doubles_nothing() {
     wp.wait_for(until, Duration::from_secs(180), &running).await;
     let got = wp.ledger().await;
     let expected = reference_ledger(&db, "wp_ref", RuleSet::default(), until).await;
-    assert_eq!(got.len(), expected.len(), "entry count");
-    if let Some(i) = (0..got.len()).find(|&i| got[i] != expected[i]) {
-        panic!(
-            "first difference at entry {i}:\n  store:     {}\n  reference: {}",
-            got[i], expected[i]
-        );
-    }
+    assert_same_ledger(&got, &expected, "the pure engine");
     wp.assert_totals_match_ledger().await;
     assert!(
         running.stderr().contains("reconnecting"),
@@ -201,12 +189,6 @@ async fn a_store_restart_mid_stream_loses_and_doubles_nothing() {
     wp.wait_for(until, Duration::from_secs(180), &running).await;
     let got = wp.ledger().await;
     let expected = reference_ledger(&db, "wp_ref", RuleSet::default(), until).await;
-    assert_eq!(got.len(), expected.len(), "entry count");
-    if let Some(i) = (0..got.len()).find(|&i| got[i] != expected[i]) {
-        panic!(
-            "first difference at entry {i}:\n  store:     {}\n  reference: {}",
-            got[i], expected[i]
-        );
-    }
+    assert_same_ledger(&got, &expected, "the pure engine");
     wp.assert_totals_match_ledger().await;
 }

@@ -312,6 +312,17 @@ pub async fn fence(client: &tokio_postgres::Client) -> Lsn {
     Lsn(u64::from(lsn))
 }
 
+/// Fails the test at the first entry where `got` differs from `expected` (`of`: whose they are).
+pub fn assert_same_ledger(got: &[String], expected: &[String], of: &str) {
+    if let Some(i) = (0..got.len().min(expected.len())).find(|&i| got[i] != expected[i]) {
+        panic!(
+            "first difference at entry {i}:\n  store: {}\n  {of}: {}",
+            got[i], expected[i]
+        );
+    }
+    assert_eq!(got.len(), expected.len(), "entry count against {of}");
+}
+
 /// A ledger entry in a form both the store and the reference produce.
 struct Line {
     commit_lsn: Lsn,
