@@ -51,6 +51,12 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Dae
             Err(e) if e.is_transient() => e,
             Err(e) => return Err(e),
         };
+        if *stop.borrow() {
+            // Asked to stop while the store or source was away: nothing of the open batch was
+            // acknowledged, so the next start streams it again.
+            tracing::warn!(error = %err, "stopping without committing the open batch; it is redone on the next start");
+            return Ok(());
+        }
         if started.elapsed() > Duration::from_secs(60) {
             // The session was healthy for a while: this is a new incident.
             backoff = Duration::from_millis(250);
