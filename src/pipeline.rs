@@ -110,7 +110,6 @@ pub struct OpenBatch {
     end: Option<(Lsn, i64)>,
     transactions: u64,
     changes: u64,
-    counters: Counters,
 }
 
 impl OpenBatch {
@@ -383,7 +382,6 @@ impl Pipeline {
         self.progress.entries += outcome.entries.len() as u64;
         self.progress.transactions += 1;
         self.progress.counters.merge(&outcome.counters);
-        open.counters.merge(&outcome.counters);
         open.batch.dead.extend(dead);
         open.batch
             .add_entries(commit_lsn, txe.commit_time, outcome.entries)?;

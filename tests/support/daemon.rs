@@ -15,9 +15,6 @@ use walpoints::source::{AdminSession, ReplicationSource, SourceOptions};
 
 use super::{connect, with_db, Running, TestDb};
 
-/// The seed's business tables.
-pub const EXCHANGE_SCHEMA: &str = include_str!("../../sql/exchange_schema.sql");
-
 impl TestDb {
     /// Another database on the same server (a second exchange shard), created empty.
     pub async fn sibling(&self, suffix: &str) -> TestDb {
@@ -44,7 +41,7 @@ impl TestDb {
     pub async fn exchange(&self) {
         self.client()
             .await
-            .batch_execute(EXCHANGE_SCHEMA)
+            .batch_execute(walpoints::demo::EXCHANGE_SCHEMA)
             .await
             .expect("create the exchange schema");
     }
