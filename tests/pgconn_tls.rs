@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 mod support;
 
 use walpoints::config::ConnUrl;
-use walpoints::pgcluster::{PgCluster, StopMode};
+use walpoints::pgcluster::PgCluster;
 use walpoints::pgconn::{connect, is_transient, ConnectError};
 
-use support::openssl;
+use support::{openssl, serve_tls};
 
 /// The password of the role `pw` (scram-sha-256); it must never show in an error.
 const PASSWORD: &str = "Sekr3t-do-not-print";
@@ -79,26 +79,13 @@ impl TlsServer {
         // The certificate files go into the data directory, which exists only once the cluster
         // has started: start plain, then restart with TLS on.
         let cluster = PgCluster::start(&[]).expect("start a throwaway PostgreSQL");
-        for (name, mode) in [("server.crt", 0o644), ("server.key", 0o600)] {
-            let contents = std::fs::read(dir.path().join(name)).unwrap();
-            cluster.write_data_file(name, &contents, mode).unwrap();
-        }
-        cluster
-            .write_data_file(
-                "pg_hba.conf",
-                b"local all all trust\nhost all pw 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\n",
-                0o600,
-            )
-            .unwrap();
-        cluster
-            .configure(&[
-                ("ssl", "on"),
-                ("ssl_cert_file", "'server.crt'"),
-                ("ssl_key_file", "'server.key'"),
-            ])
-            .unwrap();
-        cluster.stop(StopMode::Fast).unwrap();
-        cluster.start_again().unwrap();
+        let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+        serve_tls(
+            &cluster,
+            &read("server.crt"),
+            &read("server.key"),
+            b"local all all trust\nhost all pw 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\n",
+        );
         let server = TlsServer { cluster, dir };
         let admin = connect(
             &server.url("postgres", "127.0.0.1", "disable", None),

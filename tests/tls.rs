@@ -6,7 +6,7 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::{openssl, wait_for_active_tail_slot, Running, TestDb};
+use support::{openssl, serve_tls, wait_for_active_tail_slot, Running, TestDb};
 
 /// A CA, server certificates for `localhost` and for `elsewhere.invalid` signed by it, and an
 /// unrelated CA.
@@ -76,15 +76,16 @@ fn certificates(dir: &Path) {
 }
 
 /// Installs `name`.crt/.key as the server's certificate and restarts the server.
+/// Serves `name.crt`/`name.key` from `dir`: the role `tls` may only come in over TLS,
+/// `postgres` (the test's own SQL) over anything.
 fn install_certificate(cluster: &walpoints::pgcluster::PgCluster, dir: &Path, name: &str) {
-    for (ext, mode) in [("crt", 0o644), ("key", 0o600)] {
-        let contents = std::fs::read(dir.join(format!("{name}.{ext}"))).unwrap();
-        cluster
-            .write_data_file(&format!("server.{ext}"), &contents, mode)
-            .unwrap();
-    }
-    cluster.stop(walpoints::pgcluster::StopMode::Fast).unwrap();
-    cluster.start_again().unwrap();
+    let read = |ext: &str| std::fs::read(dir.join(format!("{name}.{ext}"))).unwrap();
+    serve_tls(
+        cluster,
+        &read("crt"),
+        &read("key"),
+        b"local all all trust\nhostssl all tls 127.0.0.1/32 trust\nhost all tls 127.0.0.1/32 reject\nhost all postgres 127.0.0.1/32 trust\n",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -97,21 +98,6 @@ async fn verify_full_streams_over_tls_and_refuses_wrong_ca_or_host() {
     let cluster = db.cluster.as_ref().unwrap();
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());
-    // The role `tls` may only come in over TLS; `postgres` (the test's own SQL) over anything.
-    cluster
-        .write_data_file(
-            "pg_hba.conf",
-            b"local all all trust\nhostssl all tls 127.0.0.1/32 trust\nhost all tls 127.0.0.1/32 reject\nhost all postgres 127.0.0.1/32 trust\n",
-            0o600,
-        )
-        .unwrap();
-    cluster
-        .configure(&[
-            ("ssl", "on"),
-            ("ssl_cert_file", "'server.crt'"),
-            ("ssl_key_file", "'server.key'"),
-        ])
-        .unwrap();
     install_certificate(cluster, dir.path(), "server");
     let client = db.client().await;
     // tail creates its own publication: it needs CREATE on the database and to own the table.

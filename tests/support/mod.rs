@@ -217,6 +217,25 @@ pub fn openssl(dir: &std::path::Path, args: &[&str]) {
     );
 }
 
+/// Turns TLS on in `cluster`: installs `cert`/`key` (PEM) as the server's certificate, writes
+/// `pg_hba`, sets `ssl = on` and restarts the server.
+pub fn serve_tls(cluster: &PgCluster, cert: &[u8], key: &[u8], pg_hba: &[u8]) {
+    cluster.write_data_file("server.crt", cert, 0o644).unwrap();
+    cluster.write_data_file("server.key", key, 0o600).unwrap();
+    cluster
+        .write_data_file("pg_hba.conf", pg_hba, 0o600)
+        .unwrap();
+    cluster
+        .configure(&[
+            ("ssl", "on"),
+            ("ssl_cert_file", "'server.crt'"),
+            ("ssl_key_file", "'server.key'"),
+        ])
+        .unwrap();
+    cluster.stop(walpoints::pgcluster::StopMode::Fast).unwrap();
+    cluster.start_again().unwrap();
+}
+
 /// Polls `check` until it returns true, failing the test with `what` after `timeout`.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
