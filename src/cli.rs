@@ -49,6 +49,9 @@ pub enum Command {
     Teardown(TeardownArgs),
     /// Print the decoded change stream as JSON lines, one change per line.
     Tail(TailArgs),
+    /// Show the slot's lag, wal_status and the store's checkpoint; exit 1 when the slot is
+    /// missing or lost or lag is above the thresholds (for cron or a Kubernetes probe).
+    Status(StatusArgs),
     /// Start a throwaway PostgreSQL, run setup and the daemon while a small synthetic exchange
     /// trades on it, and print the leaderboard; everything is removed at the end.
     Demo(DemoArgs),
@@ -63,6 +66,20 @@ pub struct TeardownArgs {
     /// Also delete this source's ledger, totals, state and checkpoint from the store.
     #[arg(long)]
     pub drop_store: bool,
+}
+
+/// Options of `walpoints status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Unhealthy when the slot lags the server's WAL by more bytes than this.
+    #[arg(long, value_name = "BYTES")]
+    pub max_lag_bytes: Option<u64>,
+    /// Unhealthy when the store's last source commit is older than this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub max_lag_seconds: Option<f64>,
 }
 
 /// Options of `walpoints demo`.

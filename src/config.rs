@@ -80,6 +80,8 @@ pub struct Config {
     pub backfill: BackfillConfig,
     /// What a TRUNCATE of `trades` or `positions` does.
     pub truncate: TruncateConfig,
+    /// The HTTP server of `run`: Prometheus metrics, health checks and the points API.
+    pub http: HttpConfig,
     /// The points rules: the top-level sections `epoch`, `trading`, `tiers`, `referral`,
     /// `holding`, `pnl` and the key `excluded_addresses` (see README, "Points rules").
     #[serde(skip)]
@@ -257,6 +259,37 @@ pub struct BackfillConfig {
     pub trades_since: String,
 }
 
+/// The HTTP server inside `walpoints run`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `host:port` to listen on; "" turns the server off. Loopback by default: the API and the
+    /// metrics carry no secrets but are meant for the exchange's backend and Prometheus, not
+    /// the internet. Port 0 picks a free port (logged at start).
+    pub listen: String,
+    /// How often the slot's lag is read from the source (`pg_replication_slots`).
+    pub poll_interval: String,
+    /// `/readyz` fails when the slot lags the server's WAL by more bytes than this; 0: unchecked.
+    pub ready_max_lag_bytes: u64,
+    /// `/readyz` fails when the last committed source transaction is older than this many
+    /// seconds; 0: unchecked. Keep the heartbeat on, or an idle source looks lagging.
+    pub ready_max_lag_seconds: u64,
+    /// Connections of the API's own read pool to the store (never to the source).
+    pub pool_size: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:9187".into(),
+            poll_interval: "5s".into(),
+            ready_max_lag_bytes: 1 << 30,
+            ready_max_lag_seconds: 300,
+            pool_size: 4,
+        }
+    }
+}
+
 /// What a TRUNCATE of a followed table does.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -303,6 +336,19 @@ impl Config {
     /// `heartbeat.interval` parsed; `None` when off.
     pub fn heartbeat_interval(&self) -> Option<std::time::Duration> {
         duration_key(&self.heartbeat.interval).filter(|d| !d.is_zero())
+    }
+
+    /// `http.listen` parsed; `None` when the server is off.
+    pub fn http_listen(&self) -> Option<std::net::SocketAddr> {
+        let s = self.http.listen.trim();
+        (!s.is_empty()).then(|| s.parse().ok()).flatten()
+    }
+
+    /// `http.poll_interval` parsed (at least 100 ms).
+    pub fn http_poll_interval(&self) -> std::time::Duration {
+        duration_key(&self.http.poll_interval)
+            .unwrap_or(std::time::Duration::from_secs(5))
+            .max(std::time::Duration::from_millis(100))
     }
 
     /// `backfill.trades_since` as Unix microseconds; `None` when unset.
@@ -423,6 +469,7 @@ impl Config {
         for (key, value) in [
             ("batch.max_delay", &self.batch.max_delay),
             ("heartbeat.interval", &self.heartbeat.interval),
+            ("http.poll_interval", &self.http.poll_interval),
         ] {
             if duration_key(value).is_none() {
                 return Err(invalid(
@@ -430,6 +477,16 @@ impl Config {
                     format!("{value:?} is not a duration like \"100ms\", \"10s\" or \"1m\""),
                 ));
             }
+        }
+        let listen = self.http.listen.trim();
+        if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "http.listen",
+                format!("{listen:?} is not host:port like \"127.0.0.1:9187\" (\"\" turns it off)"),
+            ));
+        }
+        if self.http.pool_size == 0 {
+            return Err(invalid("http.pool_size", "must be at least 1".into()));
         }
         if !self.backfill.trades_since.trim().is_empty() && self.backfill_since().is_none() {
             return Err(invalid(

@@ -60,6 +60,8 @@ pub async fn run(seconds: u64, out: &mut impl std::io::Write) -> Result<DemoSumm
         .parse()
         .map_err(|e: String| DemoError::Setup(format!("the cluster's URL: {e}")))?;
     config.heartbeat.interval = "1s".into();
+    // The throwaway cluster is private to this run: so is its API (a free port, announced).
+    config.http.listen = "127.0.0.1:0".into();
     let report = crate::daemon::setup(&config).await?;
     eprintln!("walpoints demo: {report}");
 

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::Parser;
+use std::process::ExitCode;
 use walpoints::cli::{Cli, Command, LogFormat};
 use walpoints::config::Config;
 
@@ -19,7 +20,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("walpoints: {e:#}");
             std::process::ExitCode::FAILURE
@@ -39,7 +40,7 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli) -> Result<ExitCode> {
     let path = cli
         .config
         .clone()
@@ -51,10 +52,27 @@ async fn run(cli: Cli) -> Result<()> {
             .map_err(|e: String| anyhow::anyhow!("--source-url: {e}"))?;
     }
     match cli.command {
+        Command::Status(args) => {
+            let thresholds = walpoints::status::Thresholds {
+                max_lag_bytes: args.max_lag_bytes,
+                max_lag_seconds: args.max_lag_seconds,
+            };
+            let status = walpoints::status::status(&config, thresholds).await;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+            Ok(if status.healthy {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Setup => {
             let report = walpoints::daemon::setup(&config).await?;
             println!("{report}");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Run => {
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -64,7 +82,7 @@ async fn run(cli: Cli) -> Result<()> {
                 let _ = stop_tx.send(true);
             });
             walpoints::daemon::run(&config, stop_rx).await?;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Teardown(args) => {
             let report = walpoints::daemon::teardown(&config, args.yes, args.drop_store).await?;
@@ -78,7 +96,7 @@ async fn run(cli: Cli) -> Result<()> {
                     "; the store is kept"
                 }
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Tail(args) => {
             let opts = walpoints::tail::options(&config, args).map_err(anyhow::Error::msg)?;
@@ -87,14 +105,14 @@ async fn run(cli: Cli) -> Result<()> {
             let summary =
                 walpoints::tail::run(&opts, &mut out, walpoints::signal::shutdown()).await?;
             tracing::info!(changes = summary.changes, reason = ?summary.reason, "tail finished");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {
             let stdout = std::io::stdout();
             let mut out = std::io::LineWriter::new(stdout.lock());
             let summary = walpoints::demo::run(args.seconds, &mut out).await?;
             tracing::debug!(?summary, "demo finished");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -14,12 +14,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rust_decimal::Decimal;
+
 use crate::change::{Op, RowChange, Transaction};
 use crate::config::TruncatePolicy;
 use crate::events::{Mapped, Mapper, MappingError, TableKind};
 use crate::lsn::Lsn;
 use crate::pgoutput::Relation;
-use crate::points::{Counters, Engine, EventError, State, StreamError, TxEvents};
+use crate::points::{Counters, Engine, EntryKind, EventError, State, StreamError, TxEvents};
+use crate::telemetry::Telemetry;
 use crate::source::{ReplicationSource, SourceError};
 use crate::store::{Batch, BatchAwards, DeadLetter, Store, StoreError};
 
@@ -97,6 +100,8 @@ pub struct Progress {
     pub dead_letters: u64,
     /// Store commits.
     pub batches: u64,
+    /// Net points written.
+    pub points: Decimal,
     /// The rules' decision counts.
     pub counters: Counters,
 }
@@ -110,6 +115,101 @@ pub struct OpenBatch {
     end: Option<(Lsn, i64)>,
     transactions: u64,
     changes: u64,
+    tally: Tally,
+}
+
+/// Counts of one batch for metrics, collected as it is built.
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    /// Row changes by (table, op), indexed by [`TableKind::ALL`] and [`OPS`].
+    changes: [[u64; 4]; 3],
+    /// (awarded, reversed) points by entry kind, indexed by [`ENTRY_KINDS`].
+    points: [(Decimal, Decimal); 6],
+    counters: Counters,
+}
+
+const OPS: [Op; 4] = [Op::Insert, Op::Update, Op::Delete, Op::Truncate];
+
+const ENTRY_KINDS: [EntryKind; 6] = [
+    EntryKind::TradingTaker,
+    EntryKind::TradingMaker,
+    EntryKind::ReferralL1,
+    EntryKind::ReferralL2,
+    EntryKind::Holding,
+    EntryKind::Pnl,
+];
+
+/// What one committed batch did: the daemon turns it into metrics and health.
+#[derive(Debug, Clone)]
+pub struct BatchReport {
+    /// The new checkpoint (acknowledged to the slot).
+    pub lsn: Lsn,
+    /// Commit time of the batch's last source transaction, µs since 1970.
+    pub commit_time: i64,
+    /// Source transactions in the batch.
+    pub transactions: u64,
+    /// Row changes of followed tables in the batch.
+    pub changes: u64,
+    /// Row changes by (table, op), zero counts left out.
+    pub changes_by: Vec<(&'static str, &'static str, u64)>,
+    /// Points written by kind: (kind, sum of positive entries, |sum of negative entries|).
+    pub points: Vec<(&'static str, Decimal, Decimal)>,
+    /// Dead letters by reason code.
+    pub dead_letters: Vec<(String, u64)>,
+    /// The rules' decision counts.
+    pub counters: Counters,
+    /// Time spent writing and committing the store transaction.
+    pub write: Duration,
+}
+
+impl Tally {
+    fn change(&mut self, kind: TableKind, op: Op) {
+        let t = TableKind::ALL.iter().position(|k| *k == kind);
+        let o = OPS.iter().position(|x| *x == op);
+        if let (Some(t), Some(o)) = (t, o) {
+            self.changes[t][o] += 1;
+        }
+    }
+
+    fn report(
+        &self,
+        lsn: Lsn,
+        commit_time: i64,
+        open: &OpenBatch,
+        write: Duration,
+    ) -> BatchReport {
+        let mut changes_by = Vec::new();
+        for (t, kind) in TableKind::ALL.iter().enumerate() {
+            for (o, op) in OPS.iter().enumerate() {
+                if self.changes[t][o] > 0 {
+                    changes_by.push((kind.as_str(), op.as_str(), self.changes[t][o]));
+                }
+            }
+        }
+        let points = ENTRY_KINDS
+            .iter()
+            .zip(self.points)
+            .map(|(k, (plus, minus))| (k.as_str(), plus, minus))
+            .collect();
+        let mut dead: Vec<(String, u64)> = Vec::new();
+        for d in &open.batch.dead {
+            match dead.iter_mut().find(|(r, _)| *r == d.reason) {
+                Some((_, n)) => *n += 1,
+                None => dead.push((d.reason.clone(), 1)),
+            }
+        }
+        BatchReport {
+            lsn,
+            commit_time,
+            transactions: open.transactions,
+            changes: open.changes,
+            changes_by,
+            points,
+            dead_letters: dead,
+            counters: self.counters,
+            write,
+        }
+    }
 }
 
 impl OpenBatch {
@@ -140,9 +240,12 @@ pub struct Pipeline {
     state: State,
     /// The committed checkpoint: everything at or below it is in the store.
     checkpoint: Lsn,
-    /// Relations already checked against the mapping, by oid.
-    checked: HashMap<u32, Arc<Relation>>,
+    /// Commit time of the checkpoint's transaction, once this pipeline has committed one.
+    checkpoint_commit_time: Option<i64>,
+    /// Relations already checked against the mapping, by oid, with the table they are.
+    checked: HashMap<u32, (Arc<Relation>, Option<TableKind>)>,
     progress: Progress,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Pipeline {
@@ -160,9 +263,17 @@ impl Pipeline {
             truncate,
             state,
             checkpoint,
+            checkpoint_commit_time: None,
             checked: HashMap::new(),
             progress: Progress::default(),
+            telemetry: None,
         }
+    }
+
+    /// Reports every committed batch to `telemetry` (metrics, readiness).
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Pipeline {
+        self.telemetry = Some(telemetry);
+        self
     }
 
     /// The committed checkpoint.
@@ -228,36 +339,50 @@ impl Pipeline {
                     }
                 }
             }
-            let (changes, collected) = (open.changes, batch_started.elapsed());
-            let committing = Instant::now();
-            if let Some(lsn) = self.commit(store, open).await? {
+            let collected = batch_started.elapsed();
+            if let Some(report) = self.commit(store, open).await? {
                 // Only now is the batch durable: tell the slot.
-                source.ack(lsn);
+                source.ack(report.lsn);
                 tracing::debug!(
-                    changes,
+                    changes = report.changes,
                     collect_ms = collected.as_millis() as u64,
-                    commit_ms = committing.elapsed().as_millis() as u64,
-                    %lsn,
+                    commit_ms = report.write.as_millis() as u64,
+                    lsn = %report.lsn,
                     "batch committed"
                 );
+                if let Some(t) = &self.telemetry {
+                    t.batch_committed(&report);
+                }
             }
             if last_log.elapsed() >= Duration::from_secs(5) || stopping {
                 last_log = Instant::now();
-                let p = &self.progress;
-                tracing::info!(
-                    checkpoint = %self.checkpoint,
-                    transactions = p.transactions,
-                    changes = p.changes,
-                    entries = p.entries,
-                    dead_letters = p.dead_letters,
-                    batches = p.batches,
-                    "progress"
-                );
+                self.log_progress();
             }
             if stopping {
                 return Ok(());
             }
         }
+    }
+
+    /// The info line operators read: totals since start, points, and how far behind the
+    /// source's commits the store is (by commit time; wall clock, for humans only).
+    fn log_progress(&self) {
+        let p = &self.progress;
+        let lag_seconds = self.checkpoint_commit_time.map(|t| {
+            let now = crate::telemetry::now_micros();
+            (now.saturating_sub(t)).max(0) as f64 / 1e6
+        });
+        tracing::info!(
+            checkpoint = %self.checkpoint,
+            transactions = p.transactions,
+            changes = p.changes,
+            entries = p.entries,
+            points = %p.points,
+            dead_letters = p.dead_letters,
+            batches = p.batches,
+            lag_seconds = lag_seconds.map(|s| format!("{s:.1}")).unwrap_or_default(),
+            "progress"
+        );
     }
 
     /// Maps, evaluates and adds one source transaction to the open batch (skipping it when the
@@ -277,7 +402,10 @@ impl Pipeline {
         let mut dead = Vec::new();
         let mut followed = 0u64;
         for (i, change) in tx.changes.iter().enumerate() {
-            self.check_relation(change)?;
+            let kind = self.check_relation(change)?;
+            if let Some(kind) = kind {
+                open.tally.change(kind, change.op);
+            }
             match self.mapper.map(change) {
                 Ok(Mapped::Ignored) => {}
                 Ok(Mapped::Event(e)) => {
@@ -382,6 +510,18 @@ impl Pipeline {
         self.progress.entries += outcome.entries.len() as u64;
         self.progress.transactions += 1;
         self.progress.counters.merge(&outcome.counters);
+        open.tally.counters.merge(&outcome.counters);
+        for e in &outcome.entries {
+            if let Some(k) = ENTRY_KINDS.iter().position(|k| *k == e.kind) {
+                let (plus, minus) = &mut open.tally.points[k];
+                if e.points.is_sign_negative() {
+                    *minus -= e.points;
+                } else {
+                    *plus += e.points;
+                }
+            }
+            self.progress.points += e.points;
+        }
         open.batch.dead.extend(dead);
         open.batch
             .add_entries(commit_lsn, txe.commit_time, outcome.entries)?;
@@ -390,16 +530,17 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Writes the batch and the new checkpoint in one store transaction; returns the LSN that
-    /// may now be acknowledged (`None` when the batch was empty).
+    /// Writes the batch and the new checkpoint in one store transaction; returns what it did,
+    /// with the LSN that may now be acknowledged (`None` when the batch was empty).
     pub async fn commit(
         &mut self,
         store: &mut Store,
         mut open: OpenBatch,
-    ) -> Result<Option<Lsn>, PipelineError> {
+    ) -> Result<Option<BatchReport>, PipelineError> {
         let Some((end_lsn, commit_time)) = open.end else {
             return Ok(None);
         };
+        let started = Instant::now();
         open.batch.state = self.state.drain_delta();
         open.batch.awards = open.awards.take_changes();
         let tx = store.begin().await?;
@@ -415,8 +556,15 @@ impl Pipeline {
         tx.write(&mut open.batch).await?;
         tx.commit().await?;
         self.checkpoint = end_lsn;
+        self.checkpoint_commit_time = Some(commit_time);
         self.progress.batches += 1;
-        Ok(Some(end_lsn))
+        let tally = std::mem::take(&mut open.tally);
+        Ok(Some(tally.report(
+            end_lsn,
+            commit_time,
+            &open,
+            started.elapsed(),
+        )))
     }
 
     /// The engine, for the snapshot.
@@ -433,16 +581,17 @@ impl Pipeline {
         batch
     }
 
-    fn check_relation(&mut self, change: &RowChange) -> Result<(), PipelineError> {
+    /// Checks a relation against the mapping the first time it (or a new shape of it) is
+    /// seen; returns which followed table it is.
+    fn check_relation(&mut self, change: &RowChange) -> Result<Option<TableKind>, PipelineError> {
         let rel = &change.relation;
-        if self
-            .checked
-            .get(&rel.oid)
-            .is_some_and(|seen| Arc::ptr_eq(seen, rel))
-        {
-            return Ok(());
+        if let Some((seen, kind)) = self.checked.get(&rel.oid) {
+            if Arc::ptr_eq(seen, rel) {
+                return Ok(*kind);
+            }
         }
-        if self.mapper.table_of(rel).is_some() {
+        let kind = self.mapper.table_of(rel);
+        if kind.is_some() {
             self.mapper
                 .check_relation(rel)
                 .map_err(|source| PipelineError::Mapping {
@@ -450,8 +599,8 @@ impl Pipeline {
                     source,
                 })?;
         }
-        self.checked.insert(rel.oid, rel.clone());
-        Ok(())
+        self.checked.insert(rel.oid, (rel.clone(), kind));
+        Ok(kind)
     }
 
     /// Every followed table obeys the policy (the issue names trades and positions; an emptied

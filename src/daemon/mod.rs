@@ -5,6 +5,7 @@
 //! says what happened and what to do; see the README, "Refusing to lose
 //! data", for the longer story.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -15,7 +16,9 @@ use crate::pgconn;
 use crate::pipeline::{BatchLimits, Pipeline};
 use crate::points::Engine;
 use crate::source::{AdminSession, ReplicationSource, SourceOptions};
+use crate::status::SlotReport;
 use crate::store::{Store, StoreError};
+use crate::telemetry::{Phase, Readiness, Telemetry};
 
 mod checks;
 mod error;
@@ -39,18 +42,68 @@ fn mapper(config: &Config) -> Mapper {
     Mapper::new(&config.tables, &config.columns)
 }
 
+/// The telemetry `run` reports to, with the readiness thresholds of `config`.
+pub fn telemetry(config: &Config) -> Arc<Telemetry> {
+    Arc::new(Telemetry::new(Readiness {
+        max_lag_bytes: config.http.ready_max_lag_bytes,
+        max_lag_seconds: config.http.ready_max_lag_seconds,
+        poll_interval: config.http_poll_interval(),
+    }))
+}
+
 /// `walpoints run`: streams until `stop` turns true, reconnecting with capped exponential
-/// backoff on transient errors; returns the definite error that stopped it.
+/// backoff on transient errors; returns the definite error that stopped it. With `http.listen`
+/// set, serves metrics, health and the points API meanwhile.
 pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), DaemonError> {
+    run_reporting(config, stop, telemetry(config)).await
+}
+
+/// [`run`], reporting to `telemetry` (so an embedding program, like the demo, can read the HTTP
+/// address or the health itself).
+pub async fn run_reporting(
+    config: &Config,
+    stop: watch::Receiver<bool>,
+    telemetry: Arc<Telemetry>,
+) -> Result<(), DaemonError> {
+    let mut background = Vec::new();
+    if let Some(addr) = config.http_listen() {
+        let server = crate::http::Server::bind(addr, config, telemetry.clone())
+            .await
+            .map_err(|e| DaemonError::Config(e.to_string()))?;
+        let mut stop_http = stop.clone();
+        background.push(AbortOnDrop(tokio::spawn(server.serve(async move {
+            let _ = stop_http.wait_for(|s| *s).await;
+        }))));
+        background.push(AbortOnDrop(tokio::spawn(poll_slot(
+            config.source.url.clone(),
+            config.source.slot.clone(),
+            config.http_poll_interval(),
+            telemetry.clone(),
+        ))));
+    }
+    let result = reconnecting(config, stop, &telemetry).await;
+    telemetry.set_phase(Phase::Stopped);
+    drop(background);
+    result
+}
+
+async fn reconnecting(
+    config: &Config,
+    stop: watch::Receiver<bool>,
+    telemetry: &Arc<Telemetry>,
+) -> Result<(), DaemonError> {
     let mut backoff = Duration::from_millis(250);
     let mut attempt = 0u32;
     loop {
         let started = std::time::Instant::now();
-        let err = match session(config, stop.clone()).await {
+        let err = match session(config, stop.clone(), telemetry).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() => e,
             Err(e) => return Err(e),
         };
+        telemetry.set_phase(Phase::Reconnecting {
+            error: err.to_string(),
+        });
         if *stop.borrow() {
             // Asked to stop while the store or source was away: nothing of the open batch was
             // acknowledged, so the next start streams it again.
@@ -74,7 +127,11 @@ pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Dae
 }
 
 /// One connected session: checks, state load, stream until stop or error.
-async fn session(config: &Config, stop: watch::Receiver<bool>) -> Result<(), DaemonError> {
+async fn session(
+    config: &Config,
+    stop: watch::Receiver<bool>,
+    telemetry: &Arc<Telemetry>,
+) -> Result<(), DaemonError> {
     let engine = engine(config)?;
     let mapper = mapper(config);
     let mut store = match Store::connect(&config.store_url(), &config.source.id, false).await {
@@ -109,7 +166,9 @@ async fn session(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Dae
         users = state.user_count(),
         "state loaded; starting the stream"
     );
-    let mut pipeline = Pipeline::new(engine, mapper, config.truncate.policy, state, cp.lsn);
+    telemetry.resumed_at(cp.lsn, cp.commit_time);
+    let mut pipeline = Pipeline::new(engine, mapper, config.truncate.policy, state, cp.lsn)
+        .with_telemetry(telemetry.clone());
     let mut source = ReplicationSource::start(&SourceOptions {
         url: config.source.url.clone(),
         slot: config.source.slot.clone(),
@@ -126,10 +185,11 @@ async fn session(config: &Config, stop: watch::Receiver<bool>) -> Result<(), Dae
             found: source.system_id().to_owned(),
         });
     }
+    telemetry.set_phase(Phase::Streaming);
     let heartbeat = config.heartbeat_interval().map(|every| {
         let url = config.source.url.clone();
         let id = config.source.id.clone();
-        AbortOnDrop(tokio::spawn(heartbeat_loop(url, id, every)))
+        AbortOnDrop(tokio::spawn(heartbeat_loop(url, id, every, telemetry.clone())))
     });
     let limits = BatchLimits {
         max_changes: config.batch.max_changes,
@@ -169,7 +229,12 @@ impl Drop for AbortOnDrop {
 /// Writes a transactional logical message on the source every `every`: it keeps the slot
 /// moving (and WAL recyclable) when the followed tables are idle but the database is not, and
 /// advances stream time so holding segments settle at hour boundaries without trades.
-async fn heartbeat_loop(url: ConnUrl, source_id: String, every: Duration) {
+async fn heartbeat_loop(
+    url: ConnUrl,
+    source_id: String,
+    every: Duration,
+    telemetry: Arc<Telemetry>,
+) {
     let mut client: Option<tokio_postgres::Client> = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -193,9 +258,45 @@ async fn heartbeat_loop(url: ConnUrl, source_id: String, every: Duration) {
             )
             .await
         {
-            Ok(_) => tracing::trace!(ms = sent.elapsed().as_millis() as u64, "heartbeat"),
+            Ok(_) => {
+                telemetry.heartbeat(sent.elapsed());
+                tracing::trace!(ms = sent.elapsed().as_millis() as u64, "heartbeat");
+            }
             Err(e) => {
                 tracing::warn!(error = %pgconn::error_text(&e), "heartbeat failed");
+                client = None;
+            }
+        }
+    }
+}
+
+/// Reads the slot's lag on the source every `every`, for `/metrics` and `/readyz`. A query of
+/// `pg_replication_slots` only: no business table is touched.
+async fn poll_slot(url: ConnUrl, slot: String, every: Duration, telemetry: Arc<Telemetry>) {
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            match pgconn::connect(&url, "walpoints-monitor").await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    telemetry.slot_polled(Err(e.to_string()));
+                    continue;
+                }
+            }
+        }
+        let Some(c) = client.as_ref() else { continue };
+        let polled = tokio::time::timeout(every.max(Duration::from_secs(5)), SlotReport::query(c, &slot)).await;
+        match polled {
+            Ok(Ok(report)) => telemetry.slot_polled(Ok(report)),
+            Ok(Err(e)) => {
+                telemetry.slot_polled(Err(pgconn::error_text(&e)));
+                client = None;
+            }
+            Err(_) => {
+                telemetry.slot_polled(Err("reading pg_replication_slots timed out".into()));
                 client = None;
             }
         }

@@ -69,6 +69,8 @@ impl<'a> Walpoints<'a> {
             env: vec![
                 ("WALPOINTS_HEARTBEAT_INTERVAL".into(), "0s".into()),
                 ("WALPOINTS_BATCH_MAX_DELAY".into(), "20ms".into()),
+                // Tests run many daemons at once: no HTTP server unless a test asks for one.
+                ("WALPOINTS_HTTP_LISTEN".into(), String::new()),
             ],
         }
     }

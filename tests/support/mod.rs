@@ -68,6 +68,7 @@ impl TestDb {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_walpoints"));
         cmd.env("WALPOINTS_SOURCE_URL", &self.url)
             .env("WALPOINTS_CONFIG", "/dev/null")
+            .env("WALPOINTS_HTTP_LISTEN", "")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null());
         cmd

@@ -1,0 +1,610 @@
+//! The read-only points API, for the exchange's backend and its users.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /v1/epochs` | every started epoch with its start and end, and which is current |
+//! | `GET /v1/users/{address}?epoch=N` | points by kind, volume, tier and the next one, rank, referrer, referee count, the time the figures stand at |
+//! | `GET /v1/users/{address}/ledger?epoch=N&limit=&cursor=` | the user's entries, newest first, keyset-paginated |
+//! | `GET /v1/leaderboard?epoch=N&limit=&cursor=` | users by total points; ties share a rank; excluded addresses never appear |
+//!
+//! `epoch` defaults to the current epoch (by the wall clock: "this week"). Amounts are decimal
+//! strings, exactly as stored. Bad input (a malformed address, an epoch that has not started, a
+//! limit above [`MAX_LIMIT`], a cursor this API did not hand out, an unknown parameter) is a 400
+//! with `{"error": code, "message": text}`; an unknown user is zeros, not an error; a store that
+//! cannot be reached is a 503. Reads go to the store only, through a read-only pool.
+
+use std::collections::HashMap;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+
+use super::pool::{self, Pool};
+use super::AppState;
+use crate::config::Config;
+use crate::points::{normalize_address, EpochCalendar, EpochId, Tier};
+use crate::store::micros_of;
+use crate::tail::rfc3339_micros;
+use crate::telemetry::now_micros;
+
+/// The largest page a client may ask for.
+pub const MAX_LIMIT: i64 = 1000;
+/// The page size when none is asked for.
+const DEFAULT_LIMIT: i64 = 100;
+/// Longest address accepted (the seed schema's addresses are 42 characters).
+const MAX_ADDRESS_LEN: usize = 128;
+
+/// An API failure, as the client sees it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is wrong; the message says how.
+    #[error("{1}")]
+    BadRequest(&'static str, String),
+    /// No such route.
+    #[error("no such route")]
+    NotFound,
+    /// The store cannot be reached or is too slow; try again.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::BadRequest(code, _) => (StatusCode::BAD_REQUEST, *code),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+        };
+        if let ApiError::Unavailable(e) = &self {
+            tracing::warn!(error = %e, "api: store unavailable");
+        }
+        (
+            status,
+            Json(json!({ "error": code, "message": self.to_string() })),
+        )
+            .into_response()
+    }
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ApiError::Unavailable(crate::pgconn::error_text(&e))
+    }
+}
+
+fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(code, message.into())
+}
+
+/// What the API needs: the read pool and the parts of the rules that shape answers.
+pub struct Api {
+    pool: Pool,
+    calendar: EpochCalendar,
+    tiers: Vec<Tier>,
+    excluded: Vec<String>,
+}
+
+impl Api {
+    /// Builds the pool (connections open lazily, so a store that is down now is not fatal).
+    pub fn new(config: &Config) -> Result<Api, String> {
+        let rules = &config.rules;
+        let calendar = rules
+            .genesis_micros()
+            .and_then(|g| rules.length_micros().map(|l| (g, l)))
+            .ok()
+            .and_then(|(g, l)| EpochCalendar::new(g, l))
+            .ok_or_else(|| "the epoch calendar of the rules is invalid".to_owned())?;
+        let mut excluded: Vec<String> = rules
+            .excluded_addresses
+            .iter()
+            .map(|a| normalize_address(a.trim()).into_owned())
+            .collect();
+        excluded.sort();
+        excluded.dedup();
+        Ok(Api {
+            pool: pool::pool(config.store_url(), config.http.pool_size)?,
+            calendar,
+            tiers: rules.tiers.clone(),
+            excluded,
+        })
+    }
+
+    async fn client(&self) -> Result<deadpool::managed::Object<pool::StoreConnections>, ApiError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))
+    }
+
+    fn current_epoch(&self) -> Option<EpochId> {
+        self.calendar.epoch_of(now_micros())
+    }
+
+    /// The `epoch` parameter, or the current epoch; one that has not started is out of range.
+    fn epoch(&self, q: &Params) -> Result<EpochId, ApiError> {
+        let current = self.current_epoch().ok_or_else(|| {
+            bad(
+                "epoch_out_of_range",
+                "no epoch has started yet (epoch.genesis is in the future)",
+            )
+        })?;
+        match q.get("epoch") {
+            None => Ok(current),
+            Some(text) => match text.parse::<EpochId>() {
+                Ok(e) if e <= current => Ok(e),
+                _ => Err(bad(
+                    "epoch_out_of_range",
+                    format!("epoch {text:?} is out of range: epochs 0 to {current} have started"),
+                )),
+            },
+        }
+    }
+
+    fn epoch_json(&self, epoch: EpochId, current: Option<EpochId>) -> Value {
+        let start = self.calendar.start_of(epoch);
+        let end = start.and_then(|s| s.checked_add(self.calendar.length()));
+        json!({
+            "epoch": epoch,
+            "start": start.map(rfc3339_micros),
+            "end": end.map(rfc3339_micros),
+            "current": Some(epoch) == current,
+        })
+    }
+}
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/epochs", get(epochs))
+        .route("/v1/users/{address}", get(user))
+        .route("/v1/users/{address}/ledger", get(ledger))
+        .route("/v1/leaderboard", get(leaderboard))
+}
+
+/// Query parameters, checked against the names a route accepts.
+struct Params(HashMap<String, String>);
+
+impl Params {
+    fn parse(raw: Option<String>, allowed: &[&str]) -> Result<Params, ApiError> {
+        let mut map = HashMap::new();
+        let raw = raw.unwrap_or_default();
+        if raw.len() > 2048 {
+            return Err(bad("bad_query", "the query string is too long"));
+        }
+        for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+            if !allowed.contains(&k.as_ref()) {
+                return Err(bad(
+                    "unknown_parameter",
+                    format!("unknown parameter {k:?}; this route takes {allowed:?}"),
+                ));
+            }
+            if map.insert(k.clone().into_owned(), v.into_owned()).is_some() {
+                return Err(bad("bad_query", format!("parameter {k:?} is given twice")));
+            }
+        }
+        Ok(Params(map))
+    }
+
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str)
+    }
+
+    fn limit(&self) -> Result<i64, ApiError> {
+        match self.get("limit") {
+            None => Ok(DEFAULT_LIMIT),
+            Some(text) => match text.parse::<i64>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+                _ => Err(bad(
+                    "bad_limit",
+                    format!("limit {text:?} must be a whole number from 1 to {MAX_LIMIT}"),
+                )),
+            },
+        }
+    }
+}
+
+/// Checks and normalizes an address: 1-128 printable ASCII characters without spaces,
+/// compared lowercase (as the rules store it).
+fn address(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(raw) = path.map_err(|e| bad("bad_address", e.body_text()))?;
+    let ok = !raw.is_empty()
+        && raw.len() <= MAX_ADDRESS_LEN
+        && raw.bytes().all(|b| b.is_ascii_graphic());
+    if !ok {
+        return Err(bad(
+            "bad_address",
+            format!(
+                "malformed address: expected 1 to {MAX_ADDRESS_LEN} printable characters without spaces"
+            ),
+        ));
+    }
+    Ok(normalize_address(&raw).into_owned())
+}
+
+/// Cursors are opaque to clients: the hex of a tagged key of the last row served.
+fn encode_cursor(tag: char, parts: &[&str]) -> String {
+    let mut text = String::from(tag);
+    for p in parts {
+        text.push('\u{1f}');
+        text.push_str(p);
+    }
+    hex::encode(text)
+}
+
+fn decode_cursor(tag: char, raw: &str, n: usize) -> Result<Vec<String>, ApiError> {
+    let unknown = || bad("bad_cursor", "unknown cursor: pass back a next_cursor exactly as received");
+    let bytes = hex::decode(raw).map_err(|_| unknown())?;
+    let text = String::from_utf8(bytes).map_err(|_| unknown())?;
+    let mut parts = text.split('\u{1f}');
+    if parts.next() != Some(tag.encode_utf8(&mut [0; 4]) as &str) {
+        return Err(unknown());
+    }
+    let parts: Vec<String> = parts.map(str::to_owned).collect();
+    if parts.len() != n {
+        return Err(unknown());
+    }
+    Ok(parts)
+}
+
+async fn epochs(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    Params::parse(q, &[])?;
+    let api = &s.api;
+    let current = api.current_epoch();
+    let list: Vec<Value> = match current {
+        Some(c) => (0..=c).map(|e| api.epoch_json(e, current)).collect(),
+        None => Vec::new(),
+    };
+    Ok(Json(json!({ "current": current, "epochs": list })).into_response())
+}
+
+async fn user(
+    State(s): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let address = address(path)?;
+    let q = Params::parse(q, &["epoch"])?;
+    let api = &s.api;
+    let epoch = api.epoch(&q)?;
+    let db = api.client().await?;
+    let epoch_i = i32::try_from(epoch).unwrap_or(i32::MAX);
+    let row = db
+        .query_opt(
+            "SELECT trading_points::text, referral_points::text, holding_points::text, \
+                    pnl_points::text, total_points::text, trading_volume::text, \
+                    total_points > 0 \
+             FROM walpoints.user_epoch_points WHERE user_address = $1 AND epoch = $2",
+            &[&address, &epoch_i],
+        )
+        .await?;
+    let zero = "0.000000".to_owned();
+    let (points, volume, positive) = match &row {
+        Some(r) => (
+            [0, 1, 2, 3, 4].map(|i| r.get::<_, String>(i)),
+            r.get::<_, String>(5),
+            r.get::<_, bool>(6),
+        ),
+        None => ([0; 5].map(|_| zero.clone()), "0".to_owned(), false),
+    };
+    let excluded = api.excluded.binary_search(&address).is_ok();
+    let rank: Option<i64> = if positive && !excluded {
+        let r = db
+            .query_one(
+                "SELECT 1 + count(*) FROM walpoints.user_epoch_points \
+                 WHERE epoch = $1 AND total_points > $2::text::numeric \
+                   AND user_address <> ALL($3)",
+                &[&epoch_i, &points[4], &api.excluded],
+            )
+            .await?;
+        Some(r.get(0))
+    } else {
+        None
+    };
+    let referrer: Option<String> = db
+        .query_opt(
+            "SELECT referrer FROM walpoints.state_referral WHERE referee = $1 \
+             ORDER BY source_id LIMIT 1",
+            &[&address],
+        )
+        .await?
+        .map(|r| r.get(0));
+    let referees: i64 = db
+        .query_one(
+            "SELECT count(DISTINCT referee) FROM walpoints.state_referral WHERE referrer = $1",
+            &[&address],
+        )
+        .await?
+        .get(0);
+    let as_of = as_of(&db).await?;
+    let vol: Decimal = volume.parse().unwrap_or(Decimal::MAX);
+    let level = api
+        .tiers
+        .iter()
+        .rposition(|t| vol >= t.min_volume)
+        .unwrap_or(0);
+    let tier = api.tiers.get(level).map(|t| {
+        json!({ "level": level, "min_volume": t.min_volume.to_string(), "multiplier": t.multiplier.to_string() })
+    });
+    let next_tier = api.tiers.get(level + 1).map(|t| {
+        json!({
+            "level": level + 1,
+            "min_volume": t.min_volume.to_string(),
+            "multiplier": t.multiplier.to_string(),
+            "volume_needed": (t.min_volume - vol).max(Decimal::ZERO).to_string(),
+        })
+    });
+    let [trading, referral, holding, pnl, total] = points;
+    Ok(Json(json!({
+        "address": address,
+        "epoch": epoch,
+        "points": { "trading": trading, "referral": referral, "holding": holding, "pnl": pnl, "total": total },
+        "trading_volume": volume,
+        "tier": tier,
+        "next_tier": next_tier,
+        "rank": rank,
+        "excluded": excluded,
+        "referrer": referrer,
+        "referees": referees,
+        "as_of": as_of,
+    }))
+    .into_response())
+}
+
+/// The commit time the store's figures stand at: the oldest checkpoint of the sources
+/// sharing the store (everything every source committed up to then is counted).
+async fn as_of(db: &tokio_postgres::Client) -> Result<Option<String>, ApiError> {
+    let row = db
+        .query_one("SELECT min(commit_time) FROM walpoints.checkpoint", &[])
+        .await?;
+    Ok(row
+        .get::<_, Option<std::time::SystemTime>>(0)
+        .map(|t| rfc3339_micros(micros_of(t))))
+}
+
+async fn ledger(
+    State(s): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let address = address(path)?;
+    let q = Params::parse(q, &["epoch", "limit", "cursor"])?;
+    let api = &s.api;
+    let epoch = api.epoch(&q)?;
+    let limit = q.limit()?;
+    let after = match q.get("cursor") {
+        None => None,
+        Some(c) => {
+            let p = decode_cursor('L', c, 3)?;
+            let lsn: crate::lsn::Lsn = p[0]
+                .parse()
+                .map_err(|_| bad("bad_cursor", "unknown cursor"))?;
+            let ordinal: i32 = p[1]
+                .parse()
+                .map_err(|_| bad("bad_cursor", "unknown cursor"))?;
+            Some((lsn.to_string(), ordinal, p[2].clone()))
+        }
+    };
+    let db = api.client().await?;
+    let epoch_i = i32::try_from(epoch).unwrap_or(i32::MAX);
+    let columns = "source_id, commit_lsn::text, ordinal, kind, reversal, points::text, \
+                   basis::text, multiplier::text, rate::text, position_notional::text, trade_id, \
+                   position_id, referee, segment_start, event_time, commit_time, rules_version";
+    let rows = match &after {
+        None => {
+            db.query(
+                &format!(
+                    "SELECT {columns} FROM walpoints.ledger \
+                     WHERE user_address = $1 AND epoch = $2 \
+                     ORDER BY commit_lsn DESC, ordinal DESC, source_id DESC LIMIT $3"
+                ),
+                &[&address, &epoch_i, &(limit + 1)],
+            )
+            .await?
+        }
+        Some((lsn, ordinal, source)) => {
+            db.query(
+                &format!(
+                    "SELECT {columns} FROM walpoints.ledger \
+                     WHERE user_address = $1 AND epoch = $2 \
+                       AND (commit_lsn, ordinal, source_id) < ($3::text::pg_lsn, $4, $5) \
+                     ORDER BY commit_lsn DESC, ordinal DESC, source_id DESC LIMIT $6"
+                ),
+                &[&address, &epoch_i, lsn, ordinal, source, &(limit + 1)],
+            )
+            .await?
+        }
+    };
+    let more = rows.len() as i64 > limit;
+    let time = |t: Option<std::time::SystemTime>| t.map(|t| rfc3339_micros(micros_of(t)));
+    let entries: Vec<Value> = rows
+        .iter()
+        .take(limit as usize)
+        .map(|r| {
+            json!({
+                "source_id": r.get::<_, String>(0),
+                "commit_lsn": r.get::<_, String>(1),
+                "ordinal": r.get::<_, i32>(2),
+                "kind": r.get::<_, String>(3),
+                "reversal": r.get::<_, bool>(4),
+                "points": r.get::<_, String>(5),
+                "basis": r.get::<_, String>(6),
+                "multiplier": r.get::<_, String>(7),
+                "rate": r.get::<_, String>(8),
+                "position_notional": r.get::<_, Option<String>>(9),
+                "trade_id": r.get::<_, Option<String>>(10),
+                "position_id": r.get::<_, Option<String>>(11),
+                "referee": r.get::<_, Option<String>>(12),
+                "segment_start": time(r.get(13)),
+                "event_time": time(r.get(14)),
+                "commit_time": time(r.get(15)),
+                "rules_version": r.get::<_, String>(16),
+            })
+        })
+        .collect();
+    let next_cursor = more
+        .then(|| rows.get(limit as usize - 1))
+        .flatten()
+        .map(|r| {
+            let ordinal = r.get::<_, i32>(2).to_string();
+            encode_cursor('L', &[&r.get::<_, String>(1), &ordinal, &r.get::<_, String>(0)])
+        });
+    Ok(Json(json!({
+        "address": address,
+        "epoch": epoch,
+        "entries": entries,
+        "next_cursor": next_cursor,
+    }))
+    .into_response())
+}
+
+async fn leaderboard(
+    State(s): State<AppState>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = Params::parse(q, &["epoch", "limit", "cursor"])?;
+    let api = &s.api;
+    let epoch = api.epoch(&q)?;
+    let limit = q.limit()?;
+    let after = match q.get("cursor") {
+        None => None,
+        Some(c) => {
+            let p = decode_cursor('B', c, 2)?;
+            if p[0].parse::<Decimal>().is_err() {
+                return Err(bad("bad_cursor", "unknown cursor"));
+            }
+            Some((p[0].clone(), p[1].clone()))
+        }
+    };
+    let db = api.client().await?;
+    let epoch_i = i32::try_from(epoch).unwrap_or(i32::MAX);
+    let eligible = "epoch = $1 AND total_points > 0 AND user_address <> ALL($2)";
+    let columns = "user_address, trading_points::text, referral_points::text, \
+                   holding_points::text, pnl_points::text, total_points::text, \
+                   trading_volume::text";
+    let (rows, before_page) = match &after {
+        None => (
+            db.query(
+                &format!(
+                    "SELECT {columns} FROM walpoints.user_epoch_points WHERE {eligible} \
+                     ORDER BY total_points DESC, user_address LIMIT $3"
+                ),
+                &[&epoch_i, &api.excluded, &(limit + 1)],
+            )
+            .await?,
+            0i64,
+        ),
+        Some((total, addr)) => {
+            let keyset = "(total_points < $3::text::numeric \
+                           OR (total_points = $3::text::numeric AND user_address > $4))";
+            let rows = db
+                .query(
+                    &format!(
+                        "SELECT {columns} FROM walpoints.user_epoch_points \
+                         WHERE {eligible} AND {keyset} \
+                         ORDER BY total_points DESC, user_address LIMIT $5"
+                    ),
+                    &[&epoch_i, &api.excluded, total, addr, &(limit + 1)],
+                )
+                .await?;
+            let before: i64 = db
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FROM walpoints.user_epoch_points \
+                         WHERE {eligible} AND NOT {keyset}"
+                    ),
+                    &[&epoch_i, &api.excluded, total, addr],
+                )
+                .await?
+                .get(0);
+            (rows, before)
+        }
+    };
+    let more = rows.len() as i64 > limit;
+    let page: Vec<_> = rows.iter().take(limit as usize).collect();
+    // Competition ranking ("1, 1, 3"): a row's rank is 1 + the number of rows with more points.
+    let mut entries = Vec::with_capacity(page.len());
+    let mut prev: Option<(String, i64)> = None;
+    for (i, r) in page.iter().enumerate() {
+        let total: String = r.get(5);
+        let rank = match &prev {
+            Some((t, rank)) if *t == total => *rank,
+            Some(_) => before_page + i as i64 + 1,
+            None => {
+                db.query_one(
+                    &format!(
+                        "SELECT 1 + count(*) FROM walpoints.user_epoch_points \
+                         WHERE {eligible} AND total_points > $3::text::numeric"
+                    ),
+                    &[&epoch_i, &api.excluded, &total],
+                )
+                .await?
+                .get(0)
+            }
+        };
+        entries.push(json!({
+            "rank": rank,
+            "address": r.get::<_, String>(0),
+            "points": {
+                "trading": r.get::<_, String>(1),
+                "referral": r.get::<_, String>(2),
+                "holding": r.get::<_, String>(3),
+                "pnl": r.get::<_, String>(4),
+                "total": total,
+            },
+            "trading_volume": r.get::<_, String>(6),
+        }));
+        prev = Some((total, rank));
+    }
+    let next_cursor = more.then(|| page.last()).flatten().map(|r| {
+        encode_cursor('B', &[&r.get::<_, String>(5), &r.get::<_, String>(0)])
+    });
+    let as_of = as_of(&db).await?;
+    Ok(Json(json!({
+        "epoch": epoch,
+        "entries": entries,
+        "next_cursor": next_cursor,
+        "as_of": as_of,
+    }))
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_refuse_strangers() {
+        let c = encode_cursor('L', &["0/16B3A28", "3", "default"]);
+        assert_eq!(
+            decode_cursor('L', &c, 3).unwrap(),
+            vec!["0/16B3A28", "3", "default"]
+        );
+        assert!(decode_cursor('B', &c, 3).is_err(), "another route's cursor");
+        assert!(decode_cursor('L', &c, 2).is_err(), "wrong arity");
+        assert!(decode_cursor('L', "zz", 3).is_err(), "not hex");
+        assert!(decode_cursor('L', "", 3).is_err(), "empty");
+    }
+
+    #[test]
+    fn params_refuse_unknown_and_repeated_names() {
+        assert!(Params::parse(Some("epoch=1".into()), &["epoch"]).is_ok());
+        assert!(Params::parse(Some("epok=1".into()), &["epoch"]).is_err());
+        assert!(Params::parse(Some("epoch=1&epoch=2".into()), &["epoch"]).is_err());
+        assert!(Params::parse(None, &[]).is_ok());
+    }
+
+    #[test]
+    fn limits_stay_between_1_and_1000() {
+        let p = |s: &str| Params::parse(Some(s.into()), &["limit"]).unwrap().limit();
+        assert_eq!(p("limit=1000").unwrap(), 1000);
+        assert!(p("limit=1001").is_err());
+        assert!(p("limit=0").is_err());
+        assert!(p("limit=-5").is_err());
+        assert!(p("limit=ten").is_err());
+        assert_eq!(Params::parse(None, &["limit"]).unwrap().limit().unwrap(), 100);
+    }
+}

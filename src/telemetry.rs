@@ -1,0 +1,475 @@
+//! What the running daemon knows about itself, for operators: Prometheus metrics and the health
+//! that `/readyz` judges.
+//!
+//! The daemon writes here (each committed batch, each reconnect, each slot poll, each
+//! heartbeat); the HTTP server only reads. Nothing here feeds back into the points: the wall
+//! clock used for lag is for humans and probes, never for the ledger.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use rust_decimal::prelude::ToPrimitive;
+
+use crate::lsn::Lsn;
+use crate::pipeline::BatchReport;
+use crate::status::SlotReport;
+
+/// Microseconds since 1970 by the wall clock (lag for humans; never used for points).
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChangeLabels {
+    table: &'static str,
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WalStatusLabels {
+    wal_status: String,
+}
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+type FloatCounter = Counter<f64, std::sync::atomic::AtomicU64>;
+
+/// The rules' counters that mean "this input earned nothing on purpose", exported as
+/// `walpoints_rejected_total{reason}`.
+const REJECTIONS: &[&str] = &[
+    "self_trades",
+    "excluded_fills",
+    "below_min_notional",
+    "before_genesis",
+    "unknown_trade_updates",
+    "unknown_trade_deletes",
+    "referral_rejected_self",
+    "referral_rejected_cycle",
+    "referral_rebind_ignored",
+];
+
+/// What the daemon is doing, for `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Connecting for the first time (startup checks, state load).
+    Starting,
+    /// The replication stream is open.
+    Streaming,
+    /// The last session failed transiently; waiting to reconnect.
+    Reconnecting {
+        /// The failure, as logged.
+        error: String,
+    },
+    /// The daemon has stopped (asked to, or on a definite error).
+    Stopped,
+}
+
+/// The mutable part of the health picture.
+#[derive(Debug)]
+struct Health {
+    phase: Phase,
+    last_commit: Option<Instant>,
+    checkpoint: Option<(Lsn, i64)>,
+    /// The last successful slot poll.
+    slot: Option<(Instant, SlotReport)>,
+    /// Why the last poll failed, when it did.
+    poll_error: Option<String>,
+    http_addr: Option<std::net::SocketAddr>,
+}
+
+/// Thresholds `/readyz` applies.
+#[derive(Debug, Clone, Copy)]
+pub struct Readiness {
+    /// Slot lag in bytes above which walpoints is not ready; 0: unchecked.
+    pub max_lag_bytes: u64,
+    /// Replication lag in seconds above which walpoints is not ready; 0: unchecked.
+    pub max_lag_seconds: u64,
+    /// How often the slot is polled; a poll older than three of these is stale.
+    pub poll_interval: Duration,
+}
+
+/// The daemon's metrics registry and health, shared by the daemon (writer) and the HTTP server
+/// (reader).
+pub struct Telemetry {
+    registry: Registry,
+    readiness: Readiness,
+    health: Mutex<Health>,
+    slot_lag_bytes: Gauge,
+    replication_lag_seconds: FloatGauge,
+    checkpoint_lsn: Gauge,
+    slot_safe_wal_size_bytes: Gauge,
+    slot_wal_status: Family<WalStatusLabels, Gauge>,
+    slot_active: Gauge,
+    changes: Family<ChangeLabels, Counter>,
+    transactions: Counter,
+    points_awarded: Family<KindLabels, FloatCounter>,
+    points_reversed: Family<KindLabels, FloatCounter>,
+    dead_letters: Family<ReasonLabels, Counter>,
+    rejected: Family<ReasonLabels, Counter>,
+    batch_duration: Histogram,
+    batch_size: Histogram,
+    reconnects: Counter,
+    heartbeat_roundtrip: FloatGauge,
+    last_batch_timestamp: FloatGauge,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("readiness", &self.readiness)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Telemetry {
+    /// A fresh registry with every walpoints metric registered (so each appears at 0 from the
+    /// first scrape, and alerts on absent series are not needed).
+    pub fn new(readiness: Readiness) -> Telemetry {
+        let mut registry = Registry::default();
+        let t = Telemetry {
+            registry: Registry::default(),
+            readiness,
+            health: Mutex::new(Health {
+                phase: Phase::Starting,
+                last_commit: None,
+                checkpoint: None,
+                slot: None,
+                poll_error: None,
+                http_addr: None,
+            }),
+            slot_lag_bytes: Gauge::default(),
+            replication_lag_seconds: FloatGauge::default(),
+            checkpoint_lsn: Gauge::default(),
+            slot_safe_wal_size_bytes: Gauge::default(),
+            slot_wal_status: Family::default(),
+            slot_active: Gauge::default(),
+            changes: Family::default(),
+            transactions: Counter::default(),
+            points_awarded: Family::default(),
+            points_reversed: Family::default(),
+            dead_letters: Family::default(),
+            rejected: Family::default(),
+            batch_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            batch_size: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+            reconnects: Counter::default(),
+            heartbeat_roundtrip: FloatGauge::default(),
+            last_batch_timestamp: FloatGauge::default(),
+        };
+        registry.register(
+            "walpoints_slot_lag_bytes",
+            "Bytes of WAL between the server's current position and the slot's confirmed_flush_lsn",
+            t.slot_lag_bytes.clone(),
+        );
+        registry.register(
+            "walpoints_replication_lag_seconds",
+            "Seconds between now and the commit time of the last source transaction in the store",
+            t.replication_lag_seconds.clone(),
+        );
+        registry.register(
+            "walpoints_checkpoint_lsn",
+            "The store's checkpoint: end LSN of the last source transaction committed, as a number",
+            t.checkpoint_lsn.clone(),
+        );
+        registry.register(
+            "walpoints_slot_safe_wal_size_bytes",
+            "Bytes of WAL that can still be written before the slot is at risk of invalidation (-1: unlimited)",
+            t.slot_safe_wal_size_bytes.clone(),
+        );
+        registry.register(
+            "walpoints_slot_wal_status",
+            "1 for the slot's current wal_status (reserved, extended, unreserved, lost, missing)",
+            t.slot_wal_status.clone(),
+        );
+        registry.register(
+            "walpoints_slot_active",
+            "1 when a walsender is streaming the slot",
+            t.slot_active.clone(),
+        );
+        registry.register(
+            "walpoints_changes",
+            "Row changes of the followed tables decoded",
+            t.changes.clone(),
+        );
+        registry.register(
+            "walpoints_transactions",
+            "Source transactions committed into the store",
+            t.transactions.clone(),
+        );
+        registry.register(
+            "walpoints_points_awarded",
+            "Points of positive ledger entries written, by kind",
+            t.points_awarded.clone(),
+        );
+        registry.register(
+            "walpoints_points_reversed",
+            "Points taken back by negative ledger entries (corrections, deletes), by kind",
+            t.points_reversed.clone(),
+        );
+        registry.register(
+            "walpoints_dead_letter",
+            "Rows written to walpoints.dead_letter, by reason",
+            t.dead_letters.clone(),
+        );
+        registry.register(
+            "walpoints_rejected",
+            "Inputs that earn nothing by rule (self-trades, rejected referrals, ...), by reason",
+            t.rejected.clone(),
+        );
+        registry.register(
+            "walpoints_batch_duration_seconds",
+            "Time to write and commit one store transaction",
+            t.batch_duration.clone(),
+        );
+        registry.register(
+            "walpoints_batch_size",
+            "Row changes per store transaction",
+            t.batch_size.clone(),
+        );
+        registry.register(
+            "walpoints_reconnects",
+            "Sessions ended by a transient failure and started again",
+            t.reconnects.clone(),
+        );
+        registry.register(
+            "walpoints_heartbeat_roundtrip_seconds",
+            "Duration of the last heartbeat write on the source",
+            t.heartbeat_roundtrip.clone(),
+        );
+        registry.register(
+            "walpoints_last_batch_timestamp_seconds",
+            "Wall-clock time of the last store commit, seconds since 1970",
+            t.last_batch_timestamp.clone(),
+        );
+        registry.register(
+            "walpoints_build",
+            "walpoints build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        for reason in REJECTIONS {
+            t.rejected
+                .get_or_create(&ReasonLabels {
+                    reason: (*reason).to_owned(),
+                })
+                .inc_by(0);
+        }
+        Telemetry { registry, ..t }
+    }
+
+    fn health(&self) -> MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The metrics in the Prometheus (OpenMetrics) text format.
+    pub fn encode(&self) -> String {
+        self.refresh_lag();
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Records a committed (and acknowledged) batch.
+    pub fn batch_committed(&self, r: &BatchReport) {
+        for (table, op, n) in &r.changes_by {
+            self.changes
+                .get_or_create(&ChangeLabels { table, op })
+                .inc_by(*n);
+        }
+        self.transactions.inc_by(r.transactions);
+        for (kind, plus, minus) in &r.points {
+            let labels = KindLabels { kind };
+            self.points_awarded
+                .get_or_create(&labels)
+                .inc_by(plus.to_f64().unwrap_or(0.0));
+            self.points_reversed
+                .get_or_create(&labels)
+                .inc_by(minus.to_f64().unwrap_or(0.0));
+        }
+        for (reason, n) in &r.dead_letters {
+            self.dead_letters
+                .get_or_create(&ReasonLabels {
+                    reason: reason.clone(),
+                })
+                .inc_by(*n);
+        }
+        for (name, n) in r.counters.iter() {
+            if n > 0 && REJECTIONS.contains(&name) {
+                self.rejected
+                    .get_or_create(&ReasonLabels {
+                        reason: name.to_owned(),
+                    })
+                    .inc_by(n);
+            }
+        }
+        self.batch_duration.observe(r.write.as_secs_f64());
+        self.batch_size.observe(r.changes as f64);
+        self.last_batch_timestamp.set(now_micros() as f64 / 1e6);
+        let mut h = self.health();
+        h.last_commit = Some(Instant::now());
+        self.set_checkpoint(&mut h, r.lsn, r.commit_time);
+    }
+
+    /// Records the checkpoint a session starts from.
+    pub fn resumed_at(&self, lsn: Lsn, commit_time: i64) {
+        let mut h = self.health();
+        self.set_checkpoint(&mut h, lsn, commit_time);
+    }
+
+    fn set_checkpoint(&self, h: &mut Health, lsn: Lsn, commit_time: i64) {
+        h.checkpoint = Some((lsn, commit_time));
+        self.checkpoint_lsn
+            .set(i64::try_from(lsn.0).unwrap_or(i64::MAX));
+    }
+
+    /// Records what the daemon is doing.
+    pub fn set_phase(&self, phase: Phase) {
+        if matches!(phase, Phase::Reconnecting { .. }) {
+            self.reconnects.inc();
+        }
+        self.health().phase = phase;
+    }
+
+    /// Records a slot poll of the source.
+    pub fn slot_polled(&self, result: Result<SlotReport, String>) {
+        let mut h = self.health();
+        match result {
+            Ok(report) => {
+                self.slot_lag_bytes.set(report.lag_bytes().unwrap_or(0));
+                self.slot_safe_wal_size_bytes
+                    .set(report.safe_wal_size.unwrap_or(-1));
+                self.slot_active.set(i64::from(report.active));
+                self.slot_wal_status.clear();
+                self.slot_wal_status
+                    .get_or_create(&WalStatusLabels {
+                        wal_status: report.wal_status_label().to_owned(),
+                    })
+                    .set(1);
+                h.slot = Some((Instant::now(), report));
+                h.poll_error = None;
+            }
+            Err(e) => h.poll_error = Some(e),
+        }
+    }
+
+    /// Records a heartbeat's round trip.
+    pub fn heartbeat(&self, took: Duration) {
+        self.heartbeat_roundtrip.set(took.as_secs_f64());
+    }
+
+    /// Records the address the HTTP server listens on.
+    pub fn set_http_addr(&self, addr: std::net::SocketAddr) {
+        self.health().http_addr = Some(addr);
+    }
+
+    /// The address the HTTP server listens on, once bound.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.health().http_addr
+    }
+
+    /// Seconds between now and the checkpoint's commit time.
+    fn lag_seconds(h: &Health) -> Option<f64> {
+        h.checkpoint
+            .map(|(_, t)| (now_micros().saturating_sub(t)).max(0) as f64 / 1e6)
+    }
+
+    fn refresh_lag(&self) {
+        let h = self.health();
+        if let Some(s) = Self::lag_seconds(&h) {
+            self.replication_lag_seconds.set(s);
+        }
+    }
+
+    /// `Ok` when walpoints is streaming, its slot poll is fresh and lag is under the thresholds;
+    /// otherwise why not.
+    pub fn ready(&self) -> Result<ReadyReport, String> {
+        let h = self.health();
+        let r = &self.readiness;
+        match &h.phase {
+            Phase::Streaming => {}
+            Phase::Starting => return Err("starting: the replication stream is not open yet".into()),
+            Phase::Reconnecting { error } => {
+                return Err(format!("not streaming: reconnecting after: {error}"))
+            }
+            Phase::Stopped => return Err("stopped".into()),
+        }
+        let stale = r.poll_interval * 3 + Duration::from_secs(1);
+        let Some((at, slot)) = &h.slot else {
+            return Err(match &h.poll_error {
+                Some(e) => format!("the slot cannot be read on the source: {e}"),
+                None => "the slot has not been read on the source yet".into(),
+            });
+        };
+        if at.elapsed() > stale {
+            return Err(format!(
+                "the slot was last read {} s ago{}",
+                at.elapsed().as_secs(),
+                h.poll_error
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+        if !slot.exists() {
+            return Err(format!("slot {} does not exist", slot.slot_name));
+        }
+        if slot.wal_status.as_deref() == Some("lost") {
+            return Err(format!("slot {} is lost (wal_status = lost)", slot.slot_name));
+        }
+        let lag_bytes = slot.lag_bytes().unwrap_or(0);
+        if r.max_lag_bytes > 0 && lag_bytes > i64::try_from(r.max_lag_bytes).unwrap_or(i64::MAX) {
+            return Err(format!(
+                "slot lag {lag_bytes} bytes is above http.ready_max_lag_bytes = {}",
+                r.max_lag_bytes
+            ));
+        }
+        let lag_seconds = Self::lag_seconds(&h);
+        if let Some(s) = lag_seconds {
+            if r.max_lag_seconds > 0 && s > r.max_lag_seconds as f64 {
+                return Err(format!(
+                    "replication lag {s:.1} s is above http.ready_max_lag_seconds = {}",
+                    r.max_lag_seconds
+                ));
+            }
+        }
+        Ok(ReadyReport {
+            lag_bytes,
+            lag_seconds,
+            checkpoint: h.checkpoint.map(|(l, _)| l),
+            last_commit_seconds_ago: h.last_commit.map(|t| t.elapsed().as_secs_f64()),
+        })
+    }
+}
+
+/// What `/readyz` says when ready.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReadyReport {
+    /// Slot lag in bytes at the last poll.
+    pub lag_bytes: i64,
+    /// Seconds since the checkpoint's commit time.
+    pub lag_seconds: Option<f64>,
+    /// The checkpoint.
+    #[serde(serialize_with = "crate::status::ser_opt_lsn")]
+    pub checkpoint: Option<Lsn>,
+    /// Seconds since this process last committed a batch.
+    pub last_commit_seconds_ago: Option<f64>,
+}
