@@ -22,9 +22,9 @@ use crate::events::{Mapped, Mapper, MappingError, TableKind};
 use crate::lsn::Lsn;
 use crate::pgoutput::Relation;
 use crate::points::{Counters, Engine, EntryKind, EventError, State, StreamError, TxEvents};
-use crate::telemetry::Telemetry;
-use crate::source::{ReplicationSource, SourceError};
+use crate::source::{Item, ReplicationSource, SourceError};
 use crate::store::{Batch, BatchAwards, DeadLetter, Store, StoreError};
+use crate::telemetry::Telemetry;
 
 /// Why the pipeline stopped, split by what the caller must do.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +77,11 @@ impl PipelineError {
         }
     }
 }
+
+/// Least time between two idle checkpoint moves the server did not ask for (see
+/// [`Pipeline::stream`]); with the store on the source's server, each move writes WAL that the
+/// walsender then reports as sent, so they must not chase each other.
+const IDLE_ADVANCE_EVERY: Duration = Duration::from_secs(10);
 
 /// When a batch closes.
 #[derive(Debug, Clone, Copy)]
@@ -171,13 +176,7 @@ impl Tally {
         }
     }
 
-    fn report(
-        &self,
-        lsn: Lsn,
-        commit_time: i64,
-        open: &OpenBatch,
-        write: Duration,
-    ) -> BatchReport {
+    fn report(&self, lsn: Lsn, commit_time: i64, open: &OpenBatch, write: Duration) -> BatchReport {
         let mut changes_by = Vec::new();
         for (t, kind) in TableKind::ALL.iter().enumerate() {
             for (o, op) in OPS.iter().enumerate() {
@@ -298,6 +297,14 @@ impl Pipeline {
 
     /// Streams until `stop` resolves: collects transactions into batches, commits each, then
     /// acknowledges it. On `stop` the open batch is committed and acknowledged first.
+    ///
+    /// When the stream is idle (nothing open) and the server says it has sent everything up to
+    /// a later position, the checkpoint moves there too (a store write of that LSN alone) and
+    /// the slot is acknowledged: at once when the server asks for a reply, else at most every
+    /// [`IDLE_ADVANCE_EVERY`]. PostgreSQL's shutdown waits until every walsender's client has
+    /// confirmed all it was sent; a consumer that only confirms its own transactions would
+    /// hold a fast shutdown forever. If the store cannot be written (it may be shutting down on
+    /// the same server), the session ends, which releases the walsender as well.
     pub async fn stream(
         &mut self,
         source: &mut ReplicationSource,
@@ -306,6 +313,7 @@ impl Pipeline {
         stop: &mut (impl std::future::Future<Output = ()> + Unpin),
     ) -> Result<(), PipelineError> {
         let mut last_log = Instant::now();
+        let mut last_idle_advance = Instant::now();
         loop {
             let mut open = OpenBatch::default();
             let batch_started = Instant::now();
@@ -322,12 +330,27 @@ impl Pipeline {
                         break;
                     }
                     () = tokio::time::sleep_until(wait), if deadline.is_some() => break,
-                    next = source.next_transaction() => {
-                        let Some(tx) = next? else {
-                            return Err(SourceError::Transient(
-                                "the server ended the replication stream".into(),
-                            )
-                            .into());
+                    next = source.next_item() => {
+                        let tx = match next? {
+                            Some(Item::Transaction(tx)) => tx,
+                            Some(Item::Idle { wal_end, reply_requested }) => {
+                                if open.is_empty()
+                                    && wal_end > self.checkpoint
+                                    && (reply_requested
+                                        || last_idle_advance.elapsed() >= IDLE_ADVANCE_EVERY)
+                                {
+                                    self.advance_idle(store, wal_end).await?;
+                                    source.ack(wal_end);
+                                    last_idle_advance = Instant::now();
+                                }
+                                continue;
+                            }
+                            None => {
+                                return Err(SourceError::Transient(
+                                    "the server ended the replication stream".into(),
+                                )
+                                .into())
+                            }
                         };
                         self.apply(store, &mut open, tx).await?;
                         if deadline.is_none() && !open.is_empty() {
@@ -565,6 +588,19 @@ impl Pipeline {
             &open,
             started.elapsed(),
         )))
+    }
+
+    /// Moves the checkpoint over WAL that held nothing for walpoints; see [`Self::stream`].
+    async fn advance_idle(&mut self, store: &mut Store, to: Lsn) -> Result<(), PipelineError> {
+        let tx = store.begin().await?;
+        tx.advance_idle(self.checkpoint, to).await?;
+        tx.commit().await?;
+        tracing::debug!(from = %self.checkpoint, %to, "idle: checkpoint moved over WAL with nothing for walpoints");
+        self.checkpoint = to;
+        if let Some(t) = &self.telemetry {
+            t.idle_advanced(to);
+        }
+        Ok(())
     }
 
     /// The engine, for the snapshot.

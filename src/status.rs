@@ -52,7 +52,6 @@ pub fn ser_opt_lsn<S: serde::Serializer>(v: &Option<Lsn>, s: S) -> Result<S::Ok,
     }
 }
 
-
 impl SlotReport {
     /// Reads slot `slot` and the server's WAL position in one query.
     pub async fn query(
@@ -72,8 +71,7 @@ impl SlotReport {
             )
             .await?;
         let lsn = |i: usize| -> Option<Lsn> {
-            row.get::<_, Option<String>>(i)
-                .and_then(|t| t.parse().ok())
+            row.get::<_, Option<String>>(i).and_then(|t| t.parse().ok())
         };
         Ok(SlotReport {
             slot_name: slot.to_owned(),
@@ -207,8 +205,9 @@ pub async fn status(config: &Config, thresholds: Thresholds) -> Status {
     }
     if let (Some(max), Some(lag)) = (thresholds.max_lag_bytes, s.lag_bytes) {
         if lag > i64::try_from(max).unwrap_or(i64::MAX) {
-            s.problems
-                .push(format!("slot lag {lag} bytes exceeds --max-lag-bytes {max}"));
+            s.problems.push(format!(
+                "slot lag {lag} bytes exceeds --max-lag-bytes {max}"
+            ));
         }
     }
     if let (Some(max), Some(lag)) = (thresholds.max_lag_seconds, s.lag_seconds) {
@@ -244,7 +243,9 @@ async fn read_store(store: &Store, source_id: &str) -> Result<Option<(Lsn, i64, 
         })?;
     let Some(row) = row else { return Ok(None) };
     let lsn: String = row.get(0);
-    let lsn = lsn.parse().map_err(|e: crate::lsn::ParseLsnError| e.to_string())?;
+    let lsn = lsn
+        .parse()
+        .map_err(|e: crate::lsn::ParseLsnError| e.to_string())?;
     let commit_time = crate::store::micros_of(row.get(1));
     Ok(Some((lsn, commit_time, row.get(2))))
 }
@@ -274,7 +275,10 @@ impl Status {
                 ),
                 ("server wal lsn", lsn(slot.and_then(|r| r.server_lsn))),
                 ("lag", opt(s.lag_bytes.map(human_bytes))),
-                ("wal_status", opt(slot.map(|r| r.wal_status_label().to_owned()))),
+                (
+                    "wal_status",
+                    opt(slot.map(|r| r.wal_status_label().to_owned())),
+                ),
                 (
                     "safe_wal_size",
                     opt(slot.filter(|r| r.exists()).map(|r| {
@@ -284,8 +288,14 @@ impl Status {
                     })),
                 ),
                 ("checkpoint", lsn(s.checkpoint_lsn)),
-                ("checkpoint commit time", opt(s.checkpoint_commit_time.clone())),
-                ("replication lag", opt(s.lag_seconds.map(|l| format!("{l:.1} s")))),
+                (
+                    "checkpoint commit time",
+                    opt(s.checkpoint_commit_time.clone()),
+                ),
+                (
+                    "replication lag",
+                    opt(s.lag_seconds.map(|l| format!("{l:.1} s"))),
+                ),
                 ("dead letters", opt(s.dead_letters.map(|d| d.to_string()))),
             ];
             for (k, v) in rows {

@@ -208,7 +208,7 @@ async fn stream(
                     break StopReason::UntilLsn;
                 }
             }
-            StreamEvent::Idle { wal_end } => {
+            StreamEvent::Idle { wal_end, .. } => {
                 // A keepalive's position is the server's WAL end, not what was decoded and sent,
                 // so it cannot say "everything up to --until-lsn has arrived". Once the WAL is
                 // past the target, a logical message commits after it: its Begin is the fence.

@@ -329,6 +329,13 @@ impl Telemetry {
         self.set_checkpoint(&mut h, r.lsn, r.commit_time);
     }
 
+    /// Records a checkpoint moved over idle WAL (its commit time stays).
+    pub fn idle_advanced(&self, lsn: Lsn) {
+        let mut h = self.health();
+        let commit_time = h.checkpoint.map_or(0, |(_, t)| t);
+        self.set_checkpoint(&mut h, lsn, commit_time);
+    }
+
     /// Records the checkpoint a session starts from.
     pub fn resumed_at(&self, lsn: Lsn, commit_time: i64) {
         let mut h = self.health();
@@ -406,7 +413,9 @@ impl Telemetry {
         let r = &self.readiness;
         match &h.phase {
             Phase::Streaming => {}
-            Phase::Starting => return Err("starting: the replication stream is not open yet".into()),
+            Phase::Starting => {
+                return Err("starting: the replication stream is not open yet".into())
+            }
             Phase::Reconnecting { error } => {
                 return Err(format!("not streaming: reconnecting after: {error}"))
             }
@@ -433,7 +442,10 @@ impl Telemetry {
             return Err(format!("slot {} does not exist", slot.slot_name));
         }
         if slot.wal_status.as_deref() == Some("lost") {
-            return Err(format!("slot {} is lost (wal_status = lost)", slot.slot_name));
+            return Err(format!(
+                "slot {} is lost (wal_status = lost)",
+                slot.slot_name
+            ));
         }
         let lag_bytes = slot.lag_bytes().unwrap_or(0);
         if r.max_lag_bytes > 0 && lag_bytes > i64::try_from(r.max_lag_bytes).unwrap_or(i64::MAX) {

@@ -192,3 +192,41 @@ async fn a_store_restart_mid_stream_loses_and_doubles_nothing() {
     assert_same_ledger(&got, &expected, "the pure engine");
     wp.assert_totals_match_ledger().await;
 }
+
+/// PostgreSQL's fast shutdown waits until each walsender's client has confirmed everything it
+/// was sent. walpoints idles with its store on the same server (whose writes follow the last
+/// trade in the WAL), so it must confirm that WAL too, or drop the stream, but never hold the
+/// shutdown; and nothing may be lost or doubled across it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fast_shutdown_of_the_source_is_not_held_up_by_an_idle_walpoints() {
+    let db = TestDb::new("crash_shutdown").await;
+    let Some(cluster) = db.cluster.as_ref() else {
+        eprintln!("skipped: WALPOINTS_TEST_PG_URL names a server this test cannot restart");
+        return;
+    };
+    db.exchange().await;
+    reference_slot(&db, "wp_ref").await;
+    let wp = Walpoints::new(&db, "shutdown");
+    let running = wp.setup_and_stream().await;
+    workload(db.url.clone(), 1, 2_000, 100).await;
+    let ex = db.client().await;
+    wp.wait_for(fence(&ex).await, Duration::from_secs(60), &running)
+        .await;
+    drop(ex);
+
+    let started = std::time::Instant::now();
+    cluster.stop(StopMode::Fast).expect("stop fast");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the shutdown took {:?}",
+        started.elapsed()
+    );
+    cluster.start_again().expect("start again");
+    workload(db.url.clone(), 2_001, 1_000, 100).await;
+    let ex = db.client().await;
+    let until = fence(&ex).await;
+    wp.wait_for(until, Duration::from_secs(90), &running).await;
+    let expected = reference_ledger(&db, "wp_ref", RuleSet::default(), until).await;
+    assert_same_ledger(&wp.ledger().await, &expected, "the pure engine");
+    wp.assert_totals_match_ledger().await;
+}

@@ -189,7 +189,12 @@ async fn session(
     let heartbeat = config.heartbeat_interval().map(|every| {
         let url = config.source.url.clone();
         let id = config.source.id.clone();
-        AbortOnDrop(tokio::spawn(heartbeat_loop(url, id, every, telemetry.clone())))
+        AbortOnDrop(tokio::spawn(heartbeat_loop(
+            url,
+            id,
+            every,
+            telemetry.clone(),
+        )))
     });
     let limits = BatchLimits {
         max_changes: config.batch.max_changes,
@@ -288,7 +293,11 @@ async fn poll_slot(url: ConnUrl, slot: String, every: Duration, telemetry: Arc<T
             }
         }
         let Some(c) = client.as_ref() else { continue };
-        let polled = tokio::time::timeout(every.max(Duration::from_secs(5)), SlotReport::query(c, &slot)).await;
+        let polled = tokio::time::timeout(
+            every.max(Duration::from_secs(5)),
+            SlotReport::query(c, &slot),
+        )
+        .await;
         match polled {
             Ok(Ok(report)) => telemetry.slot_polled(Ok(report)),
             Ok(Err(e)) => {

@@ -236,7 +236,12 @@ fn encode_cursor(tag: char, parts: &[&str]) -> String {
 }
 
 fn decode_cursor(tag: char, raw: &str, n: usize) -> Result<Vec<String>, ApiError> {
-    let unknown = || bad("bad_cursor", "unknown cursor: pass back a next_cursor exactly as received");
+    let unknown = || {
+        bad(
+            "bad_cursor",
+            "unknown cursor: pass back a next_cursor exactly as received",
+        )
+    };
     let bytes = hex::decode(raw).map_err(|_| unknown())?;
     let text = String::from_utf8(bytes).map_err(|_| unknown())?;
     let mut parts = text.split('\u{1f}');
@@ -450,7 +455,10 @@ async fn ledger(
         .flatten()
         .map(|r| {
             let ordinal = r.get::<_, i32>(2).to_string();
-            encode_cursor('L', &[&r.get::<_, String>(1), &ordinal, &r.get::<_, String>(0)])
+            encode_cursor(
+                'L',
+                &[&r.get::<_, String>(1), &ordinal, &r.get::<_, String>(0)],
+            )
         });
     Ok(Json(json!({
         "address": address,
@@ -533,8 +541,8 @@ async fn leaderboard(
         let rank = match &prev {
             Some((t, rank)) if *t == total => *rank,
             Some(_) => before_page + i as i64 + 1,
-            None => {
-                db.query_one(
+            None => db
+                .query_one(
                     &format!(
                         "SELECT 1 + count(*) FROM walpoints.user_epoch_points \
                          WHERE {eligible} AND total_points > $3::text::numeric"
@@ -542,8 +550,7 @@ async fn leaderboard(
                     &[&epoch_i, &api.excluded, &total],
                 )
                 .await?
-                .get(0)
-            }
+                .get(0),
         };
         entries.push(json!({
             "rank": rank,
@@ -559,9 +566,10 @@ async fn leaderboard(
         }));
         prev = Some((total, rank));
     }
-    let next_cursor = more.then(|| page.last()).flatten().map(|r| {
-        encode_cursor('B', &[&r.get::<_, String>(5), &r.get::<_, String>(0)])
-    });
+    let next_cursor = more
+        .then(|| page.last())
+        .flatten()
+        .map(|r| encode_cursor('B', &[&r.get::<_, String>(5), &r.get::<_, String>(0)]));
     let as_of = as_of(&db).await?;
     Ok(Json(json!({
         "epoch": epoch,
@@ -605,6 +613,9 @@ mod tests {
         assert!(p("limit=0").is_err());
         assert!(p("limit=-5").is_err());
         assert!(p("limit=ten").is_err());
-        assert_eq!(Params::parse(None, &["limit"]).unwrap().limit().unwrap(), 100);
+        assert_eq!(
+            Params::parse(None, &["limit"]).unwrap().limit().unwrap(),
+            100
+        );
     }
 }

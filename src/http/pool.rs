@@ -26,9 +26,7 @@ impl managed::Manager for StoreConnections {
     async fn create(&self) -> Result<tokio_postgres::Client, ConnectError> {
         let client = pgconn::connect(&self.url, "walpoints-api").await?;
         client
-            .batch_execute(
-                "SET default_transaction_read_only = on; SET statement_timeout = '10s'",
-            )
+            .batch_execute("SET default_transaction_read_only = on; SET statement_timeout = '10s'")
             .await
             .map_err(|e| ConnectError::from_pg("store (api)", &e))?;
         Ok(client)

@@ -138,6 +138,23 @@ pub enum StreamEvent {
     Idle {
         /// The server's sent position.
         wal_end: Lsn,
+        /// The server asks for a reply (its periodic ping, or a shutdown waiting for us to
+        /// confirm everything it sent).
+        reply_requested: bool,
+    },
+}
+
+/// What [`ReplicationSource::next_item`] yields.
+#[derive(Debug)]
+pub enum Item {
+    /// A whole committed transaction.
+    Transaction(Transaction),
+    /// Between transactions the server reported that it has sent everything before `wal_end`.
+    Idle {
+        /// The server's sent position.
+        wal_end: Lsn,
+        /// The server asks for a reply.
+        reply_requested: bool,
     },
 }
 
@@ -463,10 +480,15 @@ impl ReplicationSource {
                         return Ok(Some(StreamEvent::Message { prefix, content }));
                     }
                 }
-                ReplicationEvent::KeepAlive { wal_end, .. } => {
+                ReplicationEvent::KeepAlive {
+                    wal_end,
+                    reply_requested,
+                    ..
+                } => {
                     if self.in_tx.is_none() {
                         return Ok(Some(StreamEvent::Idle {
                             wal_end: from_wire(wal_end),
+                            reply_requested,
                         }));
                     }
                 }
@@ -483,6 +505,18 @@ impl ReplicationSource {
     /// The next whole transaction, in commit order; `Ok(None)` when the stream ended.
     /// Cancel-safe: a transaction being assembled survives a dropped call.
     pub async fn next_transaction(&mut self) -> Result<Option<Transaction>, SourceError> {
+        loop {
+            match self.next_item().await? {
+                None => return Ok(None),
+                Some(Item::Transaction(t)) => return Ok(Some(t)),
+                Some(Item::Idle { .. }) => {}
+            }
+        }
+    }
+
+    /// The next whole transaction, or word that the stream is idle between transactions;
+    /// `Ok(None)` when the stream ended. Cancel-safe like [`Self::next_transaction`].
+    pub async fn next_item(&mut self) -> Result<Option<Item>, SourceError> {
         loop {
             match self.next_event().await? {
                 None => return Ok(None),
@@ -501,10 +535,20 @@ impl ReplicationSource {
                     if let Some(mut t) = self.partial.take() {
                         t.end_lsn = c.end_lsn;
                         t.commit_time = c.commit_time;
-                        return Ok(Some(t));
+                        return Ok(Some(Item::Transaction(t)));
                     }
                 }
-                Some(StreamEvent::Idle { .. }) => {}
+                Some(StreamEvent::Idle {
+                    wal_end,
+                    reply_requested,
+                }) => {
+                    if self.partial.is_none() {
+                        return Ok(Some(Item::Idle {
+                            wal_end,
+                            reply_requested,
+                        }));
+                    }
+                }
             }
         }
     }

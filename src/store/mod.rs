@@ -565,6 +565,27 @@ impl StoreTx<'_> {
             )
             .await
             .map_err(StoreError::db("advance the checkpoint"))?;
+        self.moved_or_fenced(n, from).await
+    }
+
+    /// Moves the checkpoint over WAL that held nothing for walpoints (the stream was idle at
+    /// `from` and the server has sent everything up to `to`), so the slot can be acknowledged
+    /// that far: PostgreSQL's shutdown waits for its walsenders' clients to confirm all WAL.
+    pub async fn advance_idle(&self, from: Lsn, to: Lsn) -> Result<(), StoreError> {
+        let n = self
+            .tx
+            .execute(
+                "UPDATE walpoints.checkpoint SET lsn = $2, updated_at = now() \
+                 WHERE source_id = $1 AND lsn = $3",
+                &[&self.source_id, &PgLsn::from(to.0), &PgLsn::from(from.0)],
+            )
+            .await
+            .map_err(StoreError::db("advance the checkpoint"))?;
+        self.moved_or_fenced(n, from).await
+    }
+
+    /// `Ok` when one checkpoint row moved; otherwise the row is elsewhere (another writer).
+    async fn moved_or_fenced(&self, n: u64, from: Lsn) -> Result<(), StoreError> {
         if n == 1 {
             return Ok(());
         }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use walpoints::pgcluster::PgCluster;
 
 pub mod daemon;
+pub mod http;
 
 /// A database of the test's own on a throwaway cluster (or on `WALPOINTS_TEST_PG_URL`).
 pub struct TestDb {
