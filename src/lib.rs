@@ -25,3 +25,4 @@ pub mod source;
 pub mod store;
 pub mod tail;
 pub mod value;
+pub mod verify;
