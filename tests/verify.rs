@@ -22,12 +22,15 @@ struct Streamed<'a> {
     _config: tempfile::NamedTempFile,
 }
 
-async fn streamed<'a>(db: &'a TestDb, id: &str) -> Streamed<'a> {
-    db.exchange().await;
+/// A config file holding [`RULES`].
+fn rules_file() -> tempfile::NamedTempFile {
     let mut config = tempfile::NamedTempFile::new().expect("a config file");
     config.write_all(RULES.as_bytes()).unwrap();
-    let path = config.path().to_str().unwrap().to_owned();
-    let wp = Walpoints::new(db, id).env("WALPOINTS_CONFIG", &path);
+    config
+}
+
+/// Sets the source up, starts the daemon, runs the workload and waits until it is in the store.
+async fn stream(wp: &Walpoints<'_>, db: &TestDb) -> Running {
     let mut running = wp.setup_and_stream().await;
     workload(db).await;
     let end = fence(&db.client().await).await;
@@ -37,6 +40,17 @@ async fn streamed<'a>(db: &'a TestDb, id: &str) -> Streamed<'a> {
         "the daemon stopped: {}",
         running.stderr()
     );
+    running
+}
+
+async fn streamed<'a>(db: &'a TestDb, id: &str, env: &[(&str, &str)]) -> Streamed<'a> {
+    db.exchange().await;
+    let config = rules_file();
+    let mut wp = Walpoints::new(db, id).env("WALPOINTS_CONFIG", config.path().to_str().unwrap());
+    for (k, v) in env {
+        wp = wp.env(k, v);
+    }
+    let running = stream(&wp, db).await;
     Streamed {
         wp,
         _running: running,
@@ -110,7 +124,7 @@ fn row_of<'s>(stdout: &'s str, user: &str) -> Vec<&'s str> {
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_workload_the_store_matches_the_business_tables() {
     let db = TestDb::new("verify_clean").await;
-    let s = streamed(&db, "vclean").await;
+    let s = streamed(&db, "vclean", &[]).await;
     let (out, stdout) = verify(&s.wp);
     assert!(
         out.status.success(),
@@ -133,7 +147,7 @@ async fn after_a_workload_the_store_matches_the_business_tables() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tampered_volume_is_named_with_its_user_and_epoch() {
     let db = TestDb::new("verify_volume").await;
-    let s = streamed(&db, "vvolume").await;
+    let s = streamed(&db, "vvolume", &[]).await;
     let epoch = the_epoch(&s.wp).await;
     let changed =
         s.wp.store()
@@ -169,7 +183,7 @@ async fn a_tampered_volume_is_named_with_its_user_and_epoch() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_pnl_entry_is_named_with_its_user_and_epoch() {
     let db = TestDb::new("verify_pnl").await;
-    let s = streamed(&db, "vpnl").await;
+    let s = streamed(&db, "vpnl", &[]).await;
     let epoch = the_epoch(&s.wp).await;
     let deleted =
         s.wp.store()
@@ -192,4 +206,42 @@ async fn a_missing_pnl_entry_is_named_with_its_user_and_epoch() {
         ),
         "{stdout}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_trade_time_column_the_trading_checks_are_skipped_and_said_so() {
+    let db = TestDb::new("verify_no_time").await;
+    let s = streamed(&db, "vnotime", &[("WALPOINTS_COLUMNS_TRADES_TIME", "")]).await;
+    let (out, stdout) = verify(&s.wp);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("trading: NOT CHECKED: columns.trades_time is empty"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("pnl: 2 positions closed in profit compared"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shards_sharing_a_store_each_verify_their_own_share() {
+    let db = TestDb::new("verify_shards").await;
+    let db_b = db.sibling("b").await;
+    db.exchange().await;
+    db_b.exchange().await;
+    let config = rules_file();
+    let path = config.path().to_str().unwrap().to_owned();
+    let a = Walpoints::new(&db, "sha").env("WALPOINTS_CONFIG", &path);
+    let b = Walpoints::new(&db_b, "shb")
+        .sharing_store_of(&a)
+        .env("WALPOINTS_CONFIG", &path);
+    // The same users trade on both shards: their totals in the store are the sums.
+    let _running_a = stream(&a, &db).await;
+    let _running_b = stream(&b, &db_b).await;
+    for wp in [&a, &b] {
+        let (out, stdout) = verify(wp);
+        assert!(out.status.success(), "source {}: {stdout}", wp.id);
+        assert!(stdout.contains("OK: no differences"), "{stdout}");
+    }
 }
