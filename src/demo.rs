@@ -256,14 +256,14 @@ async fn print_leaderboard(
     writeln!(out, "epoch {epoch} leaderboard ({entries} ledger entries)")?;
     writeln!(
         out,
-        "{:>4}  {:<42} {:>14} {:>14} {:>12} {:>10} {:>10} {:>16}",
+        "{:>4}  {:<42} {:>16} {:>16} {:>14} {:>12} {:>12} {:>20}",
         "rank", "user", "total", "trading", "referral", "holding", "pnl", "volume"
     )?;
     for r in &rows {
         let t = |i: usize| r.get::<_, String>(i);
         writeln!(
             out,
-            "{:>4}  {:<42} {:>14} {:>14} {:>12} {:>10} {:>10} {:>16}",
+            "{:>4}  {:<42} {:>16} {:>16} {:>14} {:>12} {:>12} {:>20}",
             r.get::<_, i32>(1),
             t(2),
             t(3),

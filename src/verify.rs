@@ -221,7 +221,7 @@ impl VerifyReport {
         }
         let _ = writeln!(
             s,
-            "DIFFERENT: the store and the business tables disagree in {} places",
+            "DIFFERENT: {} difference(s) between the store and the business tables",
             self.differences.len()
         );
         let w = |f: fn(&Difference) -> usize, title: &str| {

@@ -175,7 +175,7 @@ async fn a_tampered_volume_is_named_with_its_user_and_epoch() {
         ]
     );
     assert!(
-        stdout.contains("in 1 places"),
+        stdout.contains("DIFFERENT: 1 difference(s)"),
         "only bob's volume: {stdout}"
     );
 }
