@@ -29,14 +29,30 @@ fn lines_until(demo: &Running, prefix: &str, timeout: Duration) -> Vec<String> {
     }
 }
 
+/// The running demo; dropped (a failed assertion included), it is stopped with Ctrl-C rather
+/// than killed, so that it removes its cluster instead of leaving a server running.
+struct Demo(Running);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if matches!(self.0.child.try_wait(), Ok(None)) {
+            self.0.signal(libc::SIGINT);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while matches!(self.0.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_prints_the_stores_leaderboard_and_ctrl_c_removes_everything() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_walpoints"));
     cmd.args(["demo", "--seconds", "5", "--keep"])
         .env("WALPOINTS_CONFIG", "/dev/null")
         .env("RUST_LOG", "warn");
-    let mut demo = Running::spawn(cmd);
-    let out = lines_until(&demo, "data directory:", Duration::from_secs(120));
+    let mut demo = Demo(Running::spawn(cmd));
+    let out = lines_until(&demo.0, "data directory:", Duration::from_secs(120));
     let text = out.join("\n");
 
     let header = out
@@ -114,14 +130,18 @@ async fn demo_prints_the_stores_leaderboard_and_ctrl_c_removes_everything() {
     );
     drop(store);
 
-    demo.signal(libc::SIGINT);
-    let status = demo.wait(Duration::from_secs(60));
-    assert!(status.success(), "demo exited {status}:\n{}", demo.stderr());
+    demo.0.signal(libc::SIGINT);
+    let status = demo.0.wait(Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "demo exited {status}:\n{}",
+        demo.0.stderr()
+    );
     assert!(
         !std::path::Path::new(&data_dir).exists(),
         "the cluster's data directory {data_dir} is left behind"
     );
-    let stderr = demo.stderr();
+    let stderr = demo.0.stderr();
     assert!(
         stderr.contains("trades (") && stderr.contains("points awarded"),
         "a progress line:\n{stderr}"
