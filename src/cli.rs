@@ -52,9 +52,14 @@ pub enum Command {
     /// Show the slot's lag, wal_status and the store's checkpoint; exit 1 when the slot is
     /// missing or lost or lag is above the thresholds (for cron or a Kubernetes probe).
     Status(StatusArgs),
-    /// Start a throwaway PostgreSQL, run setup and the daemon while a small synthetic exchange
-    /// trades on it, and print the leaderboard; everything is removed at the end.
+    /// Start a throwaway PostgreSQL, run setup and the daemon while a synthetic exchange
+    /// trades on it, and print the leaderboard; everything is removed at the end (with --keep,
+    /// at Ctrl-C).
     Demo(DemoArgs),
+    /// Recompute from the business tables what does not depend on event order (eligible
+    /// volume and fills per user and epoch, PnL points of closed positions) and compare with
+    /// the store; exit 1 on any difference. Reads the business tables: point it at a replica.
+    Verify(VerifyArgs),
 }
 
 /// Options of `walpoints teardown`.
@@ -86,8 +91,20 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// How long the synthetic exchange trades.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 30)]
     pub seconds: u64,
+    /// After the leaderboard, keep the cluster and the daemon running (and print how to query
+    /// them) until Ctrl-C.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Options of `walpoints verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Verify only this epoch.
+    #[arg(long, value_name = "N")]
+    pub epoch: Option<u32>,
 }
 
 /// Options of `walpoints tail`.

@@ -29,3 +29,4 @@ pub mod store;
 pub mod tail;
 pub mod telemetry;
 pub mod value;
+pub mod verify;

@@ -8,6 +8,8 @@ use walpoints::config::Config;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // verify: 1 means "the store differs", so its own failures to run exit 2.
+    let verifying = matches!(cli.command, Command::Verify(_));
     init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -23,7 +25,13 @@ fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("walpoints: {e:#}");
-            std::process::ExitCode::FAILURE
+            if e.is::<walpoints::verify::Differences>() {
+                std::process::ExitCode::from(1)
+            } else if verifying {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }
@@ -112,9 +120,26 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => {
             let stdout = std::io::stdout();
             let mut out = std::io::LineWriter::new(stdout.lock());
-            let summary = walpoints::demo::run(args.seconds, &mut out).await?;
+            let opts = walpoints::demo::DemoOptions {
+                seconds: args.seconds,
+                keep: args.keep,
+            };
+            let summary = walpoints::demo::run(&opts, &mut out).await?;
             tracing::debug!(?summary, "demo finished");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(args) => {
+            let opts = walpoints::verify::VerifyOptions {
+                epoch: args.epoch,
+                ..Default::default()
+            };
+            let report = walpoints::verify::run(&config, &opts).await?;
+            print!("{}", report.render());
+            if report.is_clean() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Err(walpoints::verify::Differences(report.differences.len()).into())
+            }
         }
     }
 }

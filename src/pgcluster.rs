@@ -1,6 +1,6 @@
 //! A throwaway PostgreSQL cluster started from the machine's own binaries.
 //!
-//! The tests (and later `walpoints demo`) need a real server with `wal_level = logical` that they
+//! The tests and `walpoints demo` need a real server with `wal_level = logical` that they
 //! can stop, kill -9 and restart at will, without Docker and without touching any server the
 //! machine already runs. `initdb` refuses to run as root, so when we are root the server runs as
 //! the `postgres` OS user (or `nobody`). The first cluster on a machine initialises a template data
@@ -18,10 +18,14 @@ use std::time::{Duration, Instant};
 /// Why a throwaway cluster could not be started or controlled.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    /// No `initdb`/`pg_ctl`/`postgres` on PATH or under `/usr/lib/postgresql/*/bin`.
+    /// No `initdb`/`pg_ctl`/`postgres` on PATH or in a packaged versioned directory; the
+    /// message names the package to install on each common system.
     #[error(
-        "no PostgreSQL server binaries found (looked for initdb on PATH and in \
-         /usr/lib/postgresql/*/bin); install them, e.g. `apt-get install -y postgresql`"
+        "no PostgreSQL server binaries found (looked for initdb on PATH, in \
+         /usr/lib/postgresql/*/bin, /usr/pgsql-*/bin and Homebrew's opt/postgresql@*/bin). \
+         Install the PostgreSQL server package: `apt-get install postgresql` (Debian, \
+         Ubuntu), `dnf install postgresql-server` (Fedora, RHEL) or `brew install \
+         postgresql@16` (macOS)"
     )]
     NoBinaries,
     /// A file-system operation on the cluster's directory failed.
@@ -69,7 +73,9 @@ pub struct PgBinaries {
 
 impl PgBinaries {
     /// Finds `initdb` on PATH (following symlinks to the real bin directory), else the newest
-    /// `/usr/lib/postgresql/*/bin`.
+    /// of the versioned directories the usual packages install into: Debian's
+    /// `/usr/lib/postgresql/N/bin`, the PGDG RPMs' `/usr/pgsql-N/bin`, Homebrew's
+    /// `…/opt/postgresql@N/bin` (keg-only, so not on PATH).
     pub fn find() -> Result<PgBinaries, ClusterError> {
         let on_path = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
@@ -82,14 +88,26 @@ impl PgBinaries {
         let bin_dir = match on_path {
             Some(dir) if dir.join("pg_ctl").is_file() => dir,
             _ => {
-                let mut dirs: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .filter_map(|e| {
-                        let v = e.file_name().to_str()?.parse::<u32>().ok()?;
-                        let bin = e.path().join("bin");
-                        bin.join("initdb").is_file().then_some((v, bin))
+                // (parent directory, prefix of the versioned entries, path below an entry)
+                const LAYOUTS: &[(&str, &str, &str)] = &[
+                    ("/usr/lib/postgresql", "", "bin"),
+                    ("/usr", "pgsql-", "bin"),
+                    ("/opt/homebrew/opt", "postgresql@", "bin"),
+                    ("/usr/local/opt", "postgresql@", "bin"),
+                ];
+                let mut dirs: Vec<(u32, PathBuf)> = LAYOUTS
+                    .iter()
+                    .flat_map(|(parent, prefix, below)| {
+                        fs::read_dir(parent)
+                            .into_iter()
+                            .flatten()
+                            .flatten()
+                            .filter_map(move |e| {
+                                let name = e.file_name();
+                                let v = name.to_str()?.strip_prefix(prefix)?.parse::<u32>().ok()?;
+                                let bin = e.path().join(below);
+                                bin.join("initdb").is_file().then_some((v, bin))
+                            })
                     })
                     .collect();
                 dirs.sort();

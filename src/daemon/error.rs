@@ -1,4 +1,7 @@
 //! What can stop a command, and what the operator should do about each.
+//!
+//! Every refusal ends with a link to its entry in the README's runbook ("The daemon refuses to
+//! start"), where the longer story and the safe next steps are; keep the anchors in step.
 
 use crate::lsn::Lsn;
 use crate::pgconn::ConnectError;
@@ -10,12 +13,13 @@ use crate::store::StoreError;
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// The configuration cannot be used.
-    #[error("configuration: {0}")]
+    #[error("configuration: {0}. Runbook: README.md#a-configuration-error")]
     Config(String),
     /// `run` before `setup`.
     #[error(
         "source {source_id:?} is not set up in the store: run `walpoints setup` first (it \
-         creates the publication, the slot and the initial snapshot)"
+         creates the publication, the slot and the initial snapshot). Runbook: \
+         README.md#not-set-up"
     )]
     NotSetUp {
         /// The source.
@@ -27,8 +31,8 @@ pub enum DaemonError {
          {checkpoint} for source {source_id:?}: the slot was dropped, and the WAL since the \
          checkpoint is gone with it, so the points since then cannot be computed. To start over \
          from a fresh snapshot: `walpoints teardown --yes --drop-store`, then `walpoints setup` \
-         (set backfill.trades_since to award the trades since the loss). See README, \
-         \"Refusing to lose data\""
+         (set backfill.trades_since to award the trades since the loss). Runbook: \
+         README.md#the-slot-is-missing"
     )]
     SlotMissing {
         /// The slot.
@@ -42,7 +46,8 @@ pub enum DaemonError {
     #[error(
         "source {source_id:?} was set up with the slot {recorded:?}, but source.slot is now \
          {configured:?}: a checkpoint is a position in one slot only. Set source.slot back to \
-         {recorded:?}, or give the new slot its own source.id (and run `walpoints setup`)"
+         {recorded:?}, or give the new slot its own source.id (and run `walpoints setup`). \
+         Runbook: README.md#the-slot-was-renamed"
     )]
     SlotRenamed {
         /// The source.
@@ -59,7 +64,7 @@ pub enum DaemonError {
          the store was restored from an older backup. The transactions in between will never be \
          streamed again, so walpoints refuses to skip them silently. Restore the matching \
          store, or start over: `walpoints teardown --yes --drop-store`, then `walpoints setup`. \
-         See README, \"Refusing to lose data\""
+         Runbook: README.md#the-slot-is-ahead-of-the-checkpoint"
     )]
     SlotAhead {
         /// The slot.
@@ -74,14 +79,17 @@ pub enum DaemonError {
         "the slot {slot:?} was invalidated (wal_status = lost): the server removed WAL it still \
          needed, because walpoints fell further behind than max_slot_wal_keep_size allows. \
          Start over from a fresh snapshot: `walpoints teardown --yes --drop-store`, then \
-         `walpoints setup`. See README, \"Refusing to lose data\""
+         `walpoints setup`. Runbook: README.md#the-slot-was-lost"
     )]
     SlotLost {
         /// The slot.
         slot: String,
     },
     /// The slot exists but is not a pgoutput logical slot.
-    #[error("the slot {slot:?} is not a logical pgoutput slot (plugin {plugin:?}); choose another source.slot")]
+    #[error(
+        "the slot {slot:?} is not a logical pgoutput slot (plugin {plugin:?}); choose another \
+         source.slot. Runbook: README.md#the-slot-is-not-a-pgoutput-slot"
+    )]
     WrongSlot {
         /// The slot.
         slot: String,
@@ -94,7 +102,7 @@ pub enum DaemonError {
          source.url now points at a different cluster (restored from a backup, rebuilt, or \
          another server), whose LSNs mean nothing to this store. Point source.url back at the \
          original cluster, or start over: `walpoints teardown --yes --drop-store`, then \
-         `walpoints setup`"
+         `walpoints setup`. Runbook: README.md#the-source-is-a-different-cluster"
     )]
     SystemIdChanged {
         /// At setup.
@@ -105,7 +113,8 @@ pub enum DaemonError {
     /// A configured table is missing on the source.
     #[error(
         "the table {table} (tables.{key} in walpoints.toml) does not exist in the source \
-         database: create it, or set tables.{key} to the table's schema-qualified name"
+         database: create it, or set tables.{key} to the table's schema-qualified name. \
+         Runbook: README.md#a-table-or-column-is-missing"
     )]
     TableMissing {
         /// The table.
@@ -116,7 +125,8 @@ pub enum DaemonError {
     /// Mapped columns are missing on the source.
     #[error(
         "the table {table} has no column {columns}: set the [columns] keys in walpoints.toml to \
-         the table's column names, or restore the column"
+         the table's column names, or restore the column. Runbook: \
+         README.md#a-table-or-column-is-missing"
     )]
     ColumnMissing {
         /// The table.
@@ -127,7 +137,8 @@ pub enum DaemonError {
     /// The publication does not cover a configured table.
     #[error(
         "the publication {publication:?} does not include {table}, so its changes would never \
-         arrive: `ALTER PUBLICATION {publication} ADD TABLE {table};` on the source"
+         arrive: `ALTER PUBLICATION {publication} ADD TABLE {table};` on the source. \
+         Runbook: README.md#the-publication-is-missing-or-incomplete"
     )]
     NotPublished {
         /// The publication.
@@ -138,17 +149,21 @@ pub enum DaemonError {
     /// The publication is gone.
     #[error(
         "the publication {publication:?} does not exist on the source: run `walpoints setup` \
-         (or sql/publication.sql as the tables' owner) to create it"
+         (or sql/publication.sql as the tables' owner) to create it. Runbook: \
+         README.md#the-publication-is-missing-or-incomplete"
     )]
     NoPublication {
         /// The publication.
         publication: String,
     },
     /// Backfill needs a time column.
-    #[error("backfill.trades_since needs columns.trades_time (the trades' time column)")]
+    #[error(
+        "backfill.trades_since needs columns.trades_time (the trades' time column). Runbook: \
+         README.md#a-configuration-error"
+    )]
     BackfillWithoutTime,
     /// An SQL connection to the source failed.
-    #[error("source: {0}")]
+    #[error("source: {0}. Runbook: README.md#the-source-cannot-be-reached")]
     Connect(#[from] ConnectError),
     /// The initial snapshot failed.
     #[error("initial snapshot: {0}")]

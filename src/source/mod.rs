@@ -321,16 +321,24 @@ impl AdminSession {
                 quote_ident(name)
             ))
             .await?;
-        let snapshot = rows
-            .first()
-            .and_then(|r| r.get(2).cloned().flatten())
-            .ok_or_else(|| {
-                SourceError::Definite("CREATE_REPLICATION_SLOT exported no snapshot".into())
-            })?;
-        Ok(ExportedSlot {
-            consistent_point: consistent_point(rows)?,
-            snapshot,
-        })
+        exported(rows)
+    }
+
+    /// Creates a temporary pgoutput slot that exports its snapshot and is never streamed: its
+    /// consistent point names exactly which commits the snapshot holds (those before it), which
+    /// is what `walpoints verify` needs to compare the business tables with the store at one
+    /// LSN. The slot vanishes with this session, so it can never pin WAL.
+    pub async fn create_temporary_slot_exporting(
+        &mut self,
+        name: &str,
+    ) -> Result<ExportedSlot, SourceError> {
+        let rows = self
+            .query(&format!(
+                "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT",
+                quote_ident(name)
+            ))
+            .await?;
+        exported(rows)
     }
 
     /// Drops the slot if it exists (waiting for a session that holds it to let go).
@@ -367,6 +375,20 @@ pub struct SlotInfo {
     pub wal_status: Option<String>,
     /// The walsender holding the slot, if any.
     pub active_pid: Option<i32>,
+}
+
+/// The consistent point and snapshot name of a CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT.
+fn exported(rows: Vec<Vec<Option<String>>>) -> Result<ExportedSlot, SourceError> {
+    let snapshot = rows
+        .first()
+        .and_then(|r| r.get(2).cloned().flatten())
+        .ok_or_else(|| {
+            SourceError::Definite("CREATE_REPLICATION_SLOT exported no snapshot".into())
+        })?;
+    Ok(ExportedSlot {
+        consistent_point: consistent_point(rows)?,
+        snapshot,
+    })
 }
 
 fn consistent_point(rows: Vec<Vec<Option<String>>>) -> Result<Lsn, SourceError> {
