@@ -395,6 +395,7 @@ async fn ledger(
     };
     let db = api.client().await?;
     let epoch_i = i32::try_from(epoch).unwrap_or(i32::MAX);
+    // commit_lsn is selected as text: ORDER BY names the table's column (l.), not the output.
     let columns = "source_id, commit_lsn::text, ordinal, kind, reversal, points::text, \
                    basis::text, multiplier::text, rate::text, position_notional::text, trade_id, \
                    position_id, referee, segment_start, event_time, commit_time, rules_version";
@@ -402,9 +403,9 @@ async fn ledger(
         None => {
             db.query(
                 &format!(
-                    "SELECT {columns} FROM walpoints.ledger \
+                    "SELECT {columns} FROM walpoints.ledger l \
                      WHERE user_address = $1 AND epoch = $2 \
-                     ORDER BY commit_lsn DESC, ordinal DESC, source_id DESC LIMIT $3"
+                     ORDER BY l.commit_lsn DESC, l.ordinal DESC, l.source_id DESC LIMIT $3"
                 ),
                 &[&address, &epoch_i, &(limit + 1)],
             )
@@ -413,10 +414,10 @@ async fn ledger(
         Some((lsn, ordinal, source)) => {
             db.query(
                 &format!(
-                    "SELECT {columns} FROM walpoints.ledger \
+                    "SELECT {columns} FROM walpoints.ledger l \
                      WHERE user_address = $1 AND epoch = $2 \
                        AND (commit_lsn, ordinal, source_id) < ($3::text::pg_lsn, $4, $5) \
-                     ORDER BY commit_lsn DESC, ordinal DESC, source_id DESC LIMIT $6"
+                     ORDER BY l.commit_lsn DESC, l.ordinal DESC, l.source_id DESC LIMIT $6"
                 ),
                 &[&address, &epoch_i, lsn, ordinal, source, &(limit + 1)],
             )
@@ -490,6 +491,7 @@ async fn leaderboard(
     let db = api.client().await?;
     let epoch_i = i32::try_from(epoch).unwrap_or(i32::MAX);
     let eligible = "epoch = $1 AND total_points > 0 AND user_address <> ALL($2)";
+    // Selected as text, so ORDER BY must name the table's columns (u.), not these outputs.
     let columns = "user_address, trading_points::text, referral_points::text, \
                    holding_points::text, pnl_points::text, total_points::text, \
                    trading_volume::text";
@@ -497,8 +499,8 @@ async fn leaderboard(
         None => (
             db.query(
                 &format!(
-                    "SELECT {columns} FROM walpoints.user_epoch_points WHERE {eligible} \
-                     ORDER BY total_points DESC, user_address LIMIT $3"
+                    "SELECT {columns} FROM walpoints.user_epoch_points u WHERE {eligible} \
+                     ORDER BY u.total_points DESC, u.user_address LIMIT $3"
                 ),
                 &[&epoch_i, &api.excluded, &(limit + 1)],
             )
@@ -511,9 +513,9 @@ async fn leaderboard(
             let rows = db
                 .query(
                     &format!(
-                        "SELECT {columns} FROM walpoints.user_epoch_points \
+                        "SELECT {columns} FROM walpoints.user_epoch_points u \
                          WHERE {eligible} AND {keyset} \
-                         ORDER BY total_points DESC, user_address LIMIT $5"
+                         ORDER BY u.total_points DESC, u.user_address LIMIT $5"
                     ),
                     &[&epoch_i, &api.excluded, total, addr, &(limit + 1)],
                 )
