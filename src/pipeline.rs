@@ -135,14 +135,7 @@ struct Tally {
 
 const OPS: [Op; 4] = [Op::Insert, Op::Update, Op::Delete, Op::Truncate];
 
-const ENTRY_KINDS: [EntryKind; 6] = [
-    EntryKind::TradingTaker,
-    EntryKind::TradingMaker,
-    EntryKind::ReferralL1,
-    EntryKind::ReferralL2,
-    EntryKind::Holding,
-    EntryKind::Pnl,
-];
+const ENTRY_KINDS: [EntryKind; 6] = EntryKind::ALL;
 
 /// What one committed batch did: the daemon turns it into metrics and health.
 #[derive(Debug, Clone)]

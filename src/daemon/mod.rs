@@ -222,6 +222,44 @@ async fn session(
     }
 }
 
+/// A SQL connection for a periodic background job, opened on first use and again after it
+/// broke, so a source restart costs the job one tick.
+struct Kept {
+    url: ConnUrl,
+    application: &'static str,
+    client: Option<tokio_postgres::Client>,
+}
+
+impl Kept {
+    fn new(url: ConnUrl, application: &'static str) -> Kept {
+        Kept {
+            url,
+            application,
+            client: None,
+        }
+    }
+
+    async fn get(&mut self) -> Result<&tokio_postgres::Client, pgconn::ConnectError> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = Some(pgconn::connect(&self.url, self.application).await?);
+        }
+        self.client
+            .as_ref()
+            .ok_or_else(|| pgconn::ConnectError::Transient("no connection".into()))
+    }
+
+    fn reset(&mut self) {
+        self.client = None;
+    }
+}
+
+/// A tick every `every` that skips, rather than bunches, ticks missed while busy.
+fn ticker(every: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
 /// Aborts a spawned task when dropped, so a session's heartbeat dies with the session.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -240,21 +278,17 @@ async fn heartbeat_loop(
     every: Duration,
     telemetry: Arc<Telemetry>,
 ) {
-    let mut client: Option<tokio_postgres::Client> = None;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut conn = Kept::new(url, "walpoints-heartbeat");
+    let mut tick = ticker(every);
     loop {
         tick.tick().await;
-        if client.as_ref().is_none_or(|c| c.is_closed()) {
-            match pgconn::connect(&url, "walpoints-heartbeat").await {
-                Ok(c) => client = Some(c),
-                Err(e) => {
-                    tracing::debug!(error = %e, "heartbeat: cannot connect");
-                    continue;
-                }
+        let c = match conn.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "heartbeat: cannot connect");
+                continue;
             }
-        }
-        let Some(c) = client.as_ref() else { continue };
+        };
         let sent = std::time::Instant::now();
         match c
             .query_one(
@@ -269,7 +303,7 @@ async fn heartbeat_loop(
             }
             Err(e) => {
                 tracing::warn!(error = %pgconn::error_text(&e), "heartbeat failed");
-                client = None;
+                conn.reset();
             }
         }
     }
@@ -278,21 +312,17 @@ async fn heartbeat_loop(
 /// Reads the slot's lag on the source every `every`, for `/metrics` and `/readyz`. A query of
 /// `pg_replication_slots` only: no business table is touched.
 async fn poll_slot(url: ConnUrl, slot: String, every: Duration, telemetry: Arc<Telemetry>) {
-    let mut client: Option<tokio_postgres::Client> = None;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut conn = Kept::new(url, "walpoints-monitor");
+    let mut tick = ticker(every);
     loop {
         tick.tick().await;
-        if client.as_ref().is_none_or(|c| c.is_closed()) {
-            match pgconn::connect(&url, "walpoints-monitor").await {
-                Ok(c) => client = Some(c),
-                Err(e) => {
-                    telemetry.slot_polled(Err(e.to_string()));
-                    continue;
-                }
+        let c = match conn.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                telemetry.slot_polled(Err(e.to_string()));
+                continue;
             }
-        }
-        let Some(c) = client.as_ref() else { continue };
+        };
         let polled = tokio::time::timeout(
             every.max(Duration::from_secs(5)),
             SlotReport::query(c, &slot),
@@ -302,11 +332,11 @@ async fn poll_slot(url: ConnUrl, slot: String, every: Duration, telemetry: Arc<T
             Ok(Ok(report)) => telemetry.slot_polled(Ok(report)),
             Ok(Err(e)) => {
                 telemetry.slot_polled(Err(pgconn::error_text(&e)));
-                client = None;
+                conn.reset();
             }
             Err(_) => {
                 telemetry.slot_polled(Err("reading pg_replication_slots timed out".into()));
-                client = None;
+                conn.reset();
             }
         }
     }

@@ -255,6 +255,23 @@ fn decode_cursor(tag: char, raw: &str, n: usize) -> Result<Vec<String>, ApiError
     Ok(parts)
 }
 
+/// The parameters of a paged route: the epoch, the page size and the decoded cursor.
+fn paging(
+    api: &Api,
+    raw: Option<String>,
+    tag: char,
+    parts: usize,
+) -> Result<(EpochId, i64, Option<Vec<String>>), ApiError> {
+    let q = Params::parse(raw, &["epoch", "limit", "cursor"])?;
+    let epoch = api.epoch(&q)?;
+    let limit = q.limit()?;
+    let after = q
+        .get("cursor")
+        .map(|c| decode_cursor(tag, c, parts))
+        .transpose()?;
+    Ok((epoch, limit, after))
+}
+
 async fn epochs(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     Params::parse(q, &[])?;
     let api = &s.api;
@@ -376,14 +393,11 @@ async fn ledger(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let address = address(path)?;
-    let q = Params::parse(q, &["epoch", "limit", "cursor"])?;
     let api = &s.api;
-    let epoch = api.epoch(&q)?;
-    let limit = q.limit()?;
-    let after = match q.get("cursor") {
+    let (epoch, limit, after) = paging(api, q, 'L', 3)?;
+    let after = match after {
         None => None,
-        Some(c) => {
-            let p = decode_cursor('L', c, 3)?;
+        Some(p) => {
             let lsn: crate::lsn::Lsn = p[0]
                 .parse()
                 .map_err(|_| bad("bad_cursor", "unknown cursor"))?;
@@ -474,14 +488,11 @@ async fn leaderboard(
     State(s): State<AppState>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let q = Params::parse(q, &["epoch", "limit", "cursor"])?;
     let api = &s.api;
-    let epoch = api.epoch(&q)?;
-    let limit = q.limit()?;
-    let after = match q.get("cursor") {
+    let (epoch, limit, after) = paging(api, q, 'B', 2)?;
+    let after = match after {
         None => None,
-        Some(c) => {
-            let p = decode_cursor('B', c, 2)?;
+        Some(p) => {
             if p[0].parse::<Decimal>().is_err() {
                 return Err(bad("bad_cursor", "unknown cursor"));
             }

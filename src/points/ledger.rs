@@ -40,6 +40,16 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
+    /// Every kind, in the order the store's columns and metrics list them.
+    pub const ALL: [EntryKind; 6] = [
+        EntryKind::TradingTaker,
+        EntryKind::TradingMaker,
+        EntryKind::ReferralL1,
+        EntryKind::ReferralL2,
+        EntryKind::Holding,
+        EntryKind::Pnl,
+    ];
+
     /// Stable text name used in the store and in metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -207,14 +217,7 @@ mod tests {
 
     #[test]
     fn kind_names_match_serde() {
-        for k in [
-            EntryKind::TradingTaker,
-            EntryKind::TradingMaker,
-            EntryKind::ReferralL1,
-            EntryKind::ReferralL2,
-            EntryKind::Holding,
-            EntryKind::Pnl,
-        ] {
+        for k in EntryKind::ALL {
             assert_eq!(
                 serde_json::to_string(&k).unwrap(),
                 format!("\"{}\"", k.as_str())
