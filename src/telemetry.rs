@@ -144,8 +144,7 @@ impl Telemetry {
     /// A fresh registry with every walpoints metric registered (so each appears at 0 from the
     /// first scrape, and alerts on absent series are not needed).
     pub fn new(readiness: Readiness) -> Telemetry {
-        let mut registry = Registry::default();
-        let t = Telemetry {
+        let mut t = Telemetry {
             registry: Registry::default(),
             readiness,
             health: Mutex::new(Health {
@@ -174,6 +173,21 @@ impl Telemetry {
             heartbeat_roundtrip: FloatGauge::default(),
             last_batch_timestamp: FloatGauge::default(),
         };
+        t.registry = t.registered();
+        for reason in REJECTIONS {
+            t.rejected
+                .get_or_create(&ReasonLabels {
+                    reason: (*reason).to_owned(),
+                })
+                .inc_by(0);
+        }
+        t
+    }
+
+    /// A registry holding every metric of `self`.
+    fn registered(&self) -> Registry {
+        let t = self;
+        let mut registry = Registry::default();
         registry.register(
             "walpoints_slot_lag_bytes",
             "Bytes of WAL between the server's current position and the slot's confirmed_flush_lsn",
@@ -264,14 +278,7 @@ impl Telemetry {
             "walpoints build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
-        for reason in REJECTIONS {
-            t.rejected
-                .get_or_create(&ReasonLabels {
-                    reason: (*reason).to_owned(),
-                })
-                .inc_by(0);
-        }
-        Telemetry { registry, ..t }
+        registry
     }
 
     fn health(&self) -> MutexGuard<'_, Health> {
