@@ -24,7 +24,7 @@ pub struct SlotReport {
     /// The slot asked about.
     pub slot_name: String,
     /// Whether a slot of that name exists (all fields below but `server_lsn` are empty if not).
-    slot_exists: bool,
+    pub slot_exists: bool,
     /// Whether a walsender streams it now.
     pub active: bool,
     /// The walsender's process id.

@@ -492,3 +492,73 @@ pub struct ReadyReport {
     /// Seconds since this process last committed a batch.
     pub last_commit_seconds_ago: Option<f64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn telemetry() -> Telemetry {
+        Telemetry::new(Readiness {
+            max_lag_bytes: 1000,
+            max_lag_seconds: 60,
+            poll_interval: Duration::from_secs(5),
+        })
+    }
+
+    fn slot(lag: u64, wal_status: &str) -> SlotReport {
+        SlotReport {
+            slot_name: "walpoints".into(),
+            slot_exists: wal_status != "missing",
+            active: true,
+            active_pid: Some(7),
+            restart_lsn: Some(Lsn(100)),
+            confirmed_flush_lsn: Some(Lsn(100)),
+            server_lsn: Some(Lsn(100 + lag)),
+            wal_status: Some(wal_status.into()),
+            safe_wal_size: None,
+        }
+    }
+
+    #[test]
+    fn ready_only_when_streaming_with_a_fresh_poll_under_the_thresholds() {
+        let t = telemetry();
+        assert!(t.ready().unwrap_err().contains("starting"));
+        t.set_phase(Phase::Streaming);
+        assert!(t.ready().unwrap_err().contains("not been read"));
+        t.slot_polled(Ok(slot(10, "reserved")));
+        t.resumed_at(Lsn(100), now_micros());
+        let ok = t.ready().unwrap();
+        assert_eq!(ok.lag_bytes, 10);
+        t.slot_polled(Ok(slot(5000, "reserved")));
+        assert!(t.ready().unwrap_err().contains("ready_max_lag_bytes"));
+        t.slot_polled(Ok(slot(0, "lost")));
+        assert!(t.ready().unwrap_err().contains("lost"));
+        t.slot_polled(Ok(slot(0, "reserved")));
+        t.resumed_at(Lsn(100), now_micros() - 120_000_000);
+        assert!(t.ready().unwrap_err().contains("ready_max_lag_seconds"));
+        t.resumed_at(Lsn(100), now_micros());
+        t.set_phase(Phase::Reconnecting {
+            error: "connection refused".into(),
+        });
+        assert!(t.ready().unwrap_err().contains("connection refused"));
+    }
+
+    #[test]
+    fn every_series_is_there_from_the_first_scrape() {
+        let text = telemetry().encode();
+        for name in [
+            "walpoints_slot_lag_bytes",
+            "walpoints_replication_lag_seconds",
+            "walpoints_checkpoint_lsn",
+            "walpoints_transactions_total",
+            "walpoints_rejected_total{reason=\"self_trades\"} 0",
+            "walpoints_batch_duration_seconds_bucket",
+            "walpoints_batch_size_count",
+            "walpoints_reconnects_total",
+            "walpoints_heartbeat_roundtrip_seconds",
+            "walpoints_build_info{version=",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+}
