@@ -7,12 +7,22 @@
 //!   store transaction ([`crate::store::StoreTx`]);
 //! - the slot is acknowledged with the batch's end LSN only after that commit returned.
 //!
+//! Writing is pipelined: a [`StoreWriter`] writes and commits one batch while the next is
+//! decoded and evaluated. A batch closes when it holds `max_changes` row changes, or when the
+//! store has committed everything before it and its first transaction is `max_delay` old: under
+//! a light load each transaction is visible as soon as the store can commit it, under a backlog
+//! batches grow while the store is busy, so its per-user writes (totals, volumes) are
+//! amortised over more trades. Ledger rows go to the writer in parts as they accumulate, so
+//! memory stays bounded whatever the batch size.
+//!
 //! The engine's in-memory state runs ahead of the store while a batch is open, so after any
 //! failure the caller must throw this `Pipeline` away and build a new one from the store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
 
 use crate::change::{Op, RowChange, Transaction};
 use crate::config::TruncatePolicy;
@@ -21,7 +31,14 @@ use crate::lsn::Lsn;
 use crate::pgoutput::Relation;
 use crate::points::{Counters, Engine, EventError, State, StreamError, TxEvents};
 use crate::source::{ReplicationSource, SourceError};
-use crate::store::{Batch, BatchAwards, DeadLetter, Store, StoreError};
+use crate::store::{
+    write_batches, Batch, BatchAwards, DeadLetter, Seal, Store, StoreError, StoreWriter,
+};
+
+/// Ledger rows (plus changed awards) after which an open batch hands what it has to the store
+/// writer, which adds them to the batch's still-open store transaction: a batch of any size
+/// keeps only this much in memory.
+const PART_ROWS: usize = 20_000;
 
 /// Why the pipeline stopped, split by what the caller must do.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +97,7 @@ impl PipelineError {
 pub struct BatchLimits {
     /// After this many row changes.
     pub max_changes: u64,
-    /// This long after its first transaction.
+    /// Once the store is idle and its first transaction is this old.
     pub max_delay: Duration,
 }
 
@@ -110,12 +127,19 @@ pub struct OpenBatch {
     end: Option<(Lsn, i64)>,
     transactions: u64,
     changes: u64,
+    /// When its first transaction was applied.
+    opened: Option<Instant>,
 }
 
 impl OpenBatch {
     /// Whether no transaction was applied.
     pub fn is_empty(&self) -> bool {
         self.end.is_none()
+    }
+
+    /// Rows held for the store that parts can hand over.
+    fn rows(&self) -> usize {
+        self.batch.entries.len() + self.batch.dead.len() + self.awards.changed()
     }
 }
 
@@ -185,8 +209,9 @@ impl Pipeline {
         &self.mapper
     }
 
-    /// Streams until `stop` resolves: collects transactions into batches, commits each, then
-    /// acknowledges it. On `stop` the open batch is committed and acknowledged first.
+    /// Streams until `stop` resolves: collects transactions into batches that the store writer
+    /// commits (on `store`) while the next ones are collected, and acknowledges each batch once
+    /// committed. On `stop` the open batch is committed and acknowledged first.
     pub async fn stream(
         &mut self,
         source: &mut ReplicationSource,
@@ -194,77 +219,108 @@ impl Pipeline {
         limits: BatchLimits,
         stop: &mut (impl std::future::Future<Output = ()> + Unpin),
     ) -> Result<(), PipelineError> {
+        let (writer, jobs) = StoreWriter::channel();
+        let (done, committed) = mpsc::unbounded_channel();
+        let from = self.checkpoint;
+        // One task, two futures: the writer waits on the store while the collector computes.
+        let writing = async {
+            write_batches(store, from, jobs, done)
+                .await
+                .map_err(PipelineError::from)
+        };
+        let collecting = self.collect(source, writer, committed, limits, stop);
+        tokio::try_join!(collecting, writing)?;
+        Ok(())
+    }
+
+    /// The collecting half of [`Pipeline::stream`]; returns once stopped and everything sealed
+    /// is committed and acknowledged (dropping `writer` then ends the writer).
+    async fn collect(
+        &mut self,
+        source: &mut ReplicationSource,
+        writer: StoreWriter,
+        mut committed: mpsc::UnboundedReceiver<Lsn>,
+        limits: BatchLimits,
+        stop: &mut (impl std::future::Future<Output = ()> + Unpin),
+    ) -> Result<(), PipelineError> {
         let mut last_log = Instant::now();
+        let mut open = OpenBatch::default();
+        // Sealed batches not committed yet: (changes, when sealed).
+        let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::new();
+        let mut stopping = false;
         loop {
-            let mut open = OpenBatch::default();
-            let batch_started = Instant::now();
-            let mut deadline: Option<tokio::time::Instant> = None;
-            let mut stopping = false;
-            loop {
-                let wait = deadline.unwrap_or_else(|| {
-                    tokio::time::Instant::now() + Duration::from_secs(24 * 3600)
-                });
-                tokio::select! {
-                    biased;
-                    () = &mut *stop => {
-                        stopping = true;
-                        break;
+            if let Some(opened) = open.opened {
+                let idle = in_flight.is_empty();
+                if stopping
+                    || open.changes >= limits.max_changes
+                    || (idle && opened.elapsed() >= limits.max_delay)
+                {
+                    let changes = open.changes;
+                    self.seal(&writer, &mut open).await?;
+                    in_flight.push_back((changes, Instant::now()));
+                    continue;
+                }
+            }
+            if stopping && in_flight.is_empty() {
+                self.log_progress();
+                return Ok(());
+            }
+            let linger = open
+                .opened
+                .filter(|_| in_flight.is_empty())
+                .map(|t| tokio::time::Instant::from_std(t + limits.max_delay));
+            tokio::select! {
+                biased;
+                lsn = committed.recv() => {
+                    let lsn = lsn.ok_or_else(|| StoreError::Transient("the store writer stopped".into()))?;
+                    // Only now is the batch durable: tell the slot.
+                    source.ack(lsn);
+                    self.checkpoint = lsn;
+                    self.progress.batches += 1;
+                    if let Some((changes, sealed)) = in_flight.pop_front() {
+                        tracing::debug!(changes, commit_ms = sealed.elapsed().as_millis() as u64, %lsn, "batch committed");
                     }
-                    () = tokio::time::sleep_until(wait), if deadline.is_some() => break,
-                    next = source.next_transaction() => {
-                        let Some(tx) = next? else {
-                            return Err(SourceError::Transient(
-                                "the server ended the replication stream".into(),
-                            )
-                            .into());
-                        };
-                        self.apply(store, &mut open, tx).await?;
-                        if deadline.is_none() && !open.is_empty() {
-                            deadline = Some(tokio::time::Instant::now() + limits.max_delay);
-                        }
-                        if open.changes >= limits.max_changes {
-                            break;
-                        }
+                    if last_log.elapsed() >= Duration::from_secs(5) {
+                        last_log = Instant::now();
+                        self.log_progress();
+                    }
+                }
+                () = &mut *stop, if !stopping => stopping = true,
+                () = sleep_until_some(linger), if linger.is_some() => {}
+                next = source.next_transaction(), if !stopping => {
+                    let Some(tx) = next? else {
+                        return Err(SourceError::Transient(
+                            "the server ended the replication stream".into(),
+                        )
+                        .into());
+                    };
+                    self.apply(&writer, &mut open, tx).await?;
+                    if open.rows() >= PART_ROWS {
+                        writer.part(self.take_part(&mut open)).await?;
                     }
                 }
             }
-            let (changes, collected) = (open.changes, batch_started.elapsed());
-            let committing = Instant::now();
-            if let Some(lsn) = self.commit(store, open).await? {
-                // Only now is the batch durable: tell the slot.
-                source.ack(lsn);
-                tracing::debug!(
-                    changes,
-                    collect_ms = collected.as_millis() as u64,
-                    commit_ms = committing.elapsed().as_millis() as u64,
-                    %lsn,
-                    "batch committed"
-                );
-            }
-            if last_log.elapsed() >= Duration::from_secs(5) || stopping {
-                last_log = Instant::now();
-                let p = &self.progress;
-                tracing::info!(
-                    checkpoint = %self.checkpoint,
-                    transactions = p.transactions,
-                    changes = p.changes,
-                    entries = p.entries,
-                    dead_letters = p.dead_letters,
-                    batches = p.batches,
-                    "progress"
-                );
-            }
-            if stopping {
-                return Ok(());
-            }
         }
+    }
+
+    fn log_progress(&self) {
+        let p = &self.progress;
+        tracing::info!(
+            checkpoint = %self.checkpoint,
+            transactions = p.transactions,
+            changes = p.changes,
+            entries = p.entries,
+            dead_letters = p.dead_letters,
+            batches = p.batches,
+            "progress"
+        );
     }
 
     /// Maps, evaluates and adds one source transaction to the open batch (skipping it when the
     /// store already has it).
     pub async fn apply(
         &mut self,
-        store: &Store,
+        writer: &StoreWriter,
         open: &mut OpenBatch,
         tx: Transaction,
     ) -> Result<(), PipelineError> {
@@ -315,9 +371,11 @@ impl Pipeline {
             commit_time: tx.commit_time,
             events,
         };
-        open.awards
-            .prefetch(store, txe.trade_ids_to_look_up())
-            .await?;
+        let missing = open.awards.missing(txe.trade_ids_to_look_up());
+        if !missing.is_empty() {
+            let found = writer.lookup(missing.clone()).await?;
+            open.awards.record_fetched(missing, found);
+        }
         let origin = |k: usize| {
             let change = sources.get(k).and_then(|&i| tx.changes.get(i));
             change.map(|c| Origin {
@@ -386,37 +444,46 @@ impl Pipeline {
         open.batch
             .add_entries(commit_lsn, txe.commit_time, outcome.entries)?;
         open.end = Some((end_lsn, txe.commit_time));
+        open.opened.get_or_insert_with(Instant::now);
         open.transactions += 1;
         Ok(())
     }
 
-    /// Writes the batch and the new checkpoint in one store transaction; returns the LSN that
-    /// may now be acknowledged (`None` when the batch was empty).
-    pub async fn commit(
+    /// Hands the open batch to the writer with the rule state it changed and what the
+    /// checkpoint becomes, and starts a new one.
+    async fn seal(
         &mut self,
-        store: &mut Store,
-        mut open: OpenBatch,
-    ) -> Result<Option<Lsn>, PipelineError> {
-        let Some((end_lsn, commit_time)) = open.end else {
-            return Ok(None);
+        writer: &StoreWriter,
+        open: &mut OpenBatch,
+    ) -> Result<(), PipelineError> {
+        let mut done = std::mem::take(open);
+        let Some((end_lsn, commit_time)) = done.end else {
+            return Ok(());
         };
-        open.batch.state = self.state.drain_delta();
-        open.batch.awards = open.awards.take_changes();
-        let tx = store.begin().await?;
-        tx.advance_checkpoint(
-            self.checkpoint,
-            end_lsn,
-            commit_time,
-            self.state.stream_time(),
-            open.transactions,
-            self.engine.version(),
-        )
-        .await?;
-        tx.write(&mut open.batch).await?;
-        tx.commit().await?;
-        self.checkpoint = end_lsn;
-        self.progress.batches += 1;
-        Ok(Some(end_lsn))
+        done.batch.state = self.state.drain_delta();
+        done.batch.awards = done.awards.take_changes();
+        writer
+            .seal(Seal {
+                batch: done.batch,
+                end_lsn,
+                commit_time,
+                stream_time: self.state.stream_time(),
+                transactions: done.transactions,
+                rules_version: self.engine.version().to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The open batch's ledger rows, awards and dead letters so far, for the writer to add to
+    /// the batch's transaction; totals and rule state stay until the seal.
+    fn take_part(&mut self, open: &mut OpenBatch) -> Batch {
+        Batch {
+            entries: std::mem::take(&mut open.batch.entries),
+            dead: std::mem::take(&mut open.batch.dead),
+            awards: open.awards.take_changes(),
+            ..Batch::default()
+        }
     }
 
     /// The engine, for the snapshot.
@@ -469,5 +536,13 @@ impl Pipeline {
                 lsn: change.lsn,
             }),
         }
+    }
+}
+
+/// Sleeps until `at`; never resolves without one (the caller guards the branch).
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -25,6 +25,9 @@ use crate::points::{
 };
 
 mod migrate;
+mod writer;
+
+pub use writer::{write_batches, Seal, StoreWriter, WriterJobs};
 
 /// Why a store operation failed, split by what the caller must do.
 #[derive(Debug, thiserror::Error)]
@@ -178,41 +181,32 @@ pub struct BatchAwards {
 }
 
 impl BatchAwards {
-    /// Fetches from the store the awards of `ids` that this batch has not seen yet, so that
-    /// [`AwardBook::get`] answers from memory during the engine call.
-    pub async fn prefetch<'a>(
-        &mut self,
-        store: &Store,
-        ids: impl Iterator<Item = &'a str>,
-    ) -> Result<(), StoreError> {
-        let missing: Vec<String> = ids
+    /// The ids among `ids` whose award this batch has neither changed nor fetched yet: what
+    /// must be read from the store before the engine call.
+    pub fn missing<'a>(&self, ids: impl Iterator<Item = &'a str>) -> Vec<String> {
+        let mut missing: Vec<String> = ids
             .filter(|id| !self.changed.contains_key(*id) && !self.fetched.contains_key(*id))
             .map(str::to_owned)
             .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let rows = store
-            .client
-            .query(
-                "SELECT trade_id, award FROM walpoints.trade_award \
-                 WHERE source_id = $1 AND trade_id = ANY($2)",
-                &[&store.source_id, &missing],
-            )
-            .await
-            .map_err(StoreError::db("read trade awards"))?;
+        missing.sort_unstable();
+        missing.dedup();
+        missing
+    }
+
+    /// Records what the store answered for `missing` (ids it does not know have no award), so
+    /// that [`AwardBook::get`] answers from memory during the engine call.
+    pub fn record_fetched(&mut self, missing: Vec<String>, found: Vec<(String, Award)>) {
         for id in missing {
             self.fetched.insert(id, None);
         }
-        for row in rows {
-            let id: String = row.get(0);
-            let json: String = row.get(1);
-            let award: Award = serde_json::from_str(&json).map_err(|e| {
-                StoreError::Definite(format!("walpoints.trade_award of trade {id}: {e}"))
-            })?;
+        for (id, award) in found {
             self.fetched.insert(id, Some(award));
         }
-        Ok(())
+    }
+
+    /// How many awards this batch changed (and holds until they are written).
+    pub fn changed(&self) -> usize {
+        self.changed.len()
     }
 
     /// Hands the batch's changes over for writing and forgets everything.
@@ -582,6 +576,57 @@ impl StoreTx<'_> {
             expected: from,
             found,
         })
+    }
+
+    /// Locks this source's checkpoint row and checks it is where this process left it (`from`),
+    /// refusing with [`StoreError::Fenced`] otherwise. Run it first in a batch whose end is not
+    /// known yet: the lock keeps a second instance's batch waiting until this one commits, and
+    /// [`StoreTx::advance_checkpoint`] moves the row at the end.
+    pub async fn lock_checkpoint(&self, from: Lsn) -> Result<(), StoreError> {
+        let found: Option<PgLsn> = self
+            .tx
+            .query_opt(
+                "SELECT lsn FROM walpoints.checkpoint WHERE source_id = $1 FOR UPDATE",
+                &[&self.source_id],
+            )
+            .await
+            .map_err(StoreError::db("lock the checkpoint"))?
+            .map(|r| r.get(0));
+        match found {
+            Some(lsn) if u64::from(lsn) == from.0 => Ok(()),
+            other => Err(StoreError::Fenced {
+                source_id: self.source_id.to_owned(),
+                expected: from,
+                found: other.map_or_else(
+                    || "nowhere (the source was removed)".into(),
+                    |l| Lsn(u64::from(l)).to_string(),
+                ),
+            }),
+        }
+    }
+
+    /// The stored awards of `ids`, as this transaction sees them (its own uncommitted writes
+    /// included); ids without an award are absent.
+    pub async fn awards(&self, ids: &[String]) -> Result<Vec<(String, Award)>, StoreError> {
+        let rows = self
+            .tx
+            .query(
+                "SELECT trade_id, award FROM walpoints.trade_award \
+                 WHERE source_id = $1 AND trade_id = ANY($2)",
+                &[&self.source_id, &ids],
+            )
+            .await
+            .map_err(StoreError::db("read trade awards"))?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.get(0);
+                let json: &str = row.get(1);
+                let award: Award = serde_json::from_str(json).map_err(|e| {
+                    StoreError::Definite(format!("walpoints.trade_award of trade {id}: {e}"))
+                })?;
+                Ok((id, award))
+            })
+            .collect()
     }
 
     /// Writes a batch: ledger rows (binary COPY), one total increment per (user, epoch), state
