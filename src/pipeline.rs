@@ -38,7 +38,7 @@ use crate::store::{
 /// Ledger rows (plus changed awards) after which an open batch hands what it has to the store
 /// writer, which adds them to the batch's still-open store transaction: a batch of any size
 /// keeps only this much in memory.
-const PART_ROWS: usize = 20_000;
+const PART_ROWS: usize = 5_000;
 
 /// Why the pipeline stopped, split by what the caller must do.
 #[derive(Debug, thiserror::Error)]

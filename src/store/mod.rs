@@ -303,68 +303,106 @@ impl Store {
     }
 
     /// Rebuilds the engine's state from the store (with change tracking on), as of the
-    /// checkpoint.
+    /// checkpoint. Rows are streamed and applied in chunks, so loading a million open positions
+    /// never holds them twice (as rows and as state).
     pub async fn load_state(&self, stream_time: Option<i64>) -> Result<State, StoreError> {
-        let id = &self.source_id;
-        let q = |sql: &'static str| async move {
-            self.client
-                .query(sql, &[id])
-                .await
-                .map_err(StoreError::db("load the rules state"))
-        };
-        let volumes = q(
-            "SELECT user_address, epoch, volume FROM walpoints.state_volume \
-                         WHERE source_id = $1",
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(VolumeRow {
-                user: r.get(0),
-                epoch: epoch_from_db(r.get(1))?,
-                volume: r.get(2),
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-        let referrals = q("SELECT referee, referrer FROM walpoints.state_referral \
-                           WHERE source_id = $1")
-        .await?
-        .iter()
-        .map(|r| ReferralRow {
-            referee: r.get(0),
-            referrer: Some(r.get(1)),
-        })
-        .collect();
-        let positions = q("SELECT position_id, user_address, notional, since \
-                           FROM walpoints.state_open_position WHERE source_id = $1")
-        .await?
-        .iter()
-        .map(|r| PositionRow {
-            id: r.get(0),
-            open: Some(OpenPositionRow {
-                user: r.get(1),
-                notional: r.get(2),
-                since: r.get(3),
-            }),
-        })
-        .collect();
-        let pnl_paid = q("SELECT position_id FROM walpoints.state_pnl_paid WHERE source_id = $1")
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
         let mut state = State::new();
         state
             .apply_delta(StateDelta {
                 stream_time,
-                volumes,
-                referrals,
-                positions,
-                pnl_paid,
+                ..StateDelta::default()
             })
             .map_err(|e| StoreError::Definite(format!("loading the rules state: {e}")))?;
+        self.load_rows(
+            &mut state,
+            "SELECT user_address, epoch, volume FROM walpoints.state_volume WHERE source_id = $1",
+            |r, d| {
+                d.volumes.push(VolumeRow {
+                    user: col(r, 0)?,
+                    epoch: epoch_from_db(col(r, 1)?)?,
+                    volume: col(r, 2)?,
+                });
+                Ok(())
+            },
+        )
+        .await?;
+        self.load_rows(
+            &mut state,
+            "SELECT referee, referrer FROM walpoints.state_referral WHERE source_id = $1",
+            |r, d| {
+                d.referrals.push(ReferralRow {
+                    referee: col(r, 0)?,
+                    referrer: Some(col(r, 1)?),
+                });
+                Ok(())
+            },
+        )
+        .await?;
+        self.load_rows(
+            &mut state,
+            "SELECT position_id, user_address, notional, since \
+             FROM walpoints.state_open_position WHERE source_id = $1",
+            |r, d| {
+                d.positions.push(PositionRow {
+                    id: col(r, 0)?,
+                    open: Some(OpenPositionRow {
+                        user: col(r, 1)?,
+                        notional: col(r, 2)?,
+                        since: col(r, 3)?,
+                    }),
+                });
+                Ok(())
+            },
+        )
+        .await?;
+        self.load_rows(
+            &mut state,
+            "SELECT position_id FROM walpoints.state_pnl_paid WHERE source_id = $1",
+            |r, d| {
+                d.pnl_paid.push(col(r, 0)?);
+                Ok(())
+            },
+        )
+        .await?;
         state.enable_change_tracking();
         Ok(state)
+    }
+
+    /// Streams one state table's rows of this source into `state`, `LOAD_CHUNK` at a time.
+    async fn load_rows(
+        &self,
+        state: &mut State,
+        sql: &str,
+        mut add: impl FnMut(&tokio_postgres::Row, &mut StateDelta) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        use futures_util::TryStreamExt;
+        const LOAD_CHUNK: usize = 10_000;
+        let err = StoreError::db("load the rules state");
+        let rows = self
+            .client
+            .query_raw(sql, [&self.source_id])
+            .await
+            .map_err(&err)?;
+        futures_util::pin_mut!(rows);
+        let mut chunk = StateDelta::default();
+        let mut n = 0;
+        loop {
+            let row = rows.try_next().await.map_err(&err)?;
+            let done = row.is_none();
+            if let Some(row) = row {
+                add(&row, &mut chunk)?;
+                n += 1;
+            }
+            if done || n == LOAD_CHUNK {
+                state
+                    .apply_delta(std::mem::take(&mut chunk))
+                    .map_err(|e| StoreError::Definite(format!("loading the rules state: {e}")))?;
+                n = 0;
+            }
+            if done {
+                return Ok(());
+            }
+        }
     }
 
     /// Opens the one store transaction a batch (or the initial snapshot) is written in.
@@ -949,6 +987,15 @@ impl StoreTx<'_> {
         }
         Ok(())
     }
+}
+
+/// Column `i` of a state row; a value that does not convert (a hand-edited store) is definite.
+fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
+    r: &'a tokio_postgres::Row,
+    i: usize,
+) -> Result<T, StoreError> {
+    r.try_get(i)
+        .map_err(|e| StoreError::Definite(format!("loading the rules state: {e}")))
 }
 
 fn epoch_to_db(e: EpochId) -> Result<i32, StoreError> {

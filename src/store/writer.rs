@@ -20,7 +20,7 @@ use super::{Award, Batch, Store, StoreError};
 use crate::lsn::Lsn;
 
 /// Jobs the pipeline may queue ahead of the writer.
-const QUEUE: usize = 4;
+const QUEUE: usize = 2;
 
 /// What the writer is asked to do, in stream order.
 enum Job {
