@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::lab::{mib, Daemon, Lab};
+use crate::lab::{mib, reset_statements, statements, Daemon, Lab};
 use crate::workload::{commit_trades, seed_referrals, USERS};
 use crate::Plan;
 
@@ -48,25 +48,29 @@ struct Figures {
     walpoints: Duration,
     rss_kib: u64,
     entries: i64,
+    /// The ledger rows alone, copied into an empty ledger-shaped table.
+    ceiling: Duration,
 }
 
 fn rate(rows: u64, d: Duration) -> f64 {
     rows as f64 / d.as_secs_f64()
 }
 
-/// Runs every shape and prints the table.
+/// Runs every shape and prints the table. "ledger COPY alone" is the store's ceiling for the
+/// shape: its ledger rows copied into an empty ledger-shaped table with nothing else running,
+/// in trades per second; "ceiling ratio" compares that with pg_recvlogical.
 pub async fn run(lab: &Lab, plan: &Plan) -> Result<()> {
     println!(
         "\n## Backlog drain ({USERS} users, 2 in 3 referred; rows = trades)\n\n\
-         | shape | rows | pg_recvlogical s | pg_recvlogical rows/s | walpoints s | walpoints rows/s | ratio | ledger entries | walpoints peak RSS |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|"
+         | shape | rows | pg_recvlogical s | pg_recvlogical rows/s | walpoints s | walpoints rows/s | ratio | ledger entries | walpoints peak RSS | ledger COPY alone, trades/s | ceiling ratio |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut first = 0u64;
     for shape in shapes(plan) {
         let f = drain_one(lab, &shape, first).await?;
         first += shape.transactions * shape.rows;
         println!(
-            "| {} | {} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {} | {:.0} MiB |",
+            "| {} | {} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {} | {:.0} MiB | {:.0} | {:.2} |",
             shape.name,
             f.rows,
             f.recv.as_secs_f64(),
@@ -76,6 +80,8 @@ pub async fn run(lab: &Lab, plan: &Plan) -> Result<()> {
             f.recv.as_secs_f64() / f.walpoints.as_secs_f64(),
             f.entries,
             mib(f.rss_kib),
+            rate(f.rows, f.ceiling),
+            f.recv.as_secs_f64() / f.ceiling.as_secs_f64(),
         );
     }
     Ok(())
@@ -106,6 +112,7 @@ async fn drain_one(lab: &Lab, shape: &Shape, first: u64) -> Result<Figures> {
 
     let log = format!("drain-{}", shape.name.replace([' ', ','], ""));
     let store = lab.store().await?;
+    reset_statements(&store).await?;
     let started = Instant::now();
     let mut daemon = Daemon::start(lab, &log)?;
     daemon
@@ -127,12 +134,24 @@ async fn drain_one(lab: &Lab, shape: &Shape, first: u64) -> Result<Figures> {
         .iter()
         .map(|r| format!("{} {}", r.get::<_, String>(0), r.get::<_, i64>(1)))
         .collect::<Vec<_>>();
-    eprintln!("{}: ledger {kinds:?}", shape.name);
+    eprint!(
+        "{}: ledger {kinds:?}\n{}",
+        shape.name,
+        statements(&store).await?
+    );
+    let (copied, ceiling) = lab.ledger_copy_alone(&store).await?;
+    eprintln!(
+        "{}: the {copied} ledger rows alone, COPY into an empty ledger table: {:.2} s ({:.0} rows/s)",
+        shape.name,
+        ceiling.as_secs_f64(),
+        rate(copied, ceiling)
+    );
     Ok(Figures {
         rows,
         recv,
         walpoints,
         rss_kib,
         entries,
+        ceiling,
     })
 }

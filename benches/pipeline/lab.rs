@@ -43,12 +43,16 @@ impl Lab {
     /// Starts the cluster (the test harness's settings, plus commit timestamps for the latency
     /// measurement) and creates the exchange's tables.
     pub async fn start() -> Result<Lab> {
-        let cluster = PgCluster::start(&[
+        let mut settings = vec![
             ("track_commit_timestamp", "on"),
             // Keep checkpoints out of the measured windows as far as the disk allows.
             ("max_wal_size", "'8GB'"),
             ("checkpoint_timeout", "'30min'"),
-        ])?;
+        ];
+        if statements_wanted() {
+            settings.push(("shared_preload_libraries", "'pg_stat_statements'"));
+        }
+        let cluster = PgCluster::start(&settings)?;
         let admin = connect(&cluster.url("postgres")).await?;
         admin.batch_execute("CREATE DATABASE exchange").await?;
         let exchange = connect(&cluster.url("exchange")).await?;
@@ -234,6 +238,37 @@ impl Lab {
         Ok(took)
     }
 
+    /// The store's physical ceiling: the ledger rows walpoints just wrote, copied (binary COPY,
+    /// server side) into an empty table shaped like the ledger (same indexes), alone: how fast
+    /// this server can store ledger rows at all, before any totals, state or awards.
+    pub async fn ledger_copy_alone(&self, store: &Client) -> Result<(u64, Duration)> {
+        let file = self.cluster.data_dir().join("bench-ledger.bin");
+        let file = file.display();
+        let rows = store
+            .execute(
+                &format!("COPY walpoints.ledger TO '{file}' (FORMAT binary)"),
+                &[],
+            )
+            .await?;
+        store
+            .batch_execute(
+                "DROP TABLE IF EXISTS walpoints.ceiling; \
+                 CREATE TABLE walpoints.ceiling (LIKE walpoints.ledger INCLUDING ALL); CHECKPOINT",
+            )
+            .await?;
+        let started = Instant::now();
+        store
+            .execute(
+                &format!("COPY walpoints.ceiling FROM '{file}' (FORMAT binary)"),
+                &[],
+            )
+            .await?;
+        let took = started.elapsed();
+        store.batch_execute("DROP TABLE walpoints.ceiling").await?;
+        let _ = std::fs::remove_file(self.cluster.data_dir().join("bench-ledger.bin"));
+        Ok((rows, took))
+    }
+
     /// The server binaries (pgbench).
     pub fn program(&self, name: &str) -> PathBuf {
         self.cluster.binaries().program(name)
@@ -243,6 +278,51 @@ impl Lab {
     pub fn port(&self) -> u16 {
         self.cluster.port()
     }
+}
+
+/// Whether `WALPOINTS_BENCH_STATEMENTS` asks for the store's statement statistics per drain.
+pub fn statements_wanted() -> bool {
+    std::env::var_os("WALPOINTS_BENCH_STATEMENTS").is_some()
+}
+
+/// With [`statements_wanted`]: resets pg_stat_statements in the store database.
+pub async fn reset_statements(store: &Client) -> Result<()> {
+    if statements_wanted() {
+        store
+            .batch_execute(
+                "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; \
+                 SELECT pg_stat_statements_reset()",
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// With [`statements_wanted`]: the store's statements by total time, for stderr.
+pub async fn statements(store: &Client) -> Result<String> {
+    if !statements_wanted() {
+        return Ok(String::new());
+    }
+    let rows = store
+        .query(
+            "SELECT total_exec_time::float8, calls, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 110) \
+             FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database \
+             WHERE datname = current_database()) ORDER BY total_exec_time DESC LIMIT 12",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            format!(
+                "  {:>9.0} ms {:>6} calls {:>9} rows  {}\n",
+                r.get::<_, f64>(0),
+                r.get::<_, i64>(1),
+                r.get::<_, i64>(2),
+                r.get::<_, String>(3)
+            )
+        })
+        .collect())
 }
 
 /// A running `walpoints run`.
