@@ -2,7 +2,8 @@
 //! acknowledgement. It owns no business logic; it decides only *when* to commit and makes sure
 //! the order of effects keeps the exactly-once invariants:
 //!
-//! - a transaction whose end LSN is at or below the checkpoint is skipped (it is in the store);
+//! - a transaction that commits below the checkpoint (whose end LSN is therefore at or below
+//!   it) is skipped: it is in the store;
 //! - a batch's ledger rows, totals, state, awards, dead letters and new checkpoint commit in one
 //!   store transaction ([`crate::store::StoreTx`]);
 //! - the slot is acknowledged with the batch's end LSN only after that commit returned.
@@ -12,8 +13,11 @@
 //! store has committed everything before it and its first transaction is `max_delay` old: under
 //! a light load each transaction is visible as soon as the store can commit it, under a backlog
 //! batches grow while the store is busy, so its per-user writes (totals, volumes) are
-//! amortised over more trades. Ledger rows go to the writer in parts as they accumulate, so
-//! memory stays bounded whatever the batch size.
+//! amortised over more trades. A source transaction is evaluated 1,000 changes at a time as its
+//! changes arrive (pgoutput's Begin already carries the commit LSN and time), and ledger rows
+//! go to the writer in parts as they accumulate, so memory stays bounded whatever the size of
+//! a batch or of a single source transaction. A batch still ends only at a transaction
+//! boundary: on `stop` the transaction in progress is finished first.
 //!
 //! The engine's in-memory state runs ahead of the store while a batch is open, so after any
 //! failure the caller must throw this `Pipeline` away and build a new one from the store.
@@ -24,13 +28,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::change::{Op, RowChange, Transaction};
+use crate::change::{Op, RowChange, TxBegin};
 use crate::config::TruncatePolicy;
 use crate::events::{Mapped, Mapper, MappingError, TableKind};
 use crate::lsn::Lsn;
 use crate::pgoutput::Relation;
-use crate::points::{Counters, Engine, EventError, State, StreamError, TxEvents};
-use crate::source::{ReplicationSource, SourceError};
+use crate::points::{
+    Counters, Engine, EventError, State, StreamError, TxCursor, TxEvents, TxOutcome,
+};
+use crate::source::{ReplicationSource, SourceError, StreamEvent};
 use crate::store::{
     write_batches, Batch, BatchAwards, DeadLetter, Seal, Store, StoreError, StoreWriter,
 };
@@ -39,6 +45,9 @@ use crate::store::{
 /// writer, which adds them to the batch's still-open store transaction: a batch of any size
 /// keeps only this much in memory.
 const PART_ROWS: usize = 5_000;
+
+/// Changes of a source transaction evaluated at a time.
+const CHUNK: usize = 1_000;
 
 /// Why the pipeline stopped, split by what the caller must do.
 #[derive(Debug, thiserror::Error)]
@@ -245,11 +254,13 @@ impl Pipeline {
     ) -> Result<(), PipelineError> {
         let mut last_log = Instant::now();
         let mut open = OpenBatch::default();
+        // The source transaction being applied; batches close only between transactions.
+        let mut current: Option<InTx> = None;
         // Sealed batches not committed yet: (changes, when sealed).
         let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::new();
         let mut stopping = false;
         loop {
-            if let Some(opened) = open.opened {
+            if let (Some(opened), None) = (open.opened, &current) {
                 let idle = in_flight.is_empty();
                 if stopping
                     || open.changes >= limits.max_changes
@@ -261,13 +272,13 @@ impl Pipeline {
                     continue;
                 }
             }
-            if stopping && in_flight.is_empty() {
+            if stopping && in_flight.is_empty() && current.is_none() {
                 self.log_progress();
                 return Ok(());
             }
             let linger = open
                 .opened
-                .filter(|_| in_flight.is_empty())
+                .filter(|_| in_flight.is_empty() && current.is_none())
                 .map(|t| tokio::time::Instant::from_std(t + limits.max_delay));
             tokio::select! {
                 biased;
@@ -287,14 +298,40 @@ impl Pipeline {
                 }
                 () = &mut *stop, if !stopping => stopping = true,
                 () = sleep_until_some(linger), if linger.is_some() => {}
-                next = source.next_transaction(), if !stopping => {
-                    let Some(tx) = next? else {
+                // A transaction in progress is finished even when stopping: a batch can only
+                // end at a transaction boundary.
+                next = source.next_event(), if !stopping || current.is_some() => {
+                    let Some(event) = next? else {
                         return Err(SourceError::Transient(
                             "the server ended the replication stream".into(),
                         )
                         .into());
                     };
-                    self.apply(&writer, &mut open, tx).await?;
+                    match event {
+                        StreamEvent::Begin(begin) => {
+                            // Everything at or below the checkpoint is in the store.
+                            let skip = begin.commit_lsn < self.checkpoint;
+                            if skip {
+                                tracing::debug!(commit_lsn = %begin.commit_lsn, checkpoint = %self.checkpoint, "already in the store: skipped");
+                            }
+                            current = Some(InTx::new(begin, skip));
+                        }
+                        StreamEvent::Change(change) => {
+                            if let Some(t) = current.as_mut().filter(|t| !t.skip) {
+                                t.changes.push(change);
+                                if t.changes.len() >= CHUNK {
+                                    self.apply_chunk(&writer, &mut open, t).await?;
+                                }
+                            }
+                        }
+                        StreamEvent::Commit(commit) => {
+                            if let Some(mut t) = current.take().filter(|t| !t.skip) {
+                                self.apply_chunk(&writer, &mut open, &mut t).await?;
+                                self.finish(&mut open, &t, commit.end_lsn);
+                            }
+                        }
+                        StreamEvent::Message { .. } | StreamEvent::Idle { .. } => {}
+                    }
                     if open.rows() >= PART_ROWS {
                         writer.part(self.take_part(&mut open)).await?;
                     }
@@ -316,23 +353,46 @@ impl Pipeline {
         );
     }
 
-    /// Maps, evaluates and adds one source transaction to the open batch (skipping it when the
-    /// store already has it).
-    pub async fn apply(
+    /// Maps and evaluates the changes `t` has collected so far and adds the outcome to the open
+    /// batch; the first call also begins the transaction in the engine (stream time, hourly
+    /// settlement).
+    async fn apply_chunk(
         &mut self,
         writer: &StoreWriter,
         open: &mut OpenBatch,
-        tx: Transaction,
+        t: &mut InTx,
     ) -> Result<(), PipelineError> {
-        if tx.end_lsn <= self.checkpoint {
-            tracing::debug!(end_lsn = %tx.end_lsn, checkpoint = %self.checkpoint, "already in the store: skipped");
+        let commit_lsn = t.begin.commit_lsn;
+        let commit_time = t.begin.commit_time;
+        let stream_err = |source| PipelineError::Stream {
+            lsn: commit_lsn,
+            source,
+        };
+        if t.cursor.is_none() {
+            let (cursor, settled) = self
+                .engine
+                .begin_transaction(&mut self.state, commit_lsn.0, commit_time)
+                .map_err(stream_err)?;
+            t.cursor = Some(cursor);
+            t.dead = self.absorb(
+                open,
+                commit_lsn,
+                commit_time,
+                settled,
+                Vec::new(),
+                t.dead,
+                |_| None,
+            )?;
+        }
+        let changes = std::mem::take(&mut t.changes);
+        if changes.is_empty() {
             return Ok(());
         }
-        let mut events = Vec::with_capacity(tx.changes.len());
-        let mut sources = Vec::with_capacity(tx.changes.len());
+        let mut events = Vec::with_capacity(changes.len());
+        let mut sources = Vec::with_capacity(changes.len());
         let mut dead = Vec::new();
         let mut followed = 0u64;
-        for (i, change) in tx.changes.iter().enumerate() {
+        for (i, change) in changes.iter().enumerate() {
             self.check_relation(change)?;
             match self.mapper.map(change) {
                 Ok(Mapped::Ignored) => {}
@@ -353,7 +413,7 @@ impl Pipeline {
                 Err(rejected) => {
                     followed += 1;
                     dead.push(DeadLetter {
-                        commit_lsn: tx.commit_lsn,
+                        commit_lsn,
                         seq: 0,
                         lsn: change.lsn,
                         table: rejected.table.clone(),
@@ -361,14 +421,14 @@ impl Pipeline {
                         reason: rejected.reason.to_owned(),
                         detail: rejected.detail.clone(),
                         row: rejected.row.clone(),
-                        at: tx.commit_time,
+                        at: commit_time,
                     });
                 }
             }
         }
         let txe = TxEvents {
-            commit_lsn: tx.commit_lsn.0,
-            commit_time: tx.commit_time,
+            commit_lsn: commit_lsn.0,
+            commit_time,
             events,
         };
         let missing = open.awards.missing(txe.trade_ids_to_look_up());
@@ -376,8 +436,14 @@ impl Pipeline {
             let found = writer.lookup(missing.clone()).await?;
             open.awards.record_fetched(missing, found);
         }
+        let Some(cursor) = t.cursor.as_mut() else {
+            return Ok(());
+        };
+        let outcome =
+            self.engine
+                .apply_events(cursor, &mut self.state, &mut open.awards, &txe.events);
         let origin = |k: usize| {
-            let change = sources.get(k).and_then(|&i| tx.changes.get(i));
+            let change = sources.get(k).and_then(|&i| changes.get(i));
             change.map(|c| Origin {
                 lsn: c.lsn,
                 table: format!("{}.{}", c.relation.schema(), c.relation.name),
@@ -385,10 +451,18 @@ impl Pipeline {
                 row: crate::events::row_json(c),
             })
         };
-        self.evaluate(open, &txe, tx.end_lsn, dead, origin)?;
+        t.dead = self.absorb(open, commit_lsn, commit_time, outcome, dead, t.dead, origin)?;
         open.changes += followed;
         self.progress.changes += followed;
         Ok(())
+    }
+
+    /// Ends a transaction all of whose changes were applied: it now counts in the open batch.
+    fn finish(&mut self, open: &mut OpenBatch, t: &InTx, end_lsn: Lsn) {
+        open.end = Some((end_lsn, t.begin.commit_time));
+        open.opened.get_or_insert_with(Instant::now);
+        open.transactions += 1;
+        self.progress.transactions += 1;
     }
 
     /// Runs the rules on one transaction's events and adds the outcome to the batch; `dead`
@@ -398,7 +472,7 @@ impl Pipeline {
         open: &mut OpenBatch,
         txe: &TxEvents,
         end_lsn: Lsn,
-        mut dead: Vec<DeadLetter>,
+        dead: Vec<DeadLetter>,
         origin: impl Fn(usize) -> Option<Origin>,
     ) -> Result<(), PipelineError> {
         let commit_lsn = Lsn(txe.commit_lsn);
@@ -409,6 +483,28 @@ impl Pipeline {
                 lsn: commit_lsn,
                 source,
             })?;
+        self.absorb(open, commit_lsn, txe.commit_time, outcome, dead, 0, origin)?;
+        self.progress.transactions += 1;
+        open.end = Some((end_lsn, txe.commit_time));
+        open.opened.get_or_insert_with(Instant::now);
+        open.transactions += 1;
+        Ok(())
+    }
+
+    /// Adds an engine outcome to the open batch: its entries (and their totals), and as dead
+    /// letters the rows the mapping rejected (`dead`) and the events the rules failed (`origin`
+    /// says where event `k` came from), numbered on from `seq`; returns the next `seq`.
+    #[allow(clippy::too_many_arguments)]
+    fn absorb(
+        &mut self,
+        open: &mut OpenBatch,
+        commit_lsn: Lsn,
+        commit_time: i64,
+        outcome: TxOutcome,
+        mut dead: Vec<DeadLetter>,
+        seq: u32,
+        origin: impl Fn(usize) -> Option<Origin>,
+    ) -> Result<u32, PipelineError> {
         for failure in &outcome.errors {
             let reason = match failure.error {
                 EventError::Overflow(_) => "overflow",
@@ -429,24 +525,22 @@ impl Pipeline {
                 reason: reason.to_owned(),
                 detail: failure.error.to_string(),
                 row: o.row,
-                at: txe.commit_time,
+                at: commit_time,
             });
         }
-        for (seq, d) in dead.iter_mut().enumerate() {
-            d.seq = u32::try_from(seq).unwrap_or(u32::MAX);
+        let mut next = seq;
+        for d in dead.iter_mut() {
+            d.seq = next;
+            next = next.saturating_add(1);
             tracing::warn!(lsn = %d.lsn, table = %d.table, op = %d.op, reason = %d.reason, detail = %d.detail, "row dead-lettered");
         }
         self.progress.dead_letters += dead.len() as u64;
         self.progress.entries += outcome.entries.len() as u64;
-        self.progress.transactions += 1;
         self.progress.counters.merge(&outcome.counters);
         open.batch.dead.extend(dead);
         open.batch
-            .add_entries(commit_lsn, txe.commit_time, outcome.entries)?;
-        open.end = Some((end_lsn, txe.commit_time));
-        open.opened.get_or_insert_with(Instant::now);
-        open.transactions += 1;
-        Ok(())
+            .add_entries(commit_lsn, commit_time, outcome.entries)?;
+        Ok(next)
     }
 
     /// Hands the open batch to the writer with the rule state it changed and what the
@@ -535,6 +629,32 @@ impl Pipeline {
                 table,
                 lsn: change.lsn,
             }),
+        }
+    }
+}
+
+/// A source transaction being applied, `CHUNK` changes at a time, so that one of a million rows
+/// is never held whole.
+struct InTx {
+    begin: TxBegin,
+    /// Changes not evaluated yet.
+    changes: Vec<RowChange>,
+    /// Set once the engine has begun the transaction.
+    cursor: Option<TxCursor>,
+    /// The next dead letter's number within the transaction.
+    dead: u32,
+    /// The store has it already: its changes are dropped.
+    skip: bool,
+}
+
+impl InTx {
+    fn new(begin: TxBegin, skip: bool) -> InTx {
+        InTx {
+            begin,
+            changes: Vec::new(),
+            cursor: None,
+            dead: 0,
+            skip,
         }
     }
 }
