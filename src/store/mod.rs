@@ -13,8 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rust_decimal::Decimal;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{PgLsn, ToSql, Type};
+use tokio_postgres::types::PgLsn;
 use tokio_postgres::{Client, Transaction};
 
 use crate::config::ConnUrl;
@@ -24,6 +23,7 @@ use crate::points::{
     StateDelta, Totals, VolumeRow,
 };
 
+mod copy;
 mod migrate;
 mod writer;
 
@@ -705,6 +705,7 @@ impl StoreTx<'_> {
     }
 
     async fn copy_ledger(&self, entries: &[(Lsn, i64, LedgerEntry)]) -> Result<(), StoreError> {
+        use futures_util::SinkExt;
         if entries.is_empty() {
             return Ok(());
         }
@@ -718,61 +719,49 @@ impl StoreTx<'_> {
             )
             .await
             .map_err(StoreError::db("start the ledger COPY"))?;
-        let types = [
-            Type::TEXT,
-            Type::PG_LSN,
-            Type::INT4,
-            Type::TEXT,
-            Type::INT4,
-            Type::TEXT,
-            Type::BOOL,
-            Type::NUMERIC,
-            Type::NUMERIC,
-            Type::NUMERIC,
-            Type::NUMERIC,
-            Type::NUMERIC,
-            Type::TEXT,
-            Type::TEXT,
-            Type::TEXT,
-            Type::TIMESTAMPTZ,
-            Type::TIMESTAMPTZ,
-            Type::TIMESTAMPTZ,
-            Type::TEXT,
-        ];
-        let writer = BinaryCopyInWriter::new(sink, &types);
-        tokio::pin!(writer);
+        futures_util::pin_mut!(sink);
+        let mut rows = copy::Rows::new();
         for (commit_lsn, commit_time, e) in entries {
             let ordinal = i32::try_from(e.ordinal)
                 .map_err(|_| StoreError::Definite(format!("ordinal {} too big", e.ordinal)))?;
-            let epoch = epoch_to_db(e.epoch)?;
-            let row: [&(dyn ToSql + Sync); 19] = [
-                &self.source_id,
-                &PgLsn::from(commit_lsn.0),
-                &ordinal,
-                &e.user,
-                &epoch,
-                &e.kind.as_str(),
-                &e.reversal,
-                &e.points,
-                &e.basis,
-                &e.multiplier,
-                &e.rate,
-                &e.position_notional,
-                &e.trade_id,
-                &e.position_id,
-                &e.referee,
-                &e.segment_start.map(time_of),
-                &time_of(e.event_time),
-                &time_of(*commit_time),
-                &&*e.rules_version,
-            ];
-            writer
-                .as_mut()
-                .write(&row)
-                .await
-                .map_err(StoreError::db("write ledger rows"))?;
+            let mut row = rows.row(19);
+            row.text(self.source_id);
+            row.i64(i64::try_from(commit_lsn.0).unwrap_or(i64::MAX));
+            row.i32(ordinal);
+            row.text(&e.user);
+            row.i32(epoch_to_db(e.epoch)?);
+            row.text(e.kind.as_str());
+            row.bool(e.reversal);
+            for d in [e.points, e.basis, e.multiplier, e.rate] {
+                row.numeric(&d)?;
+            }
+            match &e.position_notional {
+                Some(d) => row.numeric(d)?,
+                None => row.null(),
+            }
+            for t in [&e.trade_id, &e.position_id, &e.referee] {
+                match t {
+                    Some(t) => row.text(t),
+                    None => row.null(),
+                }
+            }
+            match e.segment_start {
+                Some(t) => row.timestamp(t),
+                None => row.null(),
+            }
+            row.timestamp(e.event_time);
+            row.timestamp(*commit_time);
+            row.text(&e.rules_version);
+            if rows.len() >= copy::CHUNK_BYTES {
+                sink.send(rows.take())
+                    .await
+                    .map_err(StoreError::db("write ledger rows"))?;
+            }
         }
-        writer
+        sink.send(rows.finish())
+            .await
+            .map_err(StoreError::db("write ledger rows"))?;
+        sink.as_mut()
             .finish()
             .await
             .map_err(StoreError::db("finish the ledger COPY"))?;
