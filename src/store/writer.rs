@@ -19,8 +19,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Award, Batch, Store, StoreError};
 use crate::lsn::Lsn;
 
-/// Jobs the pipeline may queue ahead of the writer.
-const QUEUE: usize = 2;
+/// Jobs the pipeline may queue ahead of the writer. While the writer commits one batch, the
+/// next can only grow by this many parts (of the pipeline's `PART_ROWS` rows, a few MB each):
+/// 8 lets a backlog batch reach ~10,000 trades, amortising the per-user upserts, for ~25 MB.
+const QUEUE: usize = 8;
 
 /// What the writer is asked to do, in stream order.
 enum Job {
