@@ -219,17 +219,19 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BatchConfig {
-    /// Close the batch once it holds this many row changes.
+    /// Close the batch once it holds this many row changes (ledger rows go to the store in
+    /// parts as they accumulate, so a big batch does not mean much memory).
     pub max_changes: u64,
-    /// Close the batch this long after its first transaction arrived (e.g. "100ms").
+    /// Close the batch once the store has committed the previous one and its first transaction
+    /// arrived this long ago (e.g. "20ms"); "0ms" commits as soon as the store is free.
     pub max_delay: String,
 }
 
 impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
-            max_changes: 10_000,
-            max_delay: "100ms".into(),
+            max_changes: 100_000,
+            max_delay: "0ms".into(),
         }
     }
 }
@@ -330,7 +332,7 @@ impl Config {
 
     /// `batch.max_delay` parsed.
     pub fn batch_delay(&self) -> std::time::Duration {
-        duration_key(&self.batch.max_delay).unwrap_or(std::time::Duration::from_millis(100))
+        duration_key(&self.batch.max_delay).unwrap_or(std::time::Duration::ZERO)
     }
 
     /// `heartbeat.interval` parsed; `None` when off.

@@ -2,29 +2,55 @@
 //! acknowledgement. It owns no business logic; it decides only *when* to commit and makes sure
 //! the order of effects keeps the exactly-once invariants:
 //!
-//! - a transaction whose end LSN is at or below the checkpoint is skipped (it is in the store);
+//! - a transaction that commits below the checkpoint (whose end LSN is therefore at or below
+//!   it) is skipped: it is in the store;
 //! - a batch's ledger rows, totals, state, awards, dead letters and new checkpoint commit in one
 //!   store transaction ([`crate::store::StoreTx`]);
 //! - the slot is acknowledged with the batch's end LSN only after that commit returned.
 //!
+//! Writing is pipelined: a [`StoreWriter`] writes and commits one batch while the next is
+//! decoded and evaluated. A batch closes when it holds `max_changes` row changes, or when the
+//! store has committed everything before it and its first transaction is `max_delay` old: under
+//! a light load each transaction is visible as soon as the store can commit it, under a backlog
+//! batches grow while the store is busy, so its per-user writes (totals, volumes) are
+//! amortised over more trades. A source transaction is evaluated 1,000 changes at a time as its
+//! changes arrive (pgoutput's Begin already carries the commit LSN and time), and ledger rows
+//! go to the writer in parts as they accumulate, so memory stays bounded whatever the size of
+//! a batch or of a single source transaction. A batch still ends only at a transaction
+//! boundary: on `stop` the transaction in progress is finished first.
+//!
 //! The engine's in-memory state runs ahead of the store while a batch is open, so after any
 //! failure the caller must throw this `Pipeline` away and build a new one from the store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rust_decimal::Decimal;
+use tokio::sync::mpsc;
 
-use crate::change::{Op, RowChange, Transaction};
+use crate::change::{Op, RowChange, TxBegin};
 use crate::config::TruncatePolicy;
 use crate::events::{Mapped, Mapper, MappingError, TableKind};
 use crate::lsn::Lsn;
 use crate::pgoutput::Relation;
-use crate::points::{Counters, Engine, EntryKind, EventError, State, StreamError, TxEvents};
-use crate::source::{Item, ReplicationSource, SourceError};
-use crate::store::{Batch, BatchAwards, DeadLetter, Store, StoreError};
+use rust_decimal::Decimal;
+
+use crate::points::{
+    Counters, Engine, EntryKind, EventError, State, StreamError, TxCursor, TxEvents, TxOutcome,
+};
+use crate::source::{ReplicationSource, SourceError, StreamEvent};
+use crate::store::{
+    write_batches, Batch, BatchAwards, DeadLetter, Seal, Store, StoreError, StoreWriter,
+};
 use crate::telemetry::Telemetry;
+
+/// Ledger rows (plus changed awards) after which an open batch hands what it has to the store
+/// writer, which adds them to the batch's still-open store transaction: a batch of any size
+/// keeps only this much in memory.
+const PART_ROWS: usize = 5_000;
+
+/// Changes of a source transaction evaluated at a time.
+const CHUNK: usize = 1_000;
 
 /// Why the pipeline stopped, split by what the caller must do.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +114,7 @@ const IDLE_ADVANCE_EVERY: Duration = Duration::from_secs(10);
 pub struct BatchLimits {
     /// After this many row changes.
     pub max_changes: u64,
-    /// This long after its first transaction.
+    /// Once the store is idle and its first transaction is this old.
     pub max_delay: Duration,
 }
 
@@ -120,6 +146,8 @@ pub struct OpenBatch {
     end: Option<(Lsn, i64)>,
     transactions: u64,
     changes: u64,
+    /// When its first transaction was applied.
+    opened: Option<Instant>,
     tally: Tally,
 }
 
@@ -131,6 +159,8 @@ struct Tally {
     /// (awarded, reversed) points by entry kind, indexed by [`ENTRY_KINDS`].
     points: [(Decimal, Decimal); 6],
     counters: Counters,
+    /// Dead letters by reason (they may have gone to the store in parts already).
+    dead: std::collections::BTreeMap<String, u64>,
 }
 
 const OPS: [Op; 4] = [Op::Insert, Op::Update, Op::Delete, Op::Truncate];
@@ -156,7 +186,8 @@ pub struct BatchReport {
     pub dead_letters: Vec<(String, u64)>,
     /// The rules' decision counts.
     pub counters: Counters,
-    /// Time spent writing and committing the store transaction.
+    /// From sealing the batch to its commit (writing its last part, moving the checkpoint,
+    /// committing, and waiting for the batch before it).
     pub write: Duration,
 }
 
@@ -169,7 +200,7 @@ impl Tally {
         }
     }
 
-    fn report(&self, lsn: Lsn, commit_time: i64, open: &OpenBatch, write: Duration) -> BatchReport {
+    fn report(&self, lsn: Lsn, commit_time: i64, open: &OpenBatch) -> BatchReport {
         let mut changes_by = Vec::new();
         for (t, kind) in TableKind::ALL.iter().enumerate() {
             for (o, op) in OPS.iter().enumerate() {
@@ -183,13 +214,7 @@ impl Tally {
             .zip(self.points)
             .map(|(k, (plus, minus))| (k.as_str(), plus, minus))
             .collect();
-        let mut dead: Vec<(String, u64)> = Vec::new();
-        for d in &open.batch.dead {
-            match dead.iter_mut().find(|(r, _)| *r == d.reason) {
-                Some((_, n)) => *n += 1,
-                None => dead.push((d.reason.clone(), 1)),
-            }
-        }
+        let dead = self.dead.iter().map(|(r, n)| (r.clone(), *n)).collect();
         BatchReport {
             lsn,
             commit_time,
@@ -199,7 +224,7 @@ impl Tally {
             points,
             dead_letters: dead,
             counters: self.counters,
-            write,
+            write: Duration::ZERO,
         }
     }
 }
@@ -208,6 +233,11 @@ impl OpenBatch {
     /// Whether no transaction was applied.
     pub fn is_empty(&self) -> bool {
         self.end.is_none()
+    }
+
+    /// Rows held for the store that parts can hand over.
+    fn rows(&self) -> usize {
+        self.batch.entries.len() + self.batch.dead.len() + self.awards.changed()
     }
 }
 
@@ -288,16 +318,17 @@ impl Pipeline {
         &self.mapper
     }
 
-    /// Streams until `stop` resolves: collects transactions into batches, commits each, then
-    /// acknowledges it. On `stop` the open batch is committed and acknowledged first.
+    /// Streams until `stop` resolves: collects transactions into batches that the store writer
+    /// commits (on `store`) while the next ones are collected, and acknowledges each batch once
+    /// committed. On `stop` the open batch is committed and acknowledged first.
     ///
-    /// When the stream is idle (nothing open) and the server says it has sent everything up to
-    /// a later position, the checkpoint moves there too (a store write of that LSN alone) and
-    /// the slot is acknowledged: at once when the server asks for a reply, else at most every
-    /// [`IDLE_ADVANCE_EVERY`]. PostgreSQL's shutdown waits until every walsender's client has
-    /// confirmed all it was sent; a consumer that only confirms its own transactions would
-    /// hold a fast shutdown forever. If the store cannot be written (it may be shutting down on
-    /// the same server), the session ends, which releases the walsender as well.
+    /// When the stream is idle (nothing open or in flight) and the server says it has sent
+    /// everything up to a later position, the checkpoint moves there too (a store write of
+    /// that LSN alone) and the slot is acknowledged: at once when the server asks for a reply,
+    /// else at most every [`IDLE_ADVANCE_EVERY`]. PostgreSQL's shutdown waits until every
+    /// walsender's client has confirmed all it was sent; a consumer that only confirms its own
+    /// transactions would hold a fast shutdown forever. If the store cannot be written (it may
+    /// be shutting down on the same server), the session ends, which releases the walsender.
     pub async fn stream(
         &mut self,
         source: &mut ReplicationSource,
@@ -305,77 +336,141 @@ impl Pipeline {
         limits: BatchLimits,
         stop: &mut (impl std::future::Future<Output = ()> + Unpin),
     ) -> Result<(), PipelineError> {
+        let (writer, jobs) = StoreWriter::channel();
+        let (done, committed) = mpsc::unbounded_channel();
+        let from = self.checkpoint;
+        // One task, two futures: the writer waits on the store while the collector computes.
+        let writing = async {
+            write_batches(store, from, jobs, done)
+                .await
+                .map_err(PipelineError::from)
+        };
+        let collecting = self.collect(source, writer, committed, limits, stop);
+        tokio::try_join!(collecting, writing)?;
+        Ok(())
+    }
+
+    /// The collecting half of [`Pipeline::stream`]; returns once stopped and everything sealed
+    /// is committed and acknowledged (dropping `writer` then ends the writer).
+    async fn collect(
+        &mut self,
+        source: &mut ReplicationSource,
+        writer: StoreWriter,
+        mut committed: mpsc::UnboundedReceiver<Lsn>,
+        limits: BatchLimits,
+        stop: &mut (impl std::future::Future<Output = ()> + Unpin),
+    ) -> Result<(), PipelineError> {
         let mut last_log = Instant::now();
+        let mut open = OpenBatch::default();
+        // The source transaction being applied; batches close only between transactions.
+        let mut current: Option<InTx> = None;
+        // Sealed batches (or idle advances) not committed yet, with when they were sealed.
+        let mut in_flight: VecDeque<(Option<BatchReport>, Instant)> = VecDeque::new();
+        let mut stopping = false;
         let mut last_idle_advance = Instant::now();
         loop {
-            let mut open = OpenBatch::default();
-            let batch_started = Instant::now();
-            let mut deadline: Option<tokio::time::Instant> = None;
-            let mut stopping = false;
-            loop {
-                let wait = deadline.unwrap_or_else(|| {
-                    tokio::time::Instant::now() + Duration::from_secs(24 * 3600)
-                });
-                tokio::select! {
-                    biased;
-                    () = &mut *stop => {
-                        stopping = true;
-                        break;
-                    }
-                    () = tokio::time::sleep_until(wait), if deadline.is_some() => break,
-                    next = source.next_item() => {
-                        let tx = match next? {
-                            Some(Item::Transaction(tx)) => tx,
-                            Some(Item::Idle { wal_end, reply_requested }) => {
-                                if open.is_empty()
-                                    && wal_end > self.checkpoint
-                                    && (reply_requested
-                                        || last_idle_advance.elapsed() >= IDLE_ADVANCE_EVERY)
-                                {
-                                    self.advance_idle(store, wal_end).await?;
-                                    source.ack(wal_end);
-                                    last_idle_advance = Instant::now();
-                                }
-                                continue;
-                            }
-                            None => {
-                                return Err(SourceError::Transient(
-                                    "the server ended the replication stream".into(),
-                                )
-                                .into())
-                            }
-                        };
-                        self.apply(store, &mut open, tx).await?;
-                        if deadline.is_none() && !open.is_empty() {
-                            deadline = Some(tokio::time::Instant::now() + limits.max_delay);
-                        }
-                        if open.changes >= limits.max_changes {
-                            break;
-                        }
-                    }
+            if let (Some(opened), None) = (open.opened, &current) {
+                let idle = in_flight.is_empty();
+                if stopping
+                    || open.changes >= limits.max_changes
+                    || (idle && opened.elapsed() >= limits.max_delay)
+                {
+                    let report = self.seal(&writer, &mut open).await?;
+                    in_flight.push_back((report, Instant::now()));
+                    continue;
                 }
             }
-            let collected = batch_started.elapsed();
-            if let Some(report) = self.commit(store, open).await? {
-                // Only now is the batch durable: tell the slot.
-                source.ack(report.lsn);
-                tracing::debug!(
-                    changes = report.changes,
-                    collect_ms = collected.as_millis() as u64,
-                    commit_ms = report.write.as_millis() as u64,
-                    lsn = %report.lsn,
-                    "batch committed"
-                );
-                if let Some(t) = &self.telemetry {
-                    t.batch_committed(&report);
-                }
-            }
-            if last_log.elapsed() >= Duration::from_secs(5) || stopping {
-                last_log = Instant::now();
+            if stopping && in_flight.is_empty() && current.is_none() {
                 self.log_progress();
-            }
-            if stopping {
                 return Ok(());
+            }
+            let linger = open
+                .opened
+                .filter(|_| in_flight.is_empty() && current.is_none())
+                .map(|t| tokio::time::Instant::from_std(t + limits.max_delay));
+            tokio::select! {
+                biased;
+                lsn = committed.recv() => {
+                    let lsn = lsn.ok_or_else(|| StoreError::Transient("the store writer stopped".into()))?;
+                    // Only now is the batch durable: tell the slot.
+                    source.ack(lsn);
+                    self.checkpoint = lsn;
+                    match in_flight.pop_front() {
+                        Some((Some(mut report), sealed)) => {
+                            self.progress.batches += 1;
+                            self.checkpoint_commit_time = Some(report.commit_time);
+                            report.write = sealed.elapsed();
+                            tracing::debug!(changes = report.changes, commit_ms = report.write.as_millis() as u64, %lsn, "batch committed");
+                            if let Some(t) = &self.telemetry {
+                                t.batch_committed(&report);
+                            }
+                        }
+                        Some((None, _)) => {
+                            tracing::debug!(%lsn, "idle: checkpoint moved over WAL with nothing for walpoints");
+                            if let Some(t) = &self.telemetry {
+                                t.idle_advanced(lsn);
+                            }
+                        }
+                        None => {}
+                    }
+                    if last_log.elapsed() >= Duration::from_secs(5) {
+                        last_log = Instant::now();
+                        self.log_progress();
+                    }
+                }
+                () = &mut *stop, if !stopping => stopping = true,
+                () = sleep_until_some(linger), if linger.is_some() => {}
+                // A transaction in progress is finished even when stopping: a batch can only
+                // end at a transaction boundary.
+                next = source.next_event(), if !stopping || current.is_some() => {
+                    let Some(event) = next? else {
+                        return Err(SourceError::Transient(
+                            "the server ended the replication stream".into(),
+                        )
+                        .into());
+                    };
+                    match event {
+                        StreamEvent::Begin(begin) => {
+                            // Everything at or below the checkpoint is in the store.
+                            let skip = begin.commit_lsn < self.checkpoint;
+                            if skip {
+                                tracing::debug!(commit_lsn = %begin.commit_lsn, checkpoint = %self.checkpoint, "already in the store: skipped");
+                            }
+                            current = Some(InTx::new(begin, skip));
+                        }
+                        StreamEvent::Change(change) => {
+                            if let Some(t) = current.as_mut().filter(|t| !t.skip) {
+                                t.changes.push(change);
+                                if t.changes.len() >= CHUNK {
+                                    self.apply_chunk(&writer, &mut open, t).await?;
+                                }
+                            }
+                        }
+                        StreamEvent::Commit(commit) => {
+                            if let Some(mut t) = current.take().filter(|t| !t.skip) {
+                                self.apply_chunk(&writer, &mut open, &mut t).await?;
+                                self.finish(&mut open, &t, commit.end_lsn);
+                            }
+                        }
+                        StreamEvent::Idle { wal_end, reply_requested } => {
+                            if current.is_none()
+                                && open.is_empty()
+                                && in_flight.is_empty()
+                                && wal_end > self.checkpoint
+                                && (reply_requested
+                                    || last_idle_advance.elapsed() >= IDLE_ADVANCE_EVERY)
+                            {
+                                writer.advance_idle(wal_end).await?;
+                                in_flight.push_back((None, Instant::now()));
+                                last_idle_advance = Instant::now();
+                            }
+                        }
+                        StreamEvent::Message { .. } => {}
+                    }
+                    if open.rows() >= PART_ROWS {
+                        writer.part(self.take_part(&mut open)).await?;
+                    }
+                }
             }
         }
     }
@@ -401,25 +496,47 @@ impl Pipeline {
         );
     }
 
-    /// Maps, evaluates and adds one source transaction to the open batch (skipping it when the
-    /// store already has it).
-    pub async fn apply(
+    /// Maps and evaluates the changes `t` has collected so far and adds the outcome to the open
+    /// batch; the first call also begins the transaction in the engine (stream time, hourly
+    /// settlement).
+    async fn apply_chunk(
         &mut self,
-        store: &Store,
+        writer: &StoreWriter,
         open: &mut OpenBatch,
-        tx: Transaction,
+        t: &mut InTx,
     ) -> Result<(), PipelineError> {
-        if tx.end_lsn <= self.checkpoint {
-            tracing::debug!(end_lsn = %tx.end_lsn, checkpoint = %self.checkpoint, "already in the store: skipped");
+        let commit_lsn = t.begin.commit_lsn;
+        let commit_time = t.begin.commit_time;
+        let stream_err = |source| PipelineError::Stream {
+            lsn: commit_lsn,
+            source,
+        };
+        if t.cursor.is_none() {
+            let (cursor, settled) = self
+                .engine
+                .begin_transaction(&mut self.state, commit_lsn.0, commit_time)
+                .map_err(stream_err)?;
+            t.cursor = Some(cursor);
+            t.dead = self.absorb(
+                open,
+                commit_lsn,
+                commit_time,
+                settled,
+                Vec::new(),
+                t.dead,
+                |_| None,
+            )?;
+        }
+        let changes = std::mem::take(&mut t.changes);
+        if changes.is_empty() {
             return Ok(());
         }
-        let mut events = Vec::with_capacity(tx.changes.len());
-        let mut sources = Vec::with_capacity(tx.changes.len());
+        let mut events = Vec::with_capacity(changes.len());
+        let mut sources = Vec::with_capacity(changes.len());
         let mut dead = Vec::new();
         let mut followed = 0u64;
-        for (i, change) in tx.changes.iter().enumerate() {
-            let kind = self.check_relation(change)?;
-            if let Some(kind) = kind {
+        for (i, change) in changes.iter().enumerate() {
+            if let Some(kind) = self.check_relation(change)? {
                 open.tally.change(kind, change.op);
             }
             match self.mapper.map(change) {
@@ -441,7 +558,7 @@ impl Pipeline {
                 Err(rejected) => {
                     followed += 1;
                     dead.push(DeadLetter {
-                        commit_lsn: tx.commit_lsn,
+                        commit_lsn,
                         seq: 0,
                         lsn: change.lsn,
                         table: rejected.table.clone(),
@@ -449,21 +566,29 @@ impl Pipeline {
                         reason: rejected.reason.to_owned(),
                         detail: rejected.detail.clone(),
                         row: rejected.row.clone(),
-                        at: tx.commit_time,
+                        at: commit_time,
                     });
                 }
             }
         }
         let txe = TxEvents {
-            commit_lsn: tx.commit_lsn.0,
-            commit_time: tx.commit_time,
+            commit_lsn: commit_lsn.0,
+            commit_time,
             events,
         };
-        open.awards
-            .prefetch(store, txe.trade_ids_to_look_up())
-            .await?;
+        let missing = open.awards.missing(txe.trade_ids_to_look_up());
+        if !missing.is_empty() {
+            let found = writer.lookup(missing.clone()).await?;
+            open.awards.record_fetched(missing, found);
+        }
+        let Some(cursor) = t.cursor.as_mut() else {
+            return Ok(());
+        };
+        let outcome =
+            self.engine
+                .apply_events(cursor, &mut self.state, &mut open.awards, &txe.events);
         let origin = |k: usize| {
-            let change = sources.get(k).and_then(|&i| tx.changes.get(i));
+            let change = sources.get(k).and_then(|&i| changes.get(i));
             change.map(|c| Origin {
                 lsn: c.lsn,
                 table: format!("{}.{}", c.relation.schema(), c.relation.name),
@@ -471,10 +596,18 @@ impl Pipeline {
                 row: crate::events::row_json(c),
             })
         };
-        self.evaluate(open, &txe, tx.end_lsn, dead, origin)?;
+        t.dead = self.absorb(open, commit_lsn, commit_time, outcome, dead, t.dead, origin)?;
         open.changes += followed;
         self.progress.changes += followed;
         Ok(())
+    }
+
+    /// Ends a transaction all of whose changes were applied: it now counts in the open batch.
+    fn finish(&mut self, open: &mut OpenBatch, t: &InTx, end_lsn: Lsn) {
+        open.end = Some((end_lsn, t.begin.commit_time));
+        open.opened.get_or_insert_with(Instant::now);
+        open.transactions += 1;
+        self.progress.transactions += 1;
     }
 
     /// Runs the rules on one transaction's events and adds the outcome to the batch; `dead`
@@ -484,7 +617,7 @@ impl Pipeline {
         open: &mut OpenBatch,
         txe: &TxEvents,
         end_lsn: Lsn,
-        mut dead: Vec<DeadLetter>,
+        dead: Vec<DeadLetter>,
         origin: impl Fn(usize) -> Option<Origin>,
     ) -> Result<(), PipelineError> {
         let commit_lsn = Lsn(txe.commit_lsn);
@@ -495,6 +628,28 @@ impl Pipeline {
                 lsn: commit_lsn,
                 source,
             })?;
+        self.absorb(open, commit_lsn, txe.commit_time, outcome, dead, 0, origin)?;
+        self.progress.transactions += 1;
+        open.end = Some((end_lsn, txe.commit_time));
+        open.opened.get_or_insert_with(Instant::now);
+        open.transactions += 1;
+        Ok(())
+    }
+
+    /// Adds an engine outcome to the open batch: its entries (and their totals), and as dead
+    /// letters the rows the mapping rejected (`dead`) and the events the rules failed (`origin`
+    /// says where event `k` came from), numbered on from `seq`; returns the next `seq`.
+    #[allow(clippy::too_many_arguments)]
+    fn absorb(
+        &mut self,
+        open: &mut OpenBatch,
+        commit_lsn: Lsn,
+        commit_time: i64,
+        outcome: TxOutcome,
+        mut dead: Vec<DeadLetter>,
+        seq: u32,
+        origin: impl Fn(usize) -> Option<Origin>,
+    ) -> Result<u32, PipelineError> {
         for failure in &outcome.errors {
             let reason = match failure.error {
                 EventError::Overflow(_) => "overflow",
@@ -515,16 +670,17 @@ impl Pipeline {
                 reason: reason.to_owned(),
                 detail: failure.error.to_string(),
                 row: o.row,
-                at: txe.commit_time,
+                at: commit_time,
             });
         }
-        for (seq, d) in dead.iter_mut().enumerate() {
-            d.seq = u32::try_from(seq).unwrap_or(u32::MAX);
+        let mut next = seq;
+        for d in dead.iter_mut() {
+            d.seq = next;
+            next = next.saturating_add(1);
             tracing::warn!(lsn = %d.lsn, table = %d.table, op = %d.op, reason = %d.reason, detail = %d.detail, "row dead-lettered");
         }
         self.progress.dead_letters += dead.len() as u64;
         self.progress.entries += outcome.entries.len() as u64;
-        self.progress.transactions += 1;
         self.progress.counters.merge(&outcome.counters);
         open.tally.counters.merge(&outcome.counters);
         for e in &outcome.entries {
@@ -538,62 +694,52 @@ impl Pipeline {
             }
             self.progress.points += e.points;
         }
+        for d in &dead {
+            *open.tally.dead.entry(d.reason.clone()).or_default() += 1;
+        }
         open.batch.dead.extend(dead);
         open.batch
-            .add_entries(commit_lsn, txe.commit_time, outcome.entries)?;
-        open.end = Some((end_lsn, txe.commit_time));
-        open.transactions += 1;
-        Ok(())
+            .add_entries(commit_lsn, commit_time, outcome.entries)?;
+        Ok(next)
     }
 
-    /// Writes the batch and the new checkpoint in one store transaction; returns what it did,
-    /// with the LSN that may now be acknowledged (`None` when the batch was empty).
-    pub async fn commit(
+    /// Hands the open batch to the writer with the rule state it changed and what the
+    /// checkpoint becomes, and starts a new one; returns what the batch holds, for metrics
+    /// once it is committed.
+    async fn seal(
         &mut self,
-        store: &mut Store,
-        mut open: OpenBatch,
+        writer: &StoreWriter,
+        open: &mut OpenBatch,
     ) -> Result<Option<BatchReport>, PipelineError> {
-        let Some((end_lsn, commit_time)) = open.end else {
+        let mut done = std::mem::take(open);
+        let Some((end_lsn, commit_time)) = done.end else {
             return Ok(None);
         };
-        let started = Instant::now();
-        open.batch.state = self.state.drain_delta();
-        open.batch.awards = open.awards.take_changes();
-        let tx = store.begin().await?;
-        tx.advance_checkpoint(
-            self.checkpoint,
-            end_lsn,
-            commit_time,
-            self.state.stream_time(),
-            open.transactions,
-            self.engine.version(),
-        )
-        .await?;
-        tx.write(&mut open.batch).await?;
-        tx.commit().await?;
-        self.checkpoint = end_lsn;
-        self.checkpoint_commit_time = Some(commit_time);
-        self.progress.batches += 1;
-        let tally = std::mem::take(&mut open.tally);
-        Ok(Some(tally.report(
-            end_lsn,
-            commit_time,
-            &open,
-            started.elapsed(),
-        )))
+        let report = done.tally.report(end_lsn, commit_time, &done);
+        done.batch.state = self.state.drain_delta();
+        done.batch.awards = done.awards.take_changes();
+        writer
+            .seal(Seal {
+                batch: done.batch,
+                end_lsn,
+                commit_time,
+                stream_time: self.state.stream_time(),
+                transactions: done.transactions,
+                rules_version: self.engine.version().to_owned(),
+            })
+            .await?;
+        Ok(Some(report))
     }
 
-    /// Moves the checkpoint over WAL that held nothing for walpoints; see [`Self::stream`].
-    async fn advance_idle(&mut self, store: &mut Store, to: Lsn) -> Result<(), PipelineError> {
-        let tx = store.begin().await?;
-        tx.advance_idle(self.checkpoint, to).await?;
-        tx.commit().await?;
-        tracing::debug!(from = %self.checkpoint, %to, "idle: checkpoint moved over WAL with nothing for walpoints");
-        self.checkpoint = to;
-        if let Some(t) = &self.telemetry {
-            t.idle_advanced(to);
+    /// The open batch's ledger rows, awards and dead letters so far, for the writer to add to
+    /// the batch's transaction; totals and rule state stay until the seal.
+    fn take_part(&mut self, open: &mut OpenBatch) -> Batch {
+        Batch {
+            entries: std::mem::take(&mut open.batch.entries),
+            dead: std::mem::take(&mut open.batch.dead),
+            awards: open.awards.take_changes(),
+            ..Batch::default()
         }
-        Ok(())
     }
 
     /// The engine, for the snapshot.
@@ -647,5 +793,39 @@ impl Pipeline {
                 lsn: change.lsn,
             }),
         }
+    }
+}
+
+/// A source transaction being applied, `CHUNK` changes at a time, so that one of a million rows
+/// is never held whole.
+struct InTx {
+    begin: TxBegin,
+    /// Changes not evaluated yet.
+    changes: Vec<RowChange>,
+    /// Set once the engine has begun the transaction.
+    cursor: Option<TxCursor>,
+    /// The next dead letter's number within the transaction.
+    dead: u32,
+    /// The store has it already: its changes are dropped.
+    skip: bool,
+}
+
+impl InTx {
+    fn new(begin: TxBegin, skip: bool) -> InTx {
+        InTx {
+            begin,
+            changes: Vec::new(),
+            cursor: None,
+            dead: 0,
+            skip,
+        }
+    }
+}
+
+/// Sleeps until `at`; never resolves without one (the caller guards the branch).
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -95,9 +95,10 @@ pub(crate) fn settle_hours(
 ) -> Vec<EventError> {
     let mut errors = Vec::new();
     let mut boundary = from_hour.saturating_add(MICROS_PER_HOUR);
+    let positions = state.positions_iter();
     while boundary <= to_hour {
         let hour_start = boundary - MICROS_PER_HOUR;
-        for (id, p) in state.positions_iter() {
+        for &(id, p) in &positions {
             let start = max(p.since, hour_start);
             match segment_entry(cx, state.user_name(p.user), id, p.notional, start, boundary) {
                 Ok(Some(e)) => {

@@ -295,15 +295,30 @@ impl Engine {
         book: &mut B,
         tx: &TxEvents,
     ) -> Result<TxOutcome, StreamError> {
+        let (mut cursor, mut outcome) =
+            self.begin_transaction(state, tx.commit_lsn, tx.commit_time)?;
+        let events = self.apply_events(&mut cursor, state, book, &tx.events);
+        outcome.entries.extend(events.entries);
+        outcome.counters.merge(&events.counters);
+        outcome.errors.extend(events.errors);
+        Ok(outcome)
+    }
+
+    /// Starts a source transaction whose events will come in chunks (a huge
+    /// transaction need not be held in memory): advances stream time and
+    /// settles the hours it crosses. Feeding every event to
+    /// [`Engine::apply_events`] after this gives exactly the entries, in the
+    /// same order with the same ordinals, that [`Engine::apply_transaction`]
+    /// gives for the whole transaction.
+    pub fn begin_transaction(
+        &self,
+        state: &mut State,
+        commit_lsn: u64,
+        commit_time: i64,
+    ) -> Result<(TxCursor, TxOutcome), StreamError> {
         let prev = state.stream_time();
-        let now = prev.map_or(tx.commit_time, |p| p.max(tx.commit_time));
-        let mut cx = Ctx {
-            rules: &self.rules,
-            compiled: &self.compiled,
-            version: &self.version,
-            now,
-            counters: Counters::default(),
-        };
+        let now = prev.map_or(commit_time, |p| p.max(commit_time));
+        let mut cx = self.ctx(now);
         let mut entries = Vec::new();
         let mut errors = Vec::new();
 
@@ -315,7 +330,7 @@ impl Engine {
                 if hours > i128::from(MAX_SETTLED_HOURS_PER_TX) {
                     return Err(StreamError::TimeJump {
                         from: p,
-                        to: tx.commit_time,
+                        to: commit_time,
                         hours: i64::try_from(hours).unwrap_or(i64::MAX),
                         open_positions: state.open_positions(),
                         limit: MAX_SETTLED_HOURS_PER_TX,
@@ -328,8 +343,37 @@ impl Engine {
             }
         }
         state.set_stream_time(now);
+        let mut cursor = TxCursor {
+            commit_lsn,
+            now,
+            next_ordinal: 0,
+        };
+        cursor.number(&mut entries);
+        Ok((
+            cursor,
+            TxOutcome {
+                commit_lsn,
+                entries,
+                counters: cx.counters,
+                errors,
+            },
+        ))
+    }
 
-        for (i, ev) in tx.events.iter().enumerate() {
+    /// Applies the next events of a transaction started with
+    /// [`Engine::begin_transaction`]; failure indexes are positions in
+    /// `events`.
+    pub fn apply_events<B: AwardBook + ?Sized>(
+        &self,
+        cursor: &mut TxCursor,
+        state: &mut State,
+        book: &mut B,
+        events: &[Event],
+    ) -> TxOutcome {
+        let mut cx = self.ctx(cursor.now);
+        let mut entries = Vec::new();
+        let mut errors = Vec::new();
+        for (i, ev) in events.iter().enumerate() {
             let mark = entries.len();
             let saved = cx.counters;
             let r = match ev {
@@ -370,15 +414,41 @@ impl Engine {
                 });
             }
         }
-
-        for (k, e) in entries.iter_mut().enumerate() {
-            e.ordinal = u32::try_from(k).unwrap_or(u32::MAX);
-        }
-        Ok(TxOutcome {
-            commit_lsn: tx.commit_lsn,
+        cursor.number(&mut entries);
+        TxOutcome {
+            commit_lsn: cursor.commit_lsn,
             entries,
             counters: cx.counters,
             errors,
-        })
+        }
+    }
+
+    fn ctx(&self, now: i64) -> Ctx<'_> {
+        Ctx {
+            rules: &self.rules,
+            compiled: &self.compiled,
+            version: &self.version,
+            now,
+            counters: Counters::default(),
+        }
+    }
+}
+
+/// Where a transaction fed to the engine in chunks stands: its stream time
+/// and the next entry's ordinal.
+#[derive(Debug, Clone)]
+pub struct TxCursor {
+    commit_lsn: u64,
+    now: i64,
+    next_ordinal: u32,
+}
+
+impl TxCursor {
+    /// Numbers `entries` on from the last one numbered.
+    fn number(&mut self, entries: &mut [LedgerEntry]) {
+        for e in entries {
+            e.ordinal = self.next_ordinal;
+            self.next_ordinal = self.next_ordinal.saturating_add(1);
+        }
     }
 }

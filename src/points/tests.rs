@@ -829,3 +829,73 @@ fn readme_worked_example() {
     assert_eq!(carol.trading_points, d("1105"));
     assert_eq!(carol.trading_volume, d("220000"));
 }
+
+/// A transaction fed to the engine in chunks (as the daemon does with big
+/// ones) gives exactly the entries, ordinals, counters and failures of the
+/// same transaction applied whole.
+#[test]
+fn a_transaction_in_chunks_equals_it_whole() {
+    let mut events = vec![
+        link("0xb", "0xa"),
+        link("0xc", "0xb"),
+        Event::PositionInserted {
+            new: pos("p1", "0xa", "2", "100", true, None),
+        },
+    ];
+    for i in 0..40 {
+        let taker = ["0xa", "0xb", "0xc", "0xd"][i % 4];
+        let maker = ["0xd", "0xc", "0xa", "0xb"][i % 4];
+        events.push(fill(
+            &format!("t{i}"),
+            "1000",
+            "30",
+            taker,
+            maker,
+            G + 2 * H,
+        ));
+        if i % 9 == 4 {
+            // A negative price fails and must leave no trace in either run.
+            events.push(fill(&format!("bad{i}"), "-1", "1", taker, maker, G + 2 * H));
+        }
+        if i % 7 == 3 {
+            events.push(Event::TradeDeleted {
+                id: format!("t{}", i - 2),
+            });
+        }
+    }
+    let toml = "[referral]\nlevel2_share = 0.05\n";
+    let mut whole = Harness::new(toml);
+    whole.tx(
+        G + H,
+        vec![Event::PositionInserted {
+            new: pos("p0", "0xd", "1", "50", true, None),
+        }],
+    );
+    let expected = whole.tx(G + 3 * H + 5, events.clone());
+
+    for chunk in [1, 3, 7, 100] {
+        let mut h = Harness::new(toml);
+        h.tx(
+            G + H,
+            vec![Event::PositionInserted {
+                new: pos("p0", "0xd", "1", "50", true, None),
+            }],
+        );
+        let (mut cursor, mut got) = h
+            .engine
+            .begin_transaction(&mut h.state, 2, G + 3 * H + 5)
+            .unwrap();
+        for (k, part) in events.chunks(chunk).enumerate() {
+            let out = h
+                .engine
+                .apply_events(&mut cursor, &mut h.state, &mut h.book, part);
+            got.entries.extend(out.entries);
+            got.counters.merge(&out.counters);
+            got.errors.extend(out.errors.into_iter().map(|mut f| {
+                f.index = f.index.map(|i| i + k * chunk);
+                f
+            }));
+        }
+        assert_eq!(got, expected, "chunks of {chunk}");
+    }
+}

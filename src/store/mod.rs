@@ -13,8 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rust_decimal::Decimal;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{PgLsn, ToSql, Type};
+use tokio_postgres::types::PgLsn;
 use tokio_postgres::{Client, Transaction};
 
 use crate::config::ConnUrl;
@@ -24,7 +23,11 @@ use crate::points::{
     StateDelta, Totals, VolumeRow,
 };
 
+mod copy;
 mod migrate;
+mod writer;
+
+pub use writer::{write_batches, Seal, StoreWriter, WriterJobs};
 
 /// Why a store operation failed, split by what the caller must do.
 #[derive(Debug, thiserror::Error)]
@@ -178,41 +181,32 @@ pub struct BatchAwards {
 }
 
 impl BatchAwards {
-    /// Fetches from the store the awards of `ids` that this batch has not seen yet, so that
-    /// [`AwardBook::get`] answers from memory during the engine call.
-    pub async fn prefetch<'a>(
-        &mut self,
-        store: &Store,
-        ids: impl Iterator<Item = &'a str>,
-    ) -> Result<(), StoreError> {
-        let missing: Vec<String> = ids
+    /// The ids among `ids` whose award this batch has neither changed nor fetched yet: what
+    /// must be read from the store before the engine call.
+    pub fn missing<'a>(&self, ids: impl Iterator<Item = &'a str>) -> Vec<String> {
+        let mut missing: Vec<String> = ids
             .filter(|id| !self.changed.contains_key(*id) && !self.fetched.contains_key(*id))
             .map(str::to_owned)
             .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let rows = store
-            .client
-            .query(
-                "SELECT trade_id, award FROM walpoints.trade_award \
-                 WHERE source_id = $1 AND trade_id = ANY($2)",
-                &[&store.source_id, &missing],
-            )
-            .await
-            .map_err(StoreError::db("read trade awards"))?;
+        missing.sort_unstable();
+        missing.dedup();
+        missing
+    }
+
+    /// Records what the store answered for `missing` (ids it does not know have no award), so
+    /// that [`AwardBook::get`] answers from memory during the engine call.
+    pub fn record_fetched(&mut self, missing: Vec<String>, found: Vec<(String, Award)>) {
         for id in missing {
             self.fetched.insert(id, None);
         }
-        for row in rows {
-            let id: String = row.get(0);
-            let json: String = row.get(1);
-            let award: Award = serde_json::from_str(&json).map_err(|e| {
-                StoreError::Definite(format!("walpoints.trade_award of trade {id}: {e}"))
-            })?;
+        for (id, award) in found {
             self.fetched.insert(id, Some(award));
         }
-        Ok(())
+    }
+
+    /// How many awards this batch changed (and holds until they are written).
+    pub fn changed(&self) -> usize {
+        self.changed.len()
     }
 
     /// Hands the batch's changes over for writing and forgets everything.
@@ -309,68 +303,106 @@ impl Store {
     }
 
     /// Rebuilds the engine's state from the store (with change tracking on), as of the
-    /// checkpoint.
+    /// checkpoint. Rows are streamed and applied in chunks, so loading a million open positions
+    /// never holds them twice (as rows and as state).
     pub async fn load_state(&self, stream_time: Option<i64>) -> Result<State, StoreError> {
-        let id = &self.source_id;
-        let q = |sql: &'static str| async move {
-            self.client
-                .query(sql, &[id])
-                .await
-                .map_err(StoreError::db("load the rules state"))
-        };
-        let volumes = q(
-            "SELECT user_address, epoch, volume FROM walpoints.state_volume \
-                         WHERE source_id = $1",
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(VolumeRow {
-                user: r.get(0),
-                epoch: epoch_from_db(r.get(1))?,
-                volume: r.get(2),
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-        let referrals = q("SELECT referee, referrer FROM walpoints.state_referral \
-                           WHERE source_id = $1")
-        .await?
-        .iter()
-        .map(|r| ReferralRow {
-            referee: r.get(0),
-            referrer: Some(r.get(1)),
-        })
-        .collect();
-        let positions = q("SELECT position_id, user_address, notional, since \
-                           FROM walpoints.state_open_position WHERE source_id = $1")
-        .await?
-        .iter()
-        .map(|r| PositionRow {
-            id: r.get(0),
-            open: Some(OpenPositionRow {
-                user: r.get(1),
-                notional: r.get(2),
-                since: r.get(3),
-            }),
-        })
-        .collect();
-        let pnl_paid = q("SELECT position_id FROM walpoints.state_pnl_paid WHERE source_id = $1")
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
         let mut state = State::new();
         state
             .apply_delta(StateDelta {
                 stream_time,
-                volumes,
-                referrals,
-                positions,
-                pnl_paid,
+                ..StateDelta::default()
             })
             .map_err(|e| StoreError::Definite(format!("loading the rules state: {e}")))?;
+        self.load_rows(
+            &mut state,
+            "SELECT user_address, epoch, volume FROM walpoints.state_volume WHERE source_id = $1",
+            |r, d| {
+                d.volumes.push(VolumeRow {
+                    user: col(r, 0)?,
+                    epoch: epoch_from_db(col(r, 1)?)?,
+                    volume: col(r, 2)?,
+                });
+                Ok(())
+            },
+        )
+        .await?;
+        self.load_rows(
+            &mut state,
+            "SELECT referee, referrer FROM walpoints.state_referral WHERE source_id = $1",
+            |r, d| {
+                d.referrals.push(ReferralRow {
+                    referee: col(r, 0)?,
+                    referrer: Some(col(r, 1)?),
+                });
+                Ok(())
+            },
+        )
+        .await?;
+        self.load_rows(
+            &mut state,
+            "SELECT position_id, user_address, notional, since \
+             FROM walpoints.state_open_position WHERE source_id = $1",
+            |r, d| {
+                d.positions.push(PositionRow {
+                    id: col(r, 0)?,
+                    open: Some(OpenPositionRow {
+                        user: col(r, 1)?,
+                        notional: col(r, 2)?,
+                        since: col(r, 3)?,
+                    }),
+                });
+                Ok(())
+            },
+        )
+        .await?;
+        self.load_rows(
+            &mut state,
+            "SELECT position_id FROM walpoints.state_pnl_paid WHERE source_id = $1",
+            |r, d| {
+                d.pnl_paid.push(col(r, 0)?);
+                Ok(())
+            },
+        )
+        .await?;
         state.enable_change_tracking();
         Ok(state)
+    }
+
+    /// Streams one state table's rows of this source into `state`, `LOAD_CHUNK` at a time.
+    async fn load_rows(
+        &self,
+        state: &mut State,
+        sql: &str,
+        mut add: impl FnMut(&tokio_postgres::Row, &mut StateDelta) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        use futures_util::TryStreamExt;
+        const LOAD_CHUNK: usize = 10_000;
+        let err = StoreError::db("load the rules state");
+        let rows = self
+            .client
+            .query_raw(sql, [&self.source_id])
+            .await
+            .map_err(&err)?;
+        futures_util::pin_mut!(rows);
+        let mut chunk = StateDelta::default();
+        let mut n = 0;
+        loop {
+            let row = rows.try_next().await.map_err(&err)?;
+            let done = row.is_none();
+            if let Some(row) = row {
+                add(&row, &mut chunk)?;
+                n += 1;
+            }
+            if done || n == LOAD_CHUNK {
+                state
+                    .apply_delta(std::mem::take(&mut chunk))
+                    .map_err(|e| StoreError::Definite(format!("loading the rules state: {e}")))?;
+                n = 0;
+            }
+            if done {
+                return Ok(());
+            }
+        }
     }
 
     /// Opens the one store transaction a batch (or the initial snapshot) is written in.
@@ -605,6 +637,57 @@ impl StoreTx<'_> {
         })
     }
 
+    /// Locks this source's checkpoint row and checks it is where this process left it (`from`),
+    /// refusing with [`StoreError::Fenced`] otherwise. Run it first in a batch whose end is not
+    /// known yet: the lock keeps a second instance's batch waiting until this one commits, and
+    /// [`StoreTx::advance_checkpoint`] moves the row at the end.
+    pub async fn lock_checkpoint(&self, from: Lsn) -> Result<(), StoreError> {
+        let found: Option<PgLsn> = self
+            .tx
+            .query_opt(
+                "SELECT lsn FROM walpoints.checkpoint WHERE source_id = $1 FOR UPDATE",
+                &[&self.source_id],
+            )
+            .await
+            .map_err(StoreError::db("lock the checkpoint"))?
+            .map(|r| r.get(0));
+        match found {
+            Some(lsn) if u64::from(lsn) == from.0 => Ok(()),
+            other => Err(StoreError::Fenced {
+                source_id: self.source_id.to_owned(),
+                expected: from,
+                found: other.map_or_else(
+                    || "nowhere (the source was removed)".into(),
+                    |l| Lsn(u64::from(l)).to_string(),
+                ),
+            }),
+        }
+    }
+
+    /// The stored awards of `ids`, as this transaction sees them (its own uncommitted writes
+    /// included); ids without an award are absent.
+    pub async fn awards(&self, ids: &[String]) -> Result<Vec<(String, Award)>, StoreError> {
+        let rows = self
+            .tx
+            .query(
+                "SELECT trade_id, award FROM walpoints.trade_award \
+                 WHERE source_id = $1 AND trade_id = ANY($2)",
+                &[&self.source_id, &ids],
+            )
+            .await
+            .map_err(StoreError::db("read trade awards"))?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.get(0);
+                let json: &str = row.get(1);
+                let award: Award = serde_json::from_str(json).map_err(|e| {
+                    StoreError::Definite(format!("walpoints.trade_award of trade {id}: {e}"))
+                })?;
+                Ok((id, award))
+            })
+            .collect()
+    }
+
     /// Writes a batch: ledger rows (binary COPY), one total increment per (user, epoch), state
     /// rows, awards and dead letters.
     pub async fn write(&self, batch: &mut Batch) -> Result<(), StoreError> {
@@ -643,6 +726,7 @@ impl StoreTx<'_> {
     }
 
     async fn copy_ledger(&self, entries: &[(Lsn, i64, LedgerEntry)]) -> Result<(), StoreError> {
+        use futures_util::SinkExt;
         if entries.is_empty() {
             return Ok(());
         }
@@ -656,61 +740,49 @@ impl StoreTx<'_> {
             )
             .await
             .map_err(StoreError::db("start the ledger COPY"))?;
-        let types = [
-            Type::TEXT,
-            Type::PG_LSN,
-            Type::INT4,
-            Type::TEXT,
-            Type::INT4,
-            Type::TEXT,
-            Type::BOOL,
-            Type::NUMERIC,
-            Type::NUMERIC,
-            Type::NUMERIC,
-            Type::NUMERIC,
-            Type::NUMERIC,
-            Type::TEXT,
-            Type::TEXT,
-            Type::TEXT,
-            Type::TIMESTAMPTZ,
-            Type::TIMESTAMPTZ,
-            Type::TIMESTAMPTZ,
-            Type::TEXT,
-        ];
-        let writer = BinaryCopyInWriter::new(sink, &types);
-        tokio::pin!(writer);
+        futures_util::pin_mut!(sink);
+        let mut rows = copy::Rows::new();
         for (commit_lsn, commit_time, e) in entries {
             let ordinal = i32::try_from(e.ordinal)
                 .map_err(|_| StoreError::Definite(format!("ordinal {} too big", e.ordinal)))?;
-            let epoch = epoch_to_db(e.epoch)?;
-            let row: [&(dyn ToSql + Sync); 19] = [
-                &self.source_id,
-                &PgLsn::from(commit_lsn.0),
-                &ordinal,
-                &e.user,
-                &epoch,
-                &e.kind.as_str(),
-                &e.reversal,
-                &e.points,
-                &e.basis,
-                &e.multiplier,
-                &e.rate,
-                &e.position_notional,
-                &e.trade_id,
-                &e.position_id,
-                &e.referee,
-                &e.segment_start.map(time_of),
-                &time_of(e.event_time),
-                &time_of(*commit_time),
-                &&*e.rules_version,
-            ];
-            writer
-                .as_mut()
-                .write(&row)
-                .await
-                .map_err(StoreError::db("write ledger rows"))?;
+            let mut row = rows.row(19);
+            row.text(self.source_id);
+            row.i64(i64::try_from(commit_lsn.0).unwrap_or(i64::MAX));
+            row.i32(ordinal);
+            row.text(&e.user);
+            row.i32(epoch_to_db(e.epoch)?);
+            row.text(e.kind.as_str());
+            row.bool(e.reversal);
+            for d in [e.points, e.basis, e.multiplier, e.rate] {
+                row.numeric(&d)?;
+            }
+            match &e.position_notional {
+                Some(d) => row.numeric(d)?,
+                None => row.null(),
+            }
+            for t in [&e.trade_id, &e.position_id, &e.referee] {
+                match t {
+                    Some(t) => row.text(t),
+                    None => row.null(),
+                }
+            }
+            match e.segment_start {
+                Some(t) => row.timestamp(t),
+                None => row.null(),
+            }
+            row.timestamp(e.event_time);
+            row.timestamp(*commit_time);
+            row.text(&e.rules_version);
+            if rows.len() >= copy::CHUNK_BYTES {
+                sink.send(rows.take())
+                    .await
+                    .map_err(StoreError::db("write ledger rows"))?;
+            }
         }
-        writer
+        sink.send(rows.finish())
+            .await
+            .map_err(StoreError::db("write ledger rows"))?;
+        sink.as_mut()
             .finish()
             .await
             .map_err(StoreError::db("finish the ledger COPY"))?;
@@ -925,6 +997,15 @@ impl StoreTx<'_> {
         }
         Ok(())
     }
+}
+
+/// Column `i` of a state row; a value that does not convert (a hand-edited store) is definite.
+fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
+    r: &'a tokio_postgres::Row,
+    i: usize,
+) -> Result<T, StoreError> {
+    r.try_get(i)
+        .map_err(|e| StoreError::Definite(format!("loading the rules state: {e}")))
 }
 
 fn epoch_to_db(e: EpochId) -> Result<i32, StoreError> {
