@@ -9,11 +9,18 @@ use super::StoreError;
 
 /// Every migration in order: (version, file name, SQL). Never edit one that has shipped: add the
 /// next file instead; a changed checksum stops walpoints.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "0001_init.sql",
-    include_str!("../../migrations/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "0001_init.sql",
+        include_str!("../../migrations/0001_init.sql"),
+    ),
+    (
+        2,
+        "0002_referrer_index.sql",
+        include_str!("../../migrations/0002_referrer_index.sql"),
+    ),
+];
 
 /// Creates the schema and applies the migrations the store has not recorded yet; returns how
 /// many were applied.
