@@ -20,7 +20,19 @@ struct Live {
     latencies: Vec<(f64, f64)>,
 }
 
-/// Runs pgbench at 1,000 trades/s, then unthrottled, while walpoints follows.
+/// Target rates of the live runs (trades/s); `None` is pgbench unthrottled.
+const RATES: [Option<u32>; 6] = [
+    Some(1_000),
+    Some(2_000),
+    Some(3_000),
+    Some(4_000),
+    Some(6_000),
+    None,
+];
+
+/// Runs pgbench at a ladder of rates, then unthrottled, while walpoints follows; a rate is
+/// sustained when pgbench achieves it and the lag does not grow over the run (the last
+/// 10-second window's p99 is not above the first's by more than half plus 50 ms).
 pub async fn run(lab: &Lab, plan: &Plan) -> Result<()> {
     lab.reset("trades, positions, referral_relations").await?;
     seed_referrals(&lab.exchange, USERS).await?;
@@ -35,11 +47,11 @@ pub async fn run(lab: &Lab, plan: &Plan) -> Result<()> {
 
     println!(
         "\n## Live: one-row trades committed by pgbench (4 clients) for {} s while walpoints follows\n\n\
-         | target rate | achieved trades/s | p50 ms | p99 ms | max ms | p99 per 10 s window (ms) | walpoints peak RSS |\n\
-         |---|---:|---:|---:|---:|---|---:|",
+         | target rate | achieved trades/s | p50 ms | p99 ms | max ms | p99 per 10 s window (ms) | sustained | walpoints peak RSS |\n\
+         |---|---:|---:|---:|---:|---|---|---:|",
         plan.live_for.as_secs()
     );
-    for rate in [Some(1_000u32), None] {
+    for rate in RATES {
         let from = SystemTime::now();
         let live = pgbench(lab, &script, rate, plan.live_for)?;
         let fence = lab.fence().await?;
@@ -50,19 +62,26 @@ pub async fn run(lab: &Lab, plan: &Plan) -> Result<()> {
         let live = Live { latencies, ..live };
         let mut sorted: Vec<f64> = live.latencies.iter().map(|l| l.1).collect();
         sorted.sort_by(f64::total_cmp);
-        let windows = windows(&live.latencies, 10.0)
+        let windows = windows(&live.latencies, 10.0);
+        let steady = match (windows.first(), windows.last()) {
+            (Some(&first), Some(&last)) => last <= first * 1.5 + 50.0,
+            _ => false,
+        };
+        let achieved = rate.is_none_or(|r| live.tps >= 0.95 * f64::from(r));
+        let windows = windows
             .iter()
             .map(|w| format!("{w:.0}"))
             .collect::<Vec<_>>()
             .join(" ");
         println!(
-            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {:.0} MiB |",
+            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {:.0} MiB |",
             rate.map_or("max (unthrottled)".to_owned(), |r| format!("{r}/s")),
             live.tps,
             percentile(&sorted, 0.50),
             percentile(&sorted, 0.99),
             sorted.last().copied().unwrap_or(0.0),
             windows,
+            if steady && achieved { "yes" } else { "no" },
             mib(daemon.peak_rss_kib()),
         );
     }
