@@ -10,10 +10,10 @@
 //!   with `pg_recvlogical -f /dev/null` and once with `walpoints run` (until its checkpoint passes
 //!   a WAL fence written after the workload, store commits included); prints rows/s of both and
 //!   their ratio.
-//! - `live`: `walpoints run` follows pgbench committing one-row trades at 1,000/s and then as fast
-//!   as 4 clients can; prints commit-to-points-visible latency (the trade's commit timestamp to
-//!   the store commit holding its ledger rows, both from the same server clock) and whether lag
-//!   grows over the run.
+//! - `live`: `walpoints run` follows pgbench committing one-row trades at 1,000/s, a ladder of
+//!   higher rates and then as fast as 4 clients can; prints commit-to-points-visible latency
+//!   (the trade's commit timestamp to the store commit holding its ledger rows, both from the
+//!   same server clock) and whether lag grows over the run.
 //! - `memory`: walpoints' peak RSS with 1,000,000 open positions and 1,000,000 distinct users in
 //!   its state.
 //!

@@ -65,7 +65,13 @@ pub const MAX_SETTLED_HOURS_PER_TX: i64 = 366 * 24;
 /// Lowercases an address only when needed, because addresses are compared
 /// case-insensitively and stored lowercase, and most already are.
 pub fn normalize_address(a: &str) -> Cow<'_, str> {
-    if a.chars().any(char::is_uppercase) {
+    // Addresses are ASCII in practice: a byte scan, with the Unicode check as the fallback.
+    let upper = if a.is_ascii() {
+        a.bytes().any(|b| b.is_ascii_uppercase())
+    } else {
+        a.chars().any(char::is_uppercase)
+    };
+    if upper {
         Cow::Owned(a.to_lowercase())
     } else {
         Cow::Borrowed(a)

@@ -12,8 +12,8 @@
 //! daemon can persist only what changed in a batch; loading is applying one
 //! big delta ([`State::apply_delta`]) to an empty state.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::Hasher;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -53,9 +53,6 @@ impl Hasher for NameHasher {
         self.0
     }
 }
-
-/// Maps keyed by names (position ids) hash with [`NameHasher`].
-type FixedHasher = BuildHasherDefault<NameHasher>;
 
 fn hash_name(name: &str) -> u64 {
     let mut h = NameHasher::default();
@@ -98,6 +95,85 @@ impl Interner {
     }
 }
 
+/// Open positions by id: a dense vector of (id, position), found by hash through a table of
+/// 4-byte indexes. At a million positions that is ~60 bytes a position plus its boxed id,
+/// where a hash map of boxed keys (at the load factor a doubling table sits at) takes ~100,
+/// and twice that while it grows.
+#[derive(Debug, Clone, Default)]
+struct Positions {
+    slots: Vec<(Box<str>, OpenPosition)>,
+    index: hashbrown::HashTable<u32>,
+}
+
+impl Positions {
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn slot_of(&self, id: &str) -> Option<usize> {
+        let slots = &self.slots;
+        self.index
+            .find(hash_name(id), |&i| {
+                slots.get(i as usize).is_some_and(|(k, _)| &**k == id)
+            })
+            .map(|&i| i as usize)
+    }
+
+    fn get(&self, id: &str) -> Option<&OpenPosition> {
+        self.slot_of(id)
+            .and_then(|i| self.slots.get(i))
+            .map(|(_, p)| p)
+    }
+
+    /// Sets the position of `id`, adding it if new.
+    fn put(&mut self, id: &str, p: OpenPosition) {
+        if let Some(slot) = self.slot_of(id).and_then(|i| self.slots.get_mut(i)) {
+            slot.1 = p;
+            return;
+        }
+        // A u32 index covers more positions than memory could hold.
+        let i = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+        self.slots.push((Box::from(id), p));
+        let slots = &self.slots;
+        self.index.insert_unique(hash_name(id), i, |&i| {
+            hash_name(slots.get(i as usize).map_or("", |(k, _)| &**k))
+        });
+    }
+
+    /// Removes `id`; the last slot moves into its place.
+    fn remove(&mut self, id: &str) -> Option<OpenPosition> {
+        let slots = &self.slots;
+        let entry = self
+            .index
+            .find_entry(hash_name(id), |&i| {
+                slots.get(i as usize).is_some_and(|(k, _)| &**k == id)
+            })
+            .ok()?;
+        let (i, _) = entry.remove();
+        let i = i as usize;
+        let (_, p) = self.slots.swap_remove(i);
+        if let Some((moved, _)) = self.slots.get(i) {
+            let last = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+            if let Some(at) = self.index.find_mut(hash_name(moved), |&j| j == last) {
+                *at = u32::try_from(i).unwrap_or(u32::MAX);
+            }
+        }
+        Some(p)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &OpenPosition)> {
+        self.slots.iter().map(|(k, p)| (&**k, p))
+    }
+
+    fn reserve(&mut self, n: usize) {
+        self.slots.reserve_exact(n);
+        let slots = &self.slots;
+        self.index.reserve(n, |&i| {
+            hash_name(slots.get(i as usize).map_or("", |(k, _)| &**k))
+        });
+    }
+}
+
 /// An open position as the engine tracks it: enough to integrate holding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct OpenPosition {
@@ -126,9 +202,8 @@ pub struct State {
     stream_time: Option<i64>,
     volumes: BTreeMap<(UserId, EpochId), Decimal>,
     referrer_of: BTreeMap<UserId, UserId>,
-    /// Hashed, not ordered: a million entries cost half as much; [`State::positions_iter`]
-    /// sorts when an order is needed.
-    positions: HashMap<Box<str>, OpenPosition, FixedHasher>,
+    /// Hashed, not ordered: [`State::positions_iter`] sorts when an order is needed.
+    positions: Positions,
     pnl_paid: BTreeSet<Box<str>>,
     changes: Option<Changes>,
 }
@@ -238,6 +313,12 @@ impl State {
         let referee = super::normalize_address(referee);
         let id = self.users.get(&referee)?;
         self.referrer_of.get(&id).map(|r| self.users.name(*r))
+    }
+
+    /// Makes room for `n` more open positions at once, so that loading a million does not
+    /// hold the table twice while it doubles.
+    pub fn reserve_positions(&mut self, n: usize) {
+        self.positions.reserve(n);
     }
 
     /// Number of positions the engine integrates holding for.
@@ -454,19 +535,13 @@ impl State {
 
     /// The open positions in id order (the order settlement writes them in).
     pub(crate) fn positions_iter(&self) -> Vec<(&str, &OpenPosition)> {
-        let mut all: Vec<(&str, &OpenPosition)> =
-            self.positions.iter().map(|(k, v)| (&**k, v)).collect();
+        let mut all: Vec<(&str, &OpenPosition)> = self.positions.iter().collect();
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
         all
     }
 
     pub(crate) fn put_position(&mut self, id: &str, p: OpenPosition) {
-        match self.positions.get_mut(id) {
-            Some(slot) => *slot = p,
-            None => {
-                self.positions.insert(Box::from(id), p);
-            }
-        }
+        self.positions.put(id, p);
         if let Some(c) = self.changes.as_mut() {
             c.positions.insert(Box::from(id));
         }

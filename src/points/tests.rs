@@ -899,3 +899,60 @@ fn a_transaction_in_chunks_equals_it_whole() {
         assert_eq!(got, expected, "chunks of {chunk}");
     }
 }
+
+/// Open positions live in a dense table whose removals move the last slot:
+/// every id must still find its own position after any mix of puts and
+/// removals, and settlement must still see them in id order.
+#[test]
+fn positions_survive_removals_in_any_order() {
+    let mut state = State::new();
+    let row = |i: u32| PositionRow {
+        id: format!("p{i:03}"),
+        open: Some(OpenPositionRow {
+            user: format!("0x{i}"),
+            notional: Decimal::from(i + 1),
+            since: i64::from(i),
+        }),
+    };
+    let gone = |i: u32| PositionRow {
+        id: format!("p{i:03}"),
+        open: None,
+    };
+    let apply = |state: &mut State, positions: Vec<PositionRow>| {
+        state
+            .apply_delta(StateDelta {
+                positions,
+                ..StateDelta::default()
+            })
+            .unwrap();
+    };
+    apply(&mut state, (0..60).map(row).collect());
+    apply(
+        &mut state,
+        (0..60).filter(|i| i % 3 == 0).map(gone).collect(),
+    );
+    apply(
+        &mut state,
+        (0..60).filter(|i| i % 6 == 0).map(row).collect(),
+    );
+    apply(&mut state, vec![gone(59), gone(1), gone(58)]);
+    for i in 0..60u32 {
+        let open = i % 3 != 0 || i % 6 == 0;
+        let open = open && ![59, 1, 58].contains(&i);
+        assert_eq!(
+            state.open_position(&format!("p{i:03}")),
+            row(i).open.filter(|_| open),
+            "p{i:03}"
+        );
+    }
+    let ids: Vec<String> = state
+        .to_delta()
+        .positions
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted);
+    assert_eq!(ids.len(), state.open_positions());
+}

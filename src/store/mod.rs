@@ -338,6 +338,16 @@ impl Store {
             },
         )
         .await?;
+        let positions: i64 = self
+            .client
+            .query_one(
+                "SELECT count(*) FROM walpoints.state_open_position WHERE source_id = $1",
+                &[&self.source_id],
+            )
+            .await
+            .map_err(StoreError::db("count the open positions"))?
+            .get(0);
+        state.reserve_positions(usize::try_from(positions).unwrap_or(0));
         self.load_rows(
             &mut state,
             "SELECT position_id, user_address, notional, since \
