@@ -225,29 +225,19 @@ pub async fn status(config: &Config, thresholds: Thresholds) -> Status {
 
 /// (checkpoint LSN, its commit time, dead letters), or None before setup.
 async fn read_store(store: &Store, source_id: &str) -> Result<Option<(Lsn, i64, i64)>, String> {
-    let row = store
+    let Some(cp) = store.checkpoint().await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let dead: i64 = store
         .client()
-        .query_opt(
-            "SELECT c.lsn::text, c.commit_time, \
-                    (SELECT count(*) FROM walpoints.dead_letter d WHERE d.source_id = c.source_id) \
-             FROM walpoints.checkpoint c WHERE c.source_id = $1",
+        .query_one(
+            "SELECT count(*) FROM walpoints.dead_letter WHERE source_id = $1",
             &[&source_id],
         )
         .await
-        .map_err(|e| {
-            if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
-                "the store has no walpoints schema: run `walpoints setup`".to_owned()
-            } else {
-                pgconn::error_text(&e)
-            }
-        })?;
-    let Some(row) = row else { return Ok(None) };
-    let lsn: String = row.get(0);
-    let lsn = lsn
-        .parse()
-        .map_err(|e: crate::lsn::ParseLsnError| e.to_string())?;
-    let commit_time = crate::store::micros_of(row.get(1));
-    Ok(Some((lsn, commit_time, row.get(2))))
+        .map_err(|e| pgconn::error_text(&e))?
+        .get(0);
+    Ok(Some((cp.lsn, cp.commit_time, dead)))
 }
 
 impl Status {

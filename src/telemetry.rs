@@ -23,10 +23,7 @@ use crate::status::SlotReport;
 
 /// Microseconds since 1970 by the wall clock (lag for humans; never used for points).
 pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    crate::store::micros_of(std::time::SystemTime::now())
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
