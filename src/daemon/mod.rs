@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::config::{Config, ConnUrl};
 use crate::events::Mapper;
 use crate::pgconn;
-use crate::pipeline::{BatchLimits, Pipeline};
+use crate::pipeline::{BatchLimits, Pipeline, PipelineError};
 use crate::points::Engine;
 use crate::source::{AdminSession, ReplicationSource, SourceOptions};
 use crate::status::SlotReport;
@@ -97,7 +97,13 @@ async fn reconnecting(
     loop {
         let started = std::time::Instant::now();
         let err = match session(config, stop.clone(), telemetry).await {
-            Ok(()) => return Ok(()),
+            Ok(Ended::Stopped) => return Ok(()),
+            Ok(Ended::StoreBack) => {
+                // The outage was waited out already: resume at once.
+                backoff = Duration::from_millis(250);
+                attempt = 0;
+                continue;
+            }
             Err(e) if e.is_transient() => e,
             Err(e) => return Err(e),
         };
@@ -126,12 +132,28 @@ async fn reconnecting(
     }
 }
 
+/// How a session ended without an error for [`reconnecting`] to handle.
+enum Ended {
+    /// Asked to stop.
+    Stopped,
+    /// The store failed mid-stream and answers again: start a new session from its checkpoint.
+    StoreBack,
+}
+
+/// Longest pause between two probes of a store that failed mid-stream: short, since the
+/// replication session is being held open meanwhile.
+const MAX_STORE_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How long one probe of the store may take before it counts as another failure (a black-holed
+/// store would otherwise hang it).
+const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// One connected session: checks, state load, stream until stop or error.
 async fn session(
     config: &Config,
     stop: watch::Receiver<bool>,
     telemetry: &Arc<Telemetry>,
-) -> Result<(), DaemonError> {
+) -> Result<Ended, DaemonError> {
     let engine = engine(config)?;
     let mapper = mapper(config);
     let mut store = match Store::connect(&config.store_url(), &config.source.id, false).await {
@@ -200,6 +222,7 @@ async fn session(
         max_changes: config.batch.max_changes,
         max_delay: config.batch_delay(),
     };
+    let mut stop_store = stop.clone();
     let mut stop_rx = stop;
     let mut stopped = Box::pin(async move {
         let _ = stop_rx.wait_for(|s| *s).await;
@@ -216,9 +239,70 @@ async fn session(
                 tracing::debug!(error = %e, "ending the replication session");
             }
             tracing::info!(checkpoint = %pipeline.checkpoint(), "stopped cleanly");
-            Ok(())
+            Ok(Ended::Stopped)
+        }
+        Err(PipelineError::Store(e)) if e.is_transient() => {
+            let back = wait_for_store(config, &mut stop_store, telemetry, &e).await;
+            // The pipeline's state ran ahead of the store, and the source has streamed past
+            // the checkpoint: both start over from the store.
+            drop(source);
+            if back {
+                Ok(Ended::StoreBack)
+            } else {
+                tracing::warn!(error = %e, "stopping without committing the open batch; it is redone on the next start");
+                Ok(Ended::Stopped)
+            }
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The store failed mid-stream while the source is fine. Ending the session would drop the
+/// replication connection too: the slot would go inactive (free for another instance to take)
+/// and, if the store stays away longer than a reconnect, stay so. Instead this holds the
+/// replication session open while probing the store with capped backoff: the transport keeps
+/// sending standby feedback on its own, with the last committed LSN (so nothing new is
+/// acknowledged and the walsender never hits `wal_sender_timeout`), and stops reading the
+/// socket once its buffer is full, so the server just waits. Returns true once the store
+/// answers (or fails definitely, which the next session reports), false when asked to stop.
+async fn wait_for_store(
+    config: &Config,
+    stop: &mut watch::Receiver<bool>,
+    telemetry: &Telemetry,
+    first: &StoreError,
+) -> bool {
+    let mut backoff = Duration::from_millis(250);
+    let mut error = first.to_string();
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        telemetry.set_phase(Phase::Reconnecting {
+            error: format!(
+                "the store is unreachable (replication held open, nothing acknowledged): {error}"
+            ),
+        });
+        tracing::warn!(attempt, retry_in_ms = backoff.as_millis() as u64, %error, "the store failed; holding the replication session open, acknowledging nothing, until it answers");
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => return false,
+        }
+        let probe = async {
+            let store = Store::connect(&config.store_url(), &config.source.id, false).await?;
+            store.checkpoint().await.map(|_| ())
+        };
+        match tokio::time::timeout(STORE_PROBE_TIMEOUT, probe).await {
+            Ok(Ok(())) => {
+                tracing::warn!(
+                    attempt,
+                    "the store answers again; resuming from its checkpoint"
+                );
+                return true;
+            }
+            Ok(Err(e)) if e.is_transient() => error = e.to_string(),
+            Ok(Err(_)) => return true,
+            Err(_) => error = format!("no answer within {STORE_PROBE_TIMEOUT:?}"),
+        }
+        backoff = (backoff * 2).min(MAX_STORE_BACKOFF);
     }
 }
 

@@ -11,6 +11,8 @@ use walpoints::pgcluster::PgCluster;
 
 pub mod daemon;
 pub mod http;
+pub mod proxy;
+pub mod workload;
 
 /// A database of the test's own on a throwaway cluster (or on `WALPOINTS_TEST_PG_URL`).
 pub struct TestDb {
@@ -27,10 +29,16 @@ pub struct TestDb {
 impl TestDb {
     /// Starts a cluster (unless the environment names one) and creates database `name_<n>`.
     pub async fn new(name: &str) -> TestDb {
+        TestDb::with_settings(name, &[]).await
+    }
+
+    /// [`TestDb::new`] on a cluster started with `settings` (`postgresql.conf` lines); on the
+    /// server `WALPOINTS_TEST_PG_URL` names they are not applied (check `cluster`).
+    pub async fn with_settings(name: &str, settings: &[(&str, &str)]) -> TestDb {
         let (cluster, admin_url) = match std::env::var("WALPOINTS_TEST_PG_URL") {
             Ok(url) => (None, url),
             Err(_) => {
-                let cluster = PgCluster::start(&[]).expect("start a throwaway PostgreSQL");
+                let cluster = PgCluster::start(settings).expect("start a throwaway PostgreSQL");
                 let url = cluster.url("postgres");
                 (Some(cluster), url)
             }
