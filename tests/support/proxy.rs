@@ -3,7 +3,8 @@
 //! middlebox or a killed peer does), or black-hole it (`stall`: connections stay open but no
 //! byte moves either way, and new ones are accepted but never answered), or stall only what
 //! the client sends (`stall_upstream`: the server's stream still arrives but the client's
-//! acknowledgements never do).
+//! acknowledgements never do), or refuse new connections (`refuse`: reset at once, like a
+//! server that is down).
 //!
 //! Bytes read while a direction is stalled are held, not forwarded, and are thrown away if the
 //! connection is then dropped or reset: a held acknowledgement never reaches the server late.
@@ -35,6 +36,8 @@ struct Shared {
     stall_up: watch::Sender<bool>,
     /// Bumped by each `drop_all`/`reset_all`, with how: connections older than it end.
     kill: watch::Sender<(u64, Kill)>,
+    /// New connections are reset at once.
+    refuse: watch::Sender<bool>,
     accepted: AtomicU64,
 }
 
@@ -49,19 +52,26 @@ pub struct Proxy {
 impl Proxy {
     /// Listens on 127.0.0.1 (a free port) and forwards every connection to `127.0.0.1:target`.
     pub async fn start(target: u16) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a proxy");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a proxy");
         let port = listener.local_addr().unwrap().port();
         let shared = Arc::new(Shared {
             target: SocketAddr::from(([127, 0, 0, 1], target)),
             stall: watch::channel(false).0,
             stall_up: watch::channel(false).0,
             kill: watch::channel((0, Kill::Drop)).0,
+            refuse: watch::channel(false).0,
             accepted: AtomicU64::new(0),
         });
         let s = shared.clone();
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 s.accepted.fetch_add(1, Ordering::Relaxed);
+                if *s.refuse.borrow() {
+                    reset_on_close(client.as_raw_fd());
+                    continue;
+                }
                 tokio::spawn(serve(client, s.clone()));
             }
         });
@@ -99,6 +109,11 @@ impl Proxy {
     /// Black-holes (or, with false, restores) every connection and holds new ones unanswered.
     pub fn stall(&self, on: bool) {
         self.shared.stall.send_replace(on);
+    }
+
+    /// Resets (or, with false, serves again) every new connection at once.
+    pub fn refuse(&self, on: bool) {
+        self.shared.refuse.send_replace(on);
     }
 
     /// Holds (or, with false, releases) what clients send; the servers' bytes still arrive.
@@ -140,7 +155,12 @@ async fn serve(client: TcpStream, shared: Arc<Shared>) {
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
     let fds = [cw.as_ref().as_raw_fd(), uw.as_ref().as_raw_fd()];
-    let up = pump(cr, uw, shared.stall.subscribe(), shared.stall_up.subscribe());
+    let up = pump(
+        cr,
+        uw,
+        shared.stall.subscribe(),
+        shared.stall_up.subscribe(),
+    );
     let down = pump(ur, cw, shared.stall.subscribe(), watch::channel(false).1);
     tokio::select! {
         _ = async { tokio::join!(up, down) } => {}
