@@ -15,7 +15,7 @@ use crate::events::Mapper;
 use crate::pgconn;
 use crate::pipeline::{BatchLimits, Pipeline, PipelineError};
 use crate::points::Engine;
-use crate::source::{AdminSession, ReplicationSource, SourceOptions};
+use crate::source::{AdminSession, ReplicationSource, SourceOptions, StreamEvent};
 use crate::status::SlotReport;
 use crate::store::{Store, StoreError};
 use crate::telemetry::{Phase, Readiness, Telemetry};
@@ -241,36 +241,60 @@ async fn session(
             tracing::info!(checkpoint = %pipeline.checkpoint(), "stopped cleanly");
             Ok(Ended::Stopped)
         }
-        Err(PipelineError::Store(e)) if e.is_transient() => {
-            let back = wait_for_store(config, &mut stop_store, telemetry, &e).await;
+        Err(PipelineError::Store(e)) if e.is_transient() && !same_server(config) => {
+            let held = wait_for_store(config, &mut stop_store, telemetry, &mut source, &e).await;
             // The pipeline's state ran ahead of the store, and the source has streamed past
             // the checkpoint: both start over from the store.
             drop(source);
-            if back {
-                Ok(Ended::StoreBack)
-            } else {
-                tracing::warn!(error = %e, "stopping without committing the open batch; it is redone on the next start");
-                Ok(Ended::Stopped)
+            match held {
+                Held::StoreBack => Ok(Ended::StoreBack),
+                Held::Stopped => {
+                    tracing::warn!(error = %e, "stopping without committing the open batch; it is redone on the next start");
+                    Ok(Ended::Stopped)
+                }
+                Held::Released => Err(DaemonError::Pipeline(PipelineError::Store(e))),
             }
         }
         Err(e) => Err(e.into()),
     }
 }
 
+/// Whether the store is on the source's server (same host and port): then a store failure is
+/// most likely that server going away, and holding its replication session open is no use.
+fn same_server(config: &Config) -> bool {
+    let (store, source) = (config.store_url(), &config.source.url);
+    store.host == source.host && store.port == source.port
+}
+
+/// How [`wait_for_store`] ended.
+enum Held {
+    /// The store answers again.
+    StoreBack,
+    /// Asked to stop.
+    Stopped,
+    /// The source went away, or asked for a confirmation walsender shutdown waits for: the
+    /// replication session must be let go.
+    Released,
+}
+
 /// The store failed mid-stream while the source is fine. Ending the session would drop the
 /// replication connection too: the slot would go inactive (free for another instance to take)
 /// and, if the store stays away longer than a reconnect, stay so. Instead this holds the
 /// replication session open while probing the store with capped backoff: the transport keeps
-/// sending standby feedback on its own, with the last committed LSN (so nothing new is
-/// acknowledged and the walsender never hits `wal_sender_timeout`), and stops reading the
-/// socket once its buffer is full, so the server just waits. Returns true once the store
-/// answers (or fails definitely, which the next session reports), false when asked to stop.
+/// sending standby feedback with the last committed LSN (so nothing new is acknowledged and
+/// the walsender never hits `wal_sender_timeout`), and what the source sends meanwhile is
+/// read and thrown away (the next session streams it again from the store's checkpoint).
+///
+/// A source that is shutting down asks for a reply and waits until its client has confirmed
+/// everything it sent, which walpoints cannot do without the store: then (or if the source
+/// ends the stream) the session is released at once rather than holding the shutdown.
 async fn wait_for_store(
     config: &Config,
     stop: &mut watch::Receiver<bool>,
     telemetry: &Telemetry,
+    source: &mut ReplicationSource,
     first: &StoreError,
-) -> bool {
+) -> Held {
     let mut backoff = Duration::from_millis(250);
     let mut error = first.to_string();
     let mut attempt = 0u32;
@@ -282,9 +306,28 @@ async fn wait_for_store(
             ),
         });
         tracing::warn!(attempt, retry_in_ms = backoff.as_millis() as u64, %error, "the store failed; holding the replication session open, acknowledging nothing, until it answers");
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            _ = stop.wait_for(|s| *s) => return false,
+        let pause = tokio::time::sleep(backoff);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                () = &mut pause => break,
+                _ = stop.wait_for(|s| *s) => return Held::Stopped,
+                event = source.next_event() => match event {
+                    Ok(Some(StreamEvent::Idle { reply_requested: true, wal_end })) => {
+                        tracing::warn!(%wal_end, "the source asks walpoints to confirm WAL the store does not have (it may be shutting down): releasing the replication session");
+                        return Held::Released;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        tracing::warn!("the source ended the replication stream while the store was away");
+                        return Held::Released;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the source failed too while the store was away");
+                        return Held::Released;
+                    }
+                },
+            }
         }
         let probe = async {
             let store = Store::connect(&config.store_url(), &config.source.id, false).await?;
@@ -296,10 +339,10 @@ async fn wait_for_store(
                     attempt,
                     "the store answers again; resuming from its checkpoint"
                 );
-                return true;
+                return Held::StoreBack;
             }
             Ok(Err(e)) if e.is_transient() => error = e.to_string(),
-            Ok(Err(_)) => return true,
+            Ok(Err(_)) => return Held::StoreBack,
             Err(_) => error = format!("no answer within {STORE_PROBE_TIMEOUT:?}"),
         }
         backoff = (backoff * 2).min(MAX_STORE_BACKOFF);
