@@ -390,3 +390,69 @@ async fn sigkill_during_the_initial_snapshot_then_setup_again_starts_over_cleanl
     assert_same_ledger(&killed.ledger().await, &expected, "the undisturbed setup");
     assert_each_trade_once(&killed, BEFORE + 3_000).await;
 }
+
+/// A source shutdown waits until walpoints confirms everything the walsender sent, which it
+/// cannot while its store is away: the held replication session must be let go, not hold the
+/// shutdown; and nothing is lost across both outages.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_shutdown_during_a_store_outage_is_not_held_up() {
+    let db = TestDb::new("fault_both").await;
+    let Some(cluster) = db.cluster.as_ref() else {
+        eprintln!("skipped: WALPOINTS_TEST_PG_URL names a server this test cannot restart");
+        return;
+    };
+    let store_db = TestDb::new("fault_both_store").await;
+    db.exchange().await;
+    reference_slot(&db, "wp_ref").await;
+    let direct = Walpoints::new(&db, "both").store_on(&store_db);
+    let (proxy, url) = Proxy::in_front_of(&direct.store_url).await;
+    let wp = direct.env("WALPOINTS_STORE_URL", &url);
+    let running = wp.setup_and_stream().await;
+    workload(db.url.clone(), 1, 1_000, 100).await;
+
+    proxy.refuse(true);
+    proxy.reset_all();
+    workload(db.url.clone(), 1_001, 1_000, 100).await;
+    eventually(
+        "the daemon to hold the session",
+        Duration::from_secs(60),
+        || {
+            let held = running
+                .stderr()
+                .contains("holding the replication session open");
+            async move { held }
+        },
+    )
+    .await;
+    let started = Instant::now();
+    cluster
+        .stop(walpoints::pgcluster::StopMode::Fast)
+        .expect("stop the source fast");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the shutdown took {:?}",
+        started.elapsed()
+    );
+    let released = [
+        "asks walpoints to confirm",
+        "ended the replication stream",
+        "failed too",
+    ];
+    let stderr = running.stderr();
+    assert!(
+        released.iter().any(|r| stderr.contains(r)),
+        "the daemon did not say it let the session go:\n{stderr}"
+    );
+    eprintln!(
+        "{}",
+        stderr
+            .lines()
+            .filter(|l| released.iter().any(|r| l.contains(r)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    cluster.start_again().expect("start the source again");
+    proxy.refuse(false);
+    workload(db.url.clone(), 2_001, 1_000, 100).await;
+    assert_complete(&db, &wp, &running, "wp_ref", 3_000).await;
+}
