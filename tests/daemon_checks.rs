@@ -231,8 +231,28 @@ async fn an_invalidated_slot_refuses_to_run() {
             "wal_status = lost",
             "max_slot_wal_keep_size",
             "teardown --yes --drop-store",
+            "walpoints setup",
         ],
     );
+    // `status` shows the slot lost and exits 1, in text and in JSON.
+    let out = finish(wp.cmd(&["status"]), Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let wal_status = text
+        .lines()
+        .find(|l| l.starts_with("wal_status"))
+        .unwrap_or_else(|| panic!("no wal_status row:\n{text}"));
+    assert!(wal_status.ends_with(" lost"), "{wal_status}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("PROBLEM") && l.contains("is lost")),
+        "{text}"
+    );
+    let out = finish(wp.cmd(&["status", "--json"]), Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["healthy"], false, "{json}");
+    assert_eq!(json["sources"][0]["slot"]["wal_status"], "lost", "{json}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
