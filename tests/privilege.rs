@@ -63,7 +63,11 @@ async fn run_sql_file(client: &tokio_postgres::Client, sql: &str) {
 
 /// `url` as `user` with `password`.
 fn as_role(url: &str, user: &str, password: &str) -> String {
-    url.replacen("postgres://postgres@", &format!("postgres://{user}:{password}@"), 1)
+    url.replacen(
+        "postgres://postgres@",
+        &format!("postgres://{user}:{password}@"),
+        1,
+    )
 }
 
 /// Streams a workload through walpoints configured by `wp`, and checks the ledger against the
@@ -92,6 +96,28 @@ async fn the_role_from_sql_runs_walpoints_and_cannot_write_the_business_tables()
         return;
     };
     reference_slot(&db, "wp_ref").await;
+    // The password is checked, and stored as a SCRAM-SHA-256 verifier.
+    let scram: bool = db
+        .client()
+        .await
+        .query_one(
+            "SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolname = 'walpoints'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(scram, "the role's password is a SCRAM verifier");
+    let wrong = as_role(&db.url, "walpoints", "not-the-password");
+    let err = tokio_postgres::connect(&wrong, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("a wrong password was accepted");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD),
+        "{err:?}"
+    );
     // Source and store (the database `walpoints` role.sql creates for it) as that role.
     let source = as_role(&db.url, "walpoints", PASSWORD);
     let mut wp = Walpoints::new(&db, "role")
@@ -161,7 +187,9 @@ async fn the_store_role_needs_no_access_to_the_source() {
     }
     let source_as_store_role = as_role(&db.url, "wp_store", PASSWORD);
     let refused = tokio_postgres::connect(&source_as_store_role, tokio_postgres::NoTls).await;
-    let err = refused.err().expect("the store role connected to the source");
+    let err = refused
+        .err()
+        .expect("the store role connected to the source");
     assert_eq!(
         err.code(),
         Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
