@@ -11,6 +11,7 @@ use walpoints::pgcluster::PgCluster;
 
 pub mod daemon;
 pub mod http;
+pub mod tls;
 
 /// A database of the test's own on a throwaway cluster (or on `WALPOINTS_TEST_PG_URL`).
 pub struct TestDb {
