@@ -162,3 +162,66 @@ async fn no_standby_refuses_and_names_the_running_instance() {
         "the refused instance started streaming:\n{stderr}"
     );
 }
+
+/// Ends the store session of `running`'s instance lock (as a store restart or a network cut
+/// would), returning whether there was one.
+async fn cut_lock_session(wp: &Walpoints<'_>, running: &Running) -> bool {
+    wp.store()
+        .await
+        .query_one(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = $1",
+            &[&named(running)],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        > 0
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn losing_the_lock_session_mid_stream_hands_over_without_a_double_count() {
+    let db = TestDb::new("inst_cut").await;
+    db.exchange().await;
+    reference_slot(&db, "wp_ref").await;
+    let wp = Walpoints::new(&db, "cut");
+    let mut first = wp.setup_and_stream().await;
+    let mut second = wp.start();
+    second.wait_for_stderr("waiting as a standby", Duration::from_secs(60));
+
+    // While the exchange trades, the lock's session is cut under whichever instance holds it,
+    // three times: each time both race for the lock, and the loser waits as a standby.
+    let writer = tokio::spawn(workload(db.url.clone(), 1, 6_000, 100));
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let holder = instance(&wp);
+        let holder = holder.as_str().unwrap_or_default();
+        for running in [&first, &second] {
+            if holder.contains(&named(running)) {
+                assert!(cut_lock_session(&wp, running).await);
+            }
+        }
+    }
+    writer.await.unwrap();
+    let until = fence(&db.client().await).await;
+    wp.wait_for(until, Duration::from_secs(180), &first).await;
+
+    let expected = reference_ledger(&db, "wp_ref", RuleSet::default(), until).await;
+    assert_same_ledger(&wp.ledger().await, &expected, "the pure engine");
+    wp.assert_totals_match_ledger().await;
+    // Nobody was fenced off or stopped: the lock, not the checkpoint's compare-and-set, decided.
+    for running in [&mut first, &mut second] {
+        assert!(
+            running.child.try_wait().unwrap().is_none(),
+            "an instance exited:\n{}",
+            running.stderr()
+        );
+        assert!(
+            !running
+                .stderr()
+                .contains("another walpoints instance is writing"),
+            "{}",
+            running.stderr()
+        );
+    }
+}

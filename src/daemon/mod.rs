@@ -265,7 +265,7 @@ async fn lead(
     let id = &config.source.id;
     // Named after this process, so the others' messages and `status` say who runs the source.
     store
-        .set_application_name(&format!("walpoints run (pid {})", std::process::id()))
+        .prepare_lock_session(&format!("walpoints run (pid {})", std::process::id()))
         .await?;
     let mut waiting = false;
     loop {

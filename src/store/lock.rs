@@ -78,13 +78,24 @@ impl Store {
         }))
     }
 
-    /// Names this connection in `pg_stat_activity` (`application_name`), so that a standby
-    /// and `walpoints status` can tell the operator which process holds the lock.
-    pub async fn set_application_name(&self, name: &str) -> Result<(), StoreError> {
+    /// Prepares this connection to hold the lock: names it in `pg_stat_activity`
+    /// (`application_name`), so that a standby and `walpoints status` can tell the operator
+    /// which process holds the lock, and has the server probe it with TCP keepalives every few
+    /// seconds, so that if this process's host vanishes without closing the connection, the
+    /// server drops the session (and the lock, for a standby to take) within about half a
+    /// minute rather than the operating system's two hours. (Over a Unix socket the keepalive
+    /// settings are ignored.)
+    pub async fn prepare_lock_session(&self, name: &str) -> Result<(), StoreError> {
         self.client
-            .execute("SELECT set_config('application_name', $1, false)", &[&name])
+            .execute(
+                "SELECT set_config('application_name', $1, false), \
+                 set_config('tcp_keepalives_idle', '10', false), \
+                 set_config('tcp_keepalives_interval', '5', false), \
+                 set_config('tcp_keepalives_count', '3', false)",
+                &[&name],
+            )
             .await
-            .map_err(StoreError::db("set application_name"))?;
+            .map_err(StoreError::db("prepare the instance lock's session"))?;
         Ok(())
     }
 }
