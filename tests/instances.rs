@@ -191,16 +191,27 @@ async fn losing_the_lock_session_mid_stream_hands_over_without_a_double_count() 
 
     // While the exchange trades, the lock's session is cut under whichever instance holds it,
     // three times: each time both race for the lock, and the loser waits as a standby.
-    let writer = tokio::spawn(workload(db.url.clone(), 1, 6_000, 100));
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        let holder = instance(&wp);
-        let holder = holder.as_str().unwrap_or_default();
-        for running in [&first, &second] {
-            if holder.contains(&named(running)) {
-                assert!(cut_lock_session(&wp, running).await);
+    let writer = tokio::spawn(workload(db.url.clone(), 1, 10_000, 100));
+    for cut in 1..=3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let holder = loop {
+            let holder = instance(&wp);
+            let holder = holder.as_str().unwrap_or_default().to_owned();
+            if let Some(r) = [&first, &second]
+                .into_iter()
+                .find(|r| holder.contains(&named(r)))
+            {
+                break r;
             }
-        }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nobody took the lock again after cut {}",
+                cut - 1
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(cut_lock_session(&wp, holder).await, "cut {cut}");
     }
     writer.await.unwrap();
     let until = fence(&db.client().await).await;
