@@ -68,9 +68,14 @@ async fn a_standby_processes_nothing_then_takes_over_when_the_first_is_killed() 
     let writer = tokio::spawn(workload(db.url.clone(), 3_001, 3_000, 100));
     tokio::time::sleep(Duration::from_millis(300)).await;
     first.child.kill().expect("SIGKILL the first instance");
+    let killed = std::time::Instant::now();
     let _ = first.child.wait();
-    writer.await.unwrap();
     standby.wait_for_stderr("this standby takes over", Duration::from_secs(60));
+    eprintln!(
+        "the standby took the lock {:?} after the SIGKILL",
+        killed.elapsed()
+    );
+    writer.await.unwrap();
     let until = fence(&ex).await;
     wp.wait_for(until, Duration::from_secs(180), &standby).await;
 
