@@ -191,10 +191,16 @@ async fn an_invalidated_slot_refuses_to_run() {
     let db = own_cluster("chk_slot_lost", &[("max_slot_wal_keep_size", "1MB")]).await;
     db.exchange().await;
     let wp = Walpoints::new(&db, "chk_lost");
-    wp.setup();
+    // walpoints streams a while, then is stopped cleanly.
+    let mut running = wp.setup_and_stream().await;
+    let ex = db.client().await;
+    insert_trade(&ex, 1).await;
+    wp.wait_for(fence(&ex).await, Duration::from_secs(60), &running)
+        .await;
+    running.signal(libc::SIGTERM);
+    assert!(running.wait(Duration::from_secs(60)).success());
     // Write WAL on a table nobody follows, segment after segment, while the slot is idle, until
     // a checkpoint invalidates the slot.
-    let ex = db.client().await;
     ex.batch_execute("CREATE TABLE filler (x int)")
         .await
         .unwrap();
