@@ -51,17 +51,38 @@ pub fn telemetry(config: &Config) -> Arc<Telemetry> {
     }))
 }
 
+/// What `run` does when another instance already runs the same source against the same store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standby {
+    /// Wait as a standby, and take over when the other instance stops (the default): a second
+    /// instance is a hot spare, never a second writer.
+    Wait,
+    /// Exit with [`DaemonError::AnotherInstance`] naming the other instance (`run
+    /// --no-standby`), for supervisors that want exactly one process and a failure otherwise.
+    Refuse,
+}
+
+/// How often a standby asks the store whether the source's lock is free: the longest it takes
+/// to notice that the running instance has gone.
+const STANDBY_POLL: Duration = Duration::from_secs(2);
+
 /// `walpoints run`: streams until `stop` turns true, reconnecting with capped exponential
 /// backoff on transient errors; returns the definite error that stopped it. With `http.listen`
-/// set, serves metrics, health and the points API meanwhile.
-pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), DaemonError> {
-    run_reporting(config, stop, telemetry(config)).await
+/// set, serves metrics, health and the points API meanwhile. While another instance runs the
+/// source, waits as a standby or refuses, as `standby` says.
+pub async fn run(
+    config: &Config,
+    standby: Standby,
+    stop: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
+    run_reporting(config, standby, stop, telemetry(config)).await
 }
 
 /// [`run`], reporting to `telemetry` (so an embedding program, like the demo, can read the HTTP
 /// address or the health itself).
 pub async fn run_reporting(
     config: &Config,
+    standby: Standby,
     stop: watch::Receiver<bool>,
     telemetry: Arc<Telemetry>,
 ) -> Result<(), DaemonError> {
@@ -81,7 +102,7 @@ pub async fn run_reporting(
             telemetry.clone(),
         ))));
     }
-    let result = reconnecting(config, stop, &telemetry).await;
+    let result = reconnecting(config, standby, stop, &telemetry).await;
     telemetry.set_phase(Phase::Stopped);
     drop(background);
     result
@@ -89,6 +110,7 @@ pub async fn run_reporting(
 
 async fn reconnecting(
     config: &Config,
+    standby: Standby,
     stop: watch::Receiver<bool>,
     telemetry: &Arc<Telemetry>,
 ) -> Result<(), DaemonError> {
@@ -96,7 +118,7 @@ async fn reconnecting(
     let mut attempt = 0u32;
     loop {
         let started = std::time::Instant::now();
-        let err = match session(config, stop.clone(), telemetry).await {
+        let err = match session(config, standby, stop.clone(), telemetry).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() => e,
             Err(e) => return Err(e),
@@ -126,9 +148,11 @@ async fn reconnecting(
     }
 }
 
-/// One connected session: checks, state load, stream until stop or error.
+/// One connected session: the source's instance lock, checks, state load, stream until stop or
+/// error.
 async fn session(
     config: &Config,
+    standby: Standby,
     stop: watch::Receiver<bool>,
     telemetry: &Arc<Telemetry>,
 ) -> Result<(), DaemonError> {
@@ -145,6 +169,12 @@ async fn session(
         Err(e) => return Err(e.into()),
     };
     store.migrate().await?;
+    // The lock is taken on the connection the writer commits on: no batch can commit unless
+    // this session holds it (see store/lock.rs).
+    if !lead(&store, config, standby, stop.clone(), telemetry).await? {
+        tracing::info!(source = %config.source.id, "stopped while waiting as a standby");
+        return Ok(());
+    }
     let cp = store
         .checkpoint()
         .await?
@@ -219,6 +249,58 @@ async fn session(
             Ok(())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Takes the source's instance lock on `store`'s connection, waiting as a standby while another
+/// instance holds it (or refusing, as `standby` says). Returns false when asked to stop while
+/// waiting.
+async fn lead(
+    store: &Store,
+    config: &Config,
+    standby: Standby,
+    mut stop: watch::Receiver<bool>,
+    telemetry: &Arc<Telemetry>,
+) -> Result<bool, DaemonError> {
+    let id = &config.source.id;
+    // Named after this process, so the others' messages and `status` say who runs the source.
+    store
+        .prepare_lock_session(&format!("walpoints run (pid {})", std::process::id()))
+        .await?;
+    let mut waiting = false;
+    loop {
+        if store.try_lock_source().await? {
+            if waiting {
+                tracing::warn!(source = %id, "the other instance has stopped: this standby takes over the source");
+                telemetry.set_phase(Phase::Starting);
+            }
+            return Ok(true);
+        }
+        let holder = store
+            .source_lock_holder()
+            .await?
+            .unwrap_or_else(|| "an instance that is just stopping".to_owned());
+        if standby == Standby::Refuse {
+            return Err(DaemonError::AnotherInstance {
+                source_id: id.clone(),
+                holder,
+            });
+        }
+        if !waiting {
+            waiting = true;
+            tracing::warn!(
+                source = %id,
+                holder = %holder,
+                "another walpoints instance is running this source against this store; waiting as a standby, will take over when it stops"
+            );
+            telemetry.set_phase(Phase::Standby {
+                holder: format!("another walpoints instance runs source {id:?}: {holder}"),
+            });
+        }
+        tokio::select! {
+            () = tokio::time::sleep(STANDBY_POLL) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(false),
+        }
     }
 }
 
