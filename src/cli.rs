@@ -42,8 +42,10 @@ pub enum Command {
     /// Prepare everything once: the store's schema, the publication, the replication slot and
     /// the initial snapshot of open positions and referrals. Safe to re-run.
     Setup,
-    /// The daemon: stream the slot into the store until SIGINT/SIGTERM.
-    Run,
+    /// The daemon: stream the slot into the store until SIGINT/SIGTERM. While another instance
+    /// runs the same source against the same store, wait as a standby and take over when it
+    /// stops.
+    Run(RunArgs),
     /// Drop the slot and the publication (so no slot is left pinning WAL); the store is kept
     /// unless --drop-store.
     Teardown(TeardownArgs),
@@ -60,6 +62,15 @@ pub enum Command {
     /// volume and fills per user and epoch, PnL points of closed positions) and compare with
     /// the store; exit 1 on any difference. Reads the business tables: point it at a replica.
     Verify(VerifyArgs),
+}
+
+/// Options of `walpoints run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Exit (status 1, naming the other instance) instead of waiting as a standby when another
+    /// instance already runs this source.
+    #[arg(long)]
+    pub no_standby: bool,
 }
 
 /// Options of `walpoints teardown`.

@@ -120,7 +120,10 @@ async fn with_cluster(
     let mut daemon = {
         let config = config.clone();
         let telemetry = telemetry.clone();
-        tokio::spawn(async move { crate::daemon::run_reporting(&config, stop_rx, telemetry).await })
+        tokio::spawn(async move {
+            crate::daemon::run_reporting(&config, crate::daemon::Standby::Wait, stop_rx, telemetry)
+                .await
+        })
     };
     let result = drive(
         cluster,

@@ -84,14 +84,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("{report}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run => {
+        Command::Run(args) => {
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 walpoints::signal::shutdown().await;
                 tracing::info!("signal received: finishing the current batch");
                 let _ = stop_tx.send(true);
             });
-            walpoints::daemon::run(&config, stop_rx).await?;
+            let standby = if args.no_standby {
+                walpoints::daemon::Standby::Refuse
+            } else {
+                walpoints::daemon::Standby::Wait
+            };
+            walpoints::daemon::run(&config, standby, stop_rx).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Teardown(args) => {

@@ -134,6 +134,10 @@ pub struct SourceStatus {
     pub lag_seconds: Option<f64>,
     /// Rows in `walpoints.dead_letter` for this source.
     pub dead_letters: Option<i64>,
+    /// The `walpoints run` that holds the source's instance lock in the store (application
+    /// name, store backend pid, client address), `None` when none runs it (or the store could
+    /// not be read). A standby waits without the lock, so it never shows here.
+    pub instance: Option<String>,
     /// What is wrong; empty when healthy.
     pub problems: Vec<String>,
 }
@@ -158,6 +162,7 @@ pub async fn status(config: &Config, thresholds: Thresholds) -> Status {
         checkpoint_commit_time: None,
         lag_seconds: None,
         dead_letters: None,
+        instance: None,
         problems: Vec::new(),
     };
     match pgconn::connect(&config.source.url, "walpoints-status").await {
@@ -192,6 +197,7 @@ pub async fn status(config: &Config, thresholds: Thresholds) -> Status {
                 s.lag_seconds =
                     Some((now_micros().saturating_sub(commit_time)).max(0) as f64 / 1e6);
                 s.dead_letters = Some(dead);
+                s.instance = store.source_lock_holder().await.ok().flatten();
             }
             Ok(None) => s
                 .problems
@@ -287,6 +293,14 @@ impl Status {
                     opt(s.lag_seconds.map(|l| format!("{l:.1} s"))),
                 ),
                 ("dead letters", opt(s.dead_letters.map(|d| d.to_string()))),
+                (
+                    "instance",
+                    match (&s.instance, s.checkpoint_lsn) {
+                        (Some(who), _) => format!("running: {who}"),
+                        (None, Some(_)) => "none running".into(),
+                        (None, None) => "-".into(),
+                    },
+                ),
             ];
             for (k, v) in rows {
                 let _ = writeln!(out, "{k:<24}{v}");

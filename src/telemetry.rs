@@ -71,6 +71,11 @@ pub enum Phase {
     Starting,
     /// The replication stream is open.
     Streaming,
+    /// Another instance runs the source: waiting to take over.
+    Standby {
+        /// Who runs it, as the store shows it.
+        holder: String,
+    },
     /// The last session failed transiently; waiting to reconnect.
     Reconnecting {
         /// The failure, as logged.
@@ -423,6 +428,7 @@ impl Telemetry {
             Phase::Reconnecting { error } => {
                 return Err(format!("not streaming: reconnecting after: {error}"))
             }
+            Phase::Standby { holder } => return Err(format!("standby: {holder}")),
             Phase::Stopped => return Err("stopped".into()),
         }
         let stale = r.poll_interval * 3 + Duration::from_secs(1);

@@ -191,10 +191,16 @@ async fn an_invalidated_slot_refuses_to_run() {
     let db = own_cluster("chk_slot_lost", &[("max_slot_wal_keep_size", "1MB")]).await;
     db.exchange().await;
     let wp = Walpoints::new(&db, "chk_lost");
-    wp.setup();
+    // walpoints streams a while, then is stopped cleanly.
+    let mut running = wp.setup_and_stream().await;
+    let ex = db.client().await;
+    insert_trade(&ex, 1).await;
+    wp.wait_for(fence(&ex).await, Duration::from_secs(60), &running)
+        .await;
+    running.signal(libc::SIGTERM);
+    assert!(running.wait(Duration::from_secs(60)).success());
     // Write WAL on a table nobody follows, segment after segment, while the slot is idle, until
     // a checkpoint invalidates the slot.
-    let ex = db.client().await;
     ex.batch_execute("CREATE TABLE filler (x int)")
         .await
         .unwrap();
@@ -231,8 +237,28 @@ async fn an_invalidated_slot_refuses_to_run() {
             "wal_status = lost",
             "max_slot_wal_keep_size",
             "teardown --yes --drop-store",
+            "walpoints setup",
         ],
     );
+    // `status` shows the slot lost and exits 1, in text and in JSON.
+    let out = finish(wp.cmd(&["status"]), Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let wal_status = text
+        .lines()
+        .find(|l| l.starts_with("wal_status"))
+        .unwrap_or_else(|| panic!("no wal_status row:\n{text}"));
+    assert!(wal_status.ends_with(" lost"), "{wal_status}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("PROBLEM") && l.contains("is lost")),
+        "{text}"
+    );
+    let out = finish(wp.cmd(&["status", "--json"]), Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["healthy"], false, "{json}");
+    assert_eq!(json["sources"][0]["slot"]["wal_status"], "lost", "{json}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use walpoints::pgcluster::StopMode;
 use walpoints::points::RuleSet;
 
-use support::daemon::{assert_same_ledger, fence, reference_ledger, reference_slot, Walpoints};
-use support::workload::{assert_each_trade_once, workload, Lcg};
+use support::daemon::{
+    assert_same_ledger, fence, reference_ledger, reference_slot, workload, Walpoints,
+};
+use support::workload::{assert_each_trade_once, Lcg};
 use support::TestDb;
 
 #[tokio::test(flavor = "multi_thread")]

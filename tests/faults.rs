@@ -14,10 +14,12 @@ use walpoints::lsn::Lsn;
 use walpoints::pgcluster::PgCluster;
 use walpoints::points::RuleSet;
 
-use support::daemon::{assert_same_ledger, fence, reference_ledger, reference_slot, Walpoints};
+use support::daemon::{
+    assert_same_ledger, fence, reference_ledger, reference_slot, workload, Walpoints,
+};
 use support::http::{get_json, http_addr};
 use support::proxy::Proxy;
-use support::workload::{assert_each_trade_once, workload, Lcg};
+use support::workload::{assert_each_trade_once, Lcg};
 use support::{connect, eventually, Running, TestDb};
 
 /// Short enough that a fault test sees the server give up on a silent client, long enough that

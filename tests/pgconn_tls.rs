@@ -1,7 +1,7 @@
 //! `pgconn::connect` against a throwaway cluster with TLS on: each `sslmode` does what libpq's
 //! does, failures are classified transient or definite, and no error shows the password.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 mod support;
 
@@ -9,56 +9,11 @@ use walpoints::config::ConnUrl;
 use walpoints::pgcluster::PgCluster;
 use walpoints::pgconn::{connect, is_transient, ConnectError};
 
-use support::{openssl, serve_tls};
+use support::serve_tls;
+use support::tls::certificates;
 
 /// The password of the role `pw` (scram-sha-256); it must never show in an error.
 const PASSWORD: &str = "Sekr3t-do-not-print";
-
-/// In `dir`: CAs `ca` and `other-ca`, and `server.crt`/`server.key` signed by `ca` with the
-/// subject alternative names `sans` (e.g. "DNS:localhost,IP:127.0.0.1"). P-256 keys: quick to
-/// make, and what rustls and PostgreSQL both take.
-fn certificates(dir: &Path, sans: &str) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-    for ca in ["ca", "other-ca"] {
-        let subject = format!("/CN=walpoints test {ca}");
-        let (key, crt) = (format!("{ca}.key"), format!("{ca}.crt"));
-        let mut args = vec!["req", "-x509", "-nodes", "-days", "2", "-subj", &subject];
-        args.extend(ec);
-        args.extend(["-keyout", &key, "-out", &crt]);
-        openssl(dir, &args);
-    }
-    let mut args = vec![
-        "req",
-        "-new",
-        "-nodes",
-        "-subj",
-        "/CN=walpoints test server",
-    ];
-    args.extend(ec);
-    args.extend(["-keyout", "server.key", "-out", "server.csr"]);
-    openssl(dir, &args);
-    std::fs::write(dir.join("server.ext"), format!("subjectAltName = {sans}\n")).unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.crt",
-        ],
-    );
-}
 
 /// A throwaway cluster serving TLS with a certificate for `sans`; the role `pw` logs in with
 /// [`PASSWORD`], everyone else is trusted. `None` (skip) when the tests run against a server
@@ -75,7 +30,7 @@ impl TlsServer {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        certificates(dir.path(), sans);
+        certificates(dir.path(), &[("server", sans)]);
         // The certificate files go into the data directory, which exists only once the cluster
         // has started: start plain, then restart with TLS on.
         let cluster = PgCluster::start(&[]).expect("start a throwaway PostgreSQL");

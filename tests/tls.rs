@@ -6,74 +6,8 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::{openssl, serve_tls, wait_for_active_tail_slot, Running, TestDb};
-
-/// A CA, server certificates for `localhost` and for `elsewhere.invalid` signed by it, and an
-/// unrelated CA.
-fn certificates(dir: &Path) {
-    for ca in ["ca", "other-ca"] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                &format!("/CN=walpoints test {ca}"),
-                "-keyout",
-                &format!("{ca}.key"),
-                "-out",
-                &format!("{ca}.crt"),
-            ],
-        );
-    }
-    for (name, host) in [("server", "localhost"), ("elsewhere", "elsewhere.invalid")] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                &format!("/CN={host}"),
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-            ],
-        );
-        std::fs::write(
-            dir.join(format!("{name}.ext")),
-            format!("subjectAltName = DNS:{host}\n"),
-        )
-        .unwrap();
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{name}.ext"),
-                "-out",
-                &format!("{name}.crt"),
-            ],
-        );
-    }
-}
+use support::tls::certificates;
+use support::{serve_tls, wait_for_active_tail_slot, Running, TestDb};
 
 /// Installs `name`.crt/.key as the server's certificate and restarts the server.
 /// Serves `name.crt`/`name.key` from `dir`: the role `tls` may only come in over TLS,
@@ -97,7 +31,13 @@ async fn verify_full_streams_over_tls_and_refuses_wrong_ca_or_host() {
     let db = TestDb::new("tls").await;
     let cluster = db.cluster.as_ref().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    certificates(dir.path());
+    certificates(
+        dir.path(),
+        &[
+            ("server", "DNS:localhost"),
+            ("elsewhere", "DNS:elsewhere.invalid"),
+        ],
+    );
     install_certificate(cluster, dir.path(), "server");
     let client = db.client().await;
     // tail creates its own publication: it needs CREATE on the database and to own the table.

@@ -108,6 +108,19 @@ impl Lab {
         self.cluster.url("exchange")
     }
 
+    /// The URL of database `db` on the lab's server.
+    pub fn url(&self, db: &str) -> String {
+        self.cluster.url(db)
+    }
+
+    /// Stops the server (`Fast`: clean; `Immediate`: crash recovery at the next start) and
+    /// starts it again. Every session of the lab's, `exchange` included, is gone afterwards.
+    pub fn restart(&self, mode: walpoints::pgcluster::StopMode) -> Result<()> {
+        self.cluster.stop(mode)?;
+        self.cluster.start_again()?;
+        Ok(())
+    }
+
     /// A session on walpoints' store database (created by `walpoints setup`).
     pub async fn store(&self) -> Result<Client> {
         connect(&self.cluster.url("walpoints")).await
@@ -334,11 +347,28 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `walpoints run`.
     pub fn start(lab: &Lab, log: &str) -> Result<Daemon> {
-        let child = lab.walpoints(&["run"], log)?.spawn()?;
+        Daemon::spawn(lab.walpoints(&["run"], log)?, lab.log_path(log))
+    }
+
+    /// Starts `cmd` (a `walpoints run` the caller configured), logging to `log`.
+    pub fn spawn(mut cmd: Command, log: String) -> Result<Daemon> {
         Ok(Daemon {
-            child: Some(child),
-            log: lab.log_path(log),
+            child: Some(cmd.spawn()?),
+            log,
         })
+    }
+
+    /// Sends `signal` to the process (SIGKILL, SIGSTOP, SIGCONT, ...).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with plain integers on our own child's pid.
+        unsafe {
+            libc::kill(self.pid(), signal);
+        }
+    }
+
+    /// Current resident memory (VmRSS), KiB.
+    pub fn rss_kib(&self) -> u64 {
+        status_kib(self.pid(), "VmRSS:")
     }
 
     fn pid(&self) -> i32 {
@@ -404,12 +434,17 @@ impl Drop for Daemon {
     }
 }
 
-/// The store's checkpoint LSN (0/0 before setup).
+/// The store's checkpoint LSN of the default source (0/0 before setup).
 pub async fn checkpoint(store: &Client) -> Result<Lsn> {
+    checkpoint_of(store, "default").await
+}
+
+/// The store's checkpoint LSN of source `id` (0/0 before setup).
+pub async fn checkpoint_of(store: &Client, id: &str) -> Result<Lsn> {
     let row = store
         .query_opt(
-            "SELECT lsn FROM walpoints.checkpoint WHERE source_id = 'default'",
-            &[],
+            "SELECT lsn FROM walpoints.checkpoint WHERE source_id = $1",
+            &[&id],
         )
         .await?;
     Ok(row.map_or(Lsn::ZERO, |r| Lsn(u64::from(r.get::<_, PgLsn>(0)))))

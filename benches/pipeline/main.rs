@@ -16,6 +16,9 @@
 //!   same server clock) and whether lag grows over the run.
 //! - `memory`: walpoints' peak RSS with 1,000,000 open positions and 1,000,000 distinct users in
 //!   its state.
+//! - `soak` (only when named, and alone: it restarts the server): ten minutes at 1,000 trades/s
+//!   with a fault every minute; prints RSS, lag, catch-up times and whether the faulted
+//!   instance's ledger equals an undisturbed one's byte for byte ([`soak`]).
 //!
 //! `WALPOINTS_BENCH_SCALE` (default 1) multiplies every size, e.g. 0.02 for a quick run;
 //! `WALPOINTS_BENCH_LIVE_SECS` sets the length of each live run (default 60 × scale, at least 5).
@@ -25,6 +28,7 @@ mod drain;
 mod lab;
 mod live;
 mod memory;
+mod soak;
 mod workload;
 
 use std::time::Duration;
@@ -79,8 +83,8 @@ fn main() -> Result<()> {
         parts = vec!["drain".into(), "live".into(), "memory".into()];
     }
     for p in &parts {
-        if !["drain", "live", "memory"].contains(&p.as_str()) {
-            bail!("unknown part {p:?}: expected drain, live or memory");
+        if !["drain", "live", "memory", "soak"].contains(&p.as_str()) {
+            bail!("unknown part {p:?}: expected drain, live, memory or soak");
         }
     }
     let plan = plan()?;
@@ -95,6 +99,7 @@ fn main() -> Result<()> {
                 "drain" => drain::run(&lab, &plan).await?,
                 "live" => live::run(&lab, &plan).await?,
                 "memory" => memory::run(&lab, &plan).await?,
+                "soak" => soak::run(&lab, &plan).await?,
                 _ => {}
             }
         }

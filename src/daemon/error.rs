@@ -162,6 +162,19 @@ pub enum DaemonError {
          README.md#a-configuration-error"
     )]
     BackfillWithoutTime,
+    /// Another instance holds the source's lock and `run --no-standby` was asked not to wait.
+    #[error(
+        "another walpoints instance is already running source {source_id:?} against this store \
+         ({holder}), and --no-standby says not to wait for it. Stop that instance first, or run \
+         without --no-standby to wait as a standby that takes over when it stops. Runbook: \
+         README.md#another-instance-is-running"
+    )]
+    AnotherInstance {
+        /// The source.
+        source_id: String,
+        /// Who holds the lock, as the store shows it.
+        holder: String,
+    },
     /// An SQL connection to the source failed.
     #[error("source: {0}. Runbook: README.md#the-source-cannot-be-reached")]
     Connect(#[from] ConnectError),

@@ -51,17 +51,38 @@ pub fn telemetry(config: &Config) -> Arc<Telemetry> {
     }))
 }
 
+/// What `run` does when another instance already runs the same source against the same store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standby {
+    /// Wait as a standby, and take over when the other instance stops (the default): a second
+    /// instance is a hot spare, never a second writer.
+    Wait,
+    /// Exit with [`DaemonError::AnotherInstance`] naming the other instance (`run
+    /// --no-standby`), for supervisors that want exactly one process and a failure otherwise.
+    Refuse,
+}
+
+/// How often a standby asks the store whether the source's lock is free: the longest it takes
+/// to notice that the running instance has gone.
+const STANDBY_POLL: Duration = Duration::from_secs(2);
+
 /// `walpoints run`: streams until `stop` turns true, reconnecting with capped exponential
 /// backoff on transient errors; returns the definite error that stopped it. With `http.listen`
-/// set, serves metrics, health and the points API meanwhile.
-pub async fn run(config: &Config, stop: watch::Receiver<bool>) -> Result<(), DaemonError> {
-    run_reporting(config, stop, telemetry(config)).await
+/// set, serves metrics, health and the points API meanwhile. While another instance runs the
+/// source, waits as a standby or refuses, as `standby` says.
+pub async fn run(
+    config: &Config,
+    standby: Standby,
+    stop: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
+    run_reporting(config, standby, stop, telemetry(config)).await
 }
 
 /// [`run`], reporting to `telemetry` (so an embedding program, like the demo, can read the HTTP
 /// address or the health itself).
 pub async fn run_reporting(
     config: &Config,
+    standby: Standby,
     stop: watch::Receiver<bool>,
     telemetry: Arc<Telemetry>,
 ) -> Result<(), DaemonError> {
@@ -81,7 +102,7 @@ pub async fn run_reporting(
             telemetry.clone(),
         ))));
     }
-    let result = reconnecting(config, stop, &telemetry).await;
+    let result = reconnecting(config, standby, stop, &telemetry).await;
     telemetry.set_phase(Phase::Stopped);
     drop(background);
     result
@@ -89,6 +110,7 @@ pub async fn run_reporting(
 
 async fn reconnecting(
     config: &Config,
+    standby: Standby,
     stop: watch::Receiver<bool>,
     telemetry: &Arc<Telemetry>,
 ) -> Result<(), DaemonError> {
@@ -96,7 +118,7 @@ async fn reconnecting(
     let mut attempt = 0u32;
     loop {
         let started = std::time::Instant::now();
-        let err = match session(config, stop.clone(), telemetry).await {
+        let err = match session(config, standby, stop.clone(), telemetry).await {
             Ok(Ended::Stopped) => return Ok(()),
             Ok(Ended::StoreBack) => {
                 // The outage was waited out already: resume at once.
@@ -144,13 +166,20 @@ enum Ended {
 /// replication session is being held open meanwhile.
 const MAX_STORE_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Longest a replication session is held open for a store that does not answer. Past it the
+/// session is let go, so that a standby instance which can reach the store (this one may be cut
+/// off from it alone) can take the slot over.
+const MAX_HOLD: Duration = Duration::from_secs(120);
+
 /// How long one probe of the store may take before it counts as another failure (a black-holed
 /// store would otherwise hang it).
 const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// One connected session: checks, state load, stream until stop or error.
+/// One connected session: the source's instance lock, checks, state load, stream until stop or
+/// error.
 async fn session(
     config: &Config,
+    standby: Standby,
     stop: watch::Receiver<bool>,
     telemetry: &Arc<Telemetry>,
 ) -> Result<Ended, DaemonError> {
@@ -167,6 +196,12 @@ async fn session(
         Err(e) => return Err(e.into()),
     };
     store.migrate().await?;
+    // The lock is taken on the connection the writer commits on: no batch can commit unless
+    // this session holds it (see store/lock.rs).
+    if !lead(&store, config, standby, stop.clone(), telemetry).await? {
+        tracing::info!(source = %config.source.id, "stopped while waiting as a standby");
+        return Ok(Ended::Stopped);
+    }
     let cp = store
         .checkpoint()
         .await?
@@ -287,7 +322,8 @@ enum Held {
 ///
 /// A source that is shutting down asks for a reply and waits until its client has confirmed
 /// everything it sent, which walpoints cannot do without the store: then (or if the source
-/// ends the stream) the session is released at once rather than holding the shutdown.
+/// ends the stream) the session is released at once rather than holding the shutdown. It is
+/// released too after [`MAX_HOLD`], for a standby's sake.
 async fn wait_for_store(
     config: &Config,
     stop: &mut watch::Receiver<bool>,
@@ -298,7 +334,12 @@ async fn wait_for_store(
     let mut backoff = Duration::from_millis(250);
     let mut error = first.to_string();
     let mut attempt = 0u32;
+    let held_since = std::time::Instant::now();
     loop {
+        if held_since.elapsed() > MAX_HOLD {
+            tracing::warn!(%error, "the store has been away for {MAX_HOLD:?}: releasing the replication session, so that a standby that can reach the store may take the slot over");
+            return Held::Released;
+        }
         attempt += 1;
         telemetry.set_phase(Phase::Reconnecting {
             error: format!(
@@ -346,6 +387,58 @@ async fn wait_for_store(
             Err(_) => error = format!("no answer within {STORE_PROBE_TIMEOUT:?}"),
         }
         backoff = (backoff * 2).min(MAX_STORE_BACKOFF);
+    }
+}
+
+/// Takes the source's instance lock on `store`'s connection, waiting as a standby while another
+/// instance holds it (or refusing, as `standby` says). Returns false when asked to stop while
+/// waiting.
+async fn lead(
+    store: &Store,
+    config: &Config,
+    standby: Standby,
+    mut stop: watch::Receiver<bool>,
+    telemetry: &Arc<Telemetry>,
+) -> Result<bool, DaemonError> {
+    let id = &config.source.id;
+    // Named after this process, so the others' messages and `status` say who runs the source.
+    store
+        .prepare_lock_session(&format!("walpoints run (pid {})", std::process::id()))
+        .await?;
+    let mut waiting = false;
+    loop {
+        if store.try_lock_source().await? {
+            if waiting {
+                tracing::warn!(source = %id, "the other instance has stopped: this standby takes over the source");
+                telemetry.set_phase(Phase::Starting);
+            }
+            return Ok(true);
+        }
+        let holder = store
+            .source_lock_holder()
+            .await?
+            .unwrap_or_else(|| "an instance that is just stopping".to_owned());
+        if standby == Standby::Refuse {
+            return Err(DaemonError::AnotherInstance {
+                source_id: id.clone(),
+                holder,
+            });
+        }
+        if !waiting {
+            waiting = true;
+            tracing::warn!(
+                source = %id,
+                holder = %holder,
+                "another walpoints instance is running this source against this store; waiting as a standby, will take over when it stops"
+            );
+            telemetry.set_phase(Phase::Standby {
+                holder: format!("another walpoints instance runs source {id:?}: {holder}"),
+            });
+        }
+        tokio::select! {
+            () = tokio::time::sleep(STANDBY_POLL) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(false),
+        }
     }
 }
 

@@ -249,7 +249,8 @@ fn decode_cursor(tag: char, raw: &str, n: usize) -> Result<Vec<String>, ApiError
         return Err(unknown());
     }
     let parts: Vec<String> = parts.map(str::to_owned).collect();
-    if parts.len() != n {
+    // A forged cursor must not reach the store as text PostgreSQL refuses (a 5xx), only as 400.
+    if parts.len() != n || parts.iter().any(|p| p.contains('\0')) {
         return Err(unknown());
     }
     Ok(parts)
@@ -493,7 +494,11 @@ async fn leaderboard(
     let after = match after {
         None => None,
         Some(p) => {
-            if p[0].parse::<Decimal>().is_err() {
+            // Only what PostgreSQL's numeric output looks like: Decimal alone also takes "1_0".
+            let plain = p[0]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
+            if !plain || p[0].parse::<Decimal>().is_err() {
                 return Err(bad("bad_cursor", "unknown cursor"));
             }
             Some((p[0].clone(), p[1].clone()))
@@ -608,6 +613,11 @@ mod tests {
         assert!(decode_cursor('L', &c, 2).is_err(), "wrong arity");
         assert!(decode_cursor('L', "zz", 3).is_err(), "not hex");
         assert!(decode_cursor('L', "", 3).is_err(), "empty");
+        let nul = encode_cursor('L', &["0/1", "3", "a\0b"]);
+        assert!(
+            decode_cursor('L', &nul, 3).is_err(),
+            "NUL, which PostgreSQL refuses"
+        );
     }
 
     #[test]

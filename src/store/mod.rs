@@ -24,6 +24,7 @@ use crate::points::{
 };
 
 mod copy;
+mod lock;
 mod migrate;
 mod writer;
 

@@ -297,6 +297,41 @@ async fn checkpoint_of(store: &tokio_postgres::Client, id: &str) -> Lsn {
     }
 }
 
+/// Commits `trades` trades in transactions of `per_tx`, drawn from 1,000 addresses (a few
+/// self-trades among them), with referrals and positions opened and closed along the way.
+pub async fn workload(url: String, first: i64, trades: i64, per_tx: i64) {
+    let ex = connect(&url).await;
+    let mut next = first;
+    let mut k = 0i64;
+    while next < first + trades {
+        let last = (next + per_tx - 1).min(first + trades - 1);
+        ex.execute(
+            "INSERT INTO trades (id, symbol, price, amount, taker_address, maker_address)
+             SELECT g, 'BTC-PERP', 100 + g % 7, 1 + g % 5,
+                    '0x' || ((g * 7919) % 1000), '0x' || ((g * 104729 + 3) % 1000)
+             FROM generate_series($1::bigint, $2::bigint) g",
+            &[&next, &last],
+        )
+        .await
+        .expect("insert trades");
+        if k % 10 == 0 {
+            ex.batch_execute(&format!(
+                "INSERT INTO referral_relations VALUES ('0x{r}', '0x{p}') ON CONFLICT DO NOTHING;
+                 INSERT INTO positions (user_address, symbol, size, entry_price)
+                     VALUES ('0x{r}', 'BTC-PERP', {k} % 9 + 1, 1000);
+                 UPDATE positions SET status = 'closed', realized_pnl = ({k} % 13) - 4
+                     WHERE status = 'open' AND user_address = '0x{p}';",
+                r = k % 1000,
+                p = (k * 31 + 7) % 1000,
+            ))
+            .await
+            .expect("referrals and positions");
+        }
+        next = last + 1;
+        k += 1;
+    }
+}
+
 /// Commits a transactional logical message and returns its LSN: once a checkpoint is at or past
 /// it, every transaction committed before the fence is in the store.
 pub async fn fence(client: &tokio_postgres::Client) -> Lsn {

@@ -8,17 +8,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Running;
 
-/// Waits for the daemon's "http: serving" log line and returns the address it names.
+/// Waits for the daemon's "http: serving" log line (text or JSON) and returns the address it
+/// names.
 pub async fn http_addr(running: &Running) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let stderr = running.stderr();
         if let Some(line) = stderr.lines().find(|l| l.contains("http: serving")) {
-            let addr = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))
-                .expect("the log line names addr=");
-            return addr.to_owned();
+            // Text logs say addr=..., JSON logs {"fields":{"addr":"...",...}}.
+            let addr = match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(json) => json["fields"]["addr"].as_str().map(str::to_owned),
+                Err(_) => line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                    .map(str::to_owned),
+            };
+            return addr.expect("the log line names addr");
         }
         assert!(
             std::time::Instant::now() < deadline,

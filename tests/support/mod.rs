@@ -12,6 +12,7 @@ use walpoints::pgcluster::PgCluster;
 pub mod daemon;
 pub mod http;
 pub mod proxy;
+pub mod tls;
 pub mod workload;
 
 /// A database of the test's own on a throwaway cluster (or on `WALPOINTS_TEST_PG_URL`).
@@ -177,6 +178,33 @@ impl Running {
     /// What the process wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr holds `needle`, failing the test after `timeout` or if the process
+    /// exits first; returns stderr so far.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stderr = self.stderr();
+            if stderr.contains(needle) {
+                return stderr;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // The reader thread may trail the exit by a moment.
+                std::thread::sleep(Duration::from_millis(200));
+                let stderr = self.stderr();
+                assert!(
+                    stderr.contains(needle),
+                    "exited ({status}) without logging {needle:?}; stderr:\n{stderr}"
+                );
+                return stderr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in stderr within {timeout:?}; stderr:\n{stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits for the process to exit, failing the test after `timeout`.
