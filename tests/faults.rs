@@ -283,7 +283,16 @@ async fn sigkill_between_store_commit_and_slot_acknowledgement_changes_nothing()
     // From here the server's stream still arrives and the store still commits, but no
     // acknowledgement reaches the server.
     proxy.stall_upstream(true);
-    let (_, held) = slot_state(&ex, &wp.slot()).await;
+    // Acknowledgements already past the proxy may still land: wait until the slot stands still.
+    let mut held = slot_state(&ex, &wp.slot()).await.1;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = slot_state(&ex, &wp.slot()).await.1;
+        if now == held {
+            break;
+        }
+        held = now;
+    }
     workload(db.url.clone(), 2_001, 3_000, 100).await;
     wp.wait_for(fence(&ex).await, Duration::from_secs(120), &running)
         .await;
@@ -291,6 +300,10 @@ async fn sigkill_between_store_commit_and_slot_acknowledgement_changes_nothing()
     let _ = running.child.wait();
     // Throw away what the proxy held (the acknowledgements) with the connections.
     proxy.reset_all();
+    eventually("the proxy to let go", Duration::from_secs(10), || async {
+        proxy.live() == 0
+    })
+    .await;
     proxy.stall_upstream(false);
     let checkpoint = wp.checkpoint().await;
     eventually("the walsender to exit", Duration::from_secs(30), || async {

@@ -39,6 +39,17 @@ struct Shared {
     /// New connections are reset at once.
     refuse: watch::Sender<bool>,
     accepted: AtomicU64,
+    /// Connections being served now.
+    live: AtomicU64,
+}
+
+/// Counts a connection as live while it is served.
+struct Live(Arc<Shared>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A fault-injecting TCP proxy on a free loopback port; it stops when dropped.
@@ -63,6 +74,7 @@ impl Proxy {
             kill: watch::channel((0, Kill::Drop)).0,
             refuse: watch::channel(false).0,
             accepted: AtomicU64::new(0),
+            live: AtomicU64::new(0),
         });
         let s = shared.clone();
         let accept = tokio::spawn(async move {
@@ -72,6 +84,7 @@ impl Proxy {
                     reset_on_close(client.as_raw_fd());
                     continue;
                 }
+                s.live.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(serve(client, s.clone()));
             }
         });
@@ -121,6 +134,12 @@ impl Proxy {
         self.shared.stall_up.send_replace(on);
     }
 
+    /// Connections being served now: after `drop_all` or `reset_all`, wait for this to reach
+    /// zero before lifting a stall, or bytes held for a dying connection may still go out.
+    pub fn live(&self) -> u64 {
+        self.shared.live.load(Ordering::Relaxed)
+    }
+
     /// Connections accepted so far.
     pub fn accepted(&self) -> u64 {
         self.shared.accepted.load(Ordering::Relaxed)
@@ -136,6 +155,7 @@ impl Drop for Proxy {
 
 /// Forwards one connection until either end closes it or a kill newer than its start arrives.
 async fn serve(client: TcpStream, shared: Arc<Shared>) {
+    let _live = Live(shared.clone());
     let mut kill = shared.kill.subscribe();
     let born = kill.borrow_and_update().0;
     let mut stalled = shared.stall.subscribe();
@@ -163,7 +183,7 @@ async fn serve(client: TcpStream, shared: Arc<Shared>) {
     );
     let down = pump(ur, cw, shared.stall.subscribe(), watch::channel(false).1);
     tokio::select! {
-        _ = async { tokio::join!(up, down) } => {}
+        biased;
         how = kill.wait_for(|(n, _)| *n > born) => {
             if how.is_ok_and(|h| h.1 == Kill::Reset) {
                 for fd in fds {
@@ -172,6 +192,7 @@ async fn serve(client: TcpStream, shared: Arc<Shared>) {
             }
             // Leaving drops both sockets (and any bytes held for them).
         }
+        _ = async { tokio::join!(up, down) } => {}
     }
 }
 
