@@ -250,16 +250,7 @@ async fn start(db: &TestDb) -> (Walpoints<'_>, support::Running, String) {
 async fn thousands_of_malformed_requests_get_4xx_and_never_5xx() {
     let db = TestDb::new("api_hard_fuzz").await;
     let (_wp, mut running, addr) = start(&db).await;
-    let seed = std::env::var("WALPOINTS_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("requests from WALPOINTS_TEST_SEED={seed}");
+    let seed = support::workload::Lcg::seeded("requests").0;
 
     const REQUESTS: usize = 3_000;
     const PARALLEL: usize = 16;

@@ -14,7 +14,7 @@ use walpoints::points::RuleSet;
 use support::daemon::{
     assert_same_ledger, fence, reference_ledger, reference_slot, workload, Walpoints,
 };
-use support::workload::{assert_each_trade_once, Lcg};
+use support::workload::{assert_each_trade_once, assert_same_as_undisturbed, Lcg};
 use support::TestDb;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -51,21 +51,15 @@ async fn sigkill_at_five_random_moments_changes_nothing_in_the_ledger() {
         killed_run = killed.start();
     }
     writer.await.unwrap();
-    let ex = db.client().await;
-    let until = fence(&ex).await;
-    steady
-        .wait_for(until, Duration::from_secs(180), &steady_run)
-        .await;
-    killed
-        .wait_for(until, Duration::from_secs(180), &killed_run)
-        .await;
-
-    let expected = steady.ledger().await;
-    let got = killed.ledger().await;
-    assert!(expected.len() > 100_000, "{} entries", expected.len());
-    assert_same_ledger(&got, &expected, "the undisturbed run");
     // Every trade got exactly one award (taker side) in the killed run: no gap, no double.
-    assert_each_trade_once(&killed, 50_000).await;
+    assert_same_as_undisturbed(
+        &db,
+        (&steady, &steady_run),
+        (&killed, &killed_run),
+        100_000,
+        50_000,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -19,7 +19,7 @@ use support::daemon::{
 };
 use support::http::{get_json, http_addr};
 use support::proxy::Proxy;
-use support::workload::{assert_each_trade_once, Lcg};
+use support::workload::{assert_each_trade_once, assert_same_as_undisturbed, Lcg};
 use support::{connect, eventually, Running, TestDb};
 
 /// Short enough that a fault test sees the server give up on a silent client, long enough that
@@ -105,6 +105,26 @@ async fn assert_complete(
     assert_each_trade_once(wp, trades).await;
 }
 
+/// Streams a paced workload through `wp` while `proxy` (in front of its `side`) faults six times
+/// at random, then checks the ledger and that walpoints did reconnect through the proxy.
+async fn faulted_run(db: &TestDb, wp: &Walpoints<'_>, proxy: &Proxy, side: &str) {
+    let running = wp.setup_and_stream().await;
+    let connections = proxy.accepted();
+    let mut rng = Lcg::seeded(&format!("{side} faults"));
+    let (done, until_done) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(paced_workload(db.url.clone(), until_done));
+    inject_faults(proxy, &mut rng, 6).await;
+    done.send_replace(true);
+    let trades = writer.await.unwrap();
+
+    assert_complete(db, wp, &running, "wp_ref", trades).await;
+    assert!(
+        proxy.accepted() > connections,
+        "the daemon never reconnected to the {side} through the proxy; stderr:\n{}",
+        running.stderr()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn source_connection_faults_at_random_moments_lose_and_double_nothing() {
     let db = TestDb::with_settings(
@@ -116,22 +136,7 @@ async fn source_connection_faults_at_random_moments_lose_and_double_nothing() {
     reference_slot(&db, "wp_ref").await;
     let (proxy, url) = Proxy::in_front_of(&db.url).await;
     let wp = Walpoints::new(&db, "src_faults").env("WALPOINTS_SOURCE_URL", &url);
-    let running = wp.setup_and_stream().await;
-    let connections = proxy.accepted();
-
-    let mut rng = Lcg::seeded("source faults");
-    let (done, until_done) = tokio::sync::watch::channel(false);
-    let writer = tokio::spawn(paced_workload(db.url.clone(), until_done));
-    inject_faults(&proxy, &mut rng, 6).await;
-    done.send_replace(true);
-    let trades = writer.await.unwrap();
-
-    assert_complete(&db, &wp, &running, "wp_ref", trades).await;
-    assert!(
-        proxy.accepted() > connections,
-        "the daemon never reconnected through the proxy; stderr:\n{}",
-        running.stderr()
-    );
+    faulted_run(&db, &wp, &proxy, "source").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -144,22 +149,7 @@ async fn store_connection_faults_at_random_moments_lose_and_double_nothing() {
     let direct = Walpoints::new(&db, "store_faults").store_on(&store_db);
     let (proxy, url) = Proxy::in_front_of(&direct.store_url).await;
     let wp = direct.env("WALPOINTS_STORE_URL", &url);
-    let running = wp.setup_and_stream().await;
-    let connections = proxy.accepted();
-
-    let mut rng = Lcg::seeded("store faults");
-    let (done, until_done) = tokio::sync::watch::channel(false);
-    let writer = tokio::spawn(paced_workload(db.url.clone(), until_done));
-    inject_faults(&proxy, &mut rng, 6).await;
-    done.send_replace(true);
-    let trades = writer.await.unwrap();
-
-    assert_complete(&db, &wp, &running, "wp_ref", trades).await;
-    assert!(
-        proxy.accepted() > connections,
-        "the daemon never reconnected to the store; stderr:\n{}",
-        running.stderr()
-    );
+    faulted_run(&db, &wp, &proxy, "store").await;
 }
 
 /// The store is away for several `wal_sender_timeout`s while trades keep coming: `outage`
@@ -393,17 +383,14 @@ async fn sigkill_during_the_initial_snapshot_then_setup_again_starts_over_cleanl
     let steady_run = steady.start();
     let killed_run = killed.start();
     workload(db.url.clone(), BEFORE + 1, 3_000, 100).await;
-    let until = fence(&db.client().await).await;
-    steady
-        .wait_for(until, Duration::from_secs(180), &steady_run)
-        .await;
-    killed
-        .wait_for(until, Duration::from_secs(180), &killed_run)
-        .await;
-    let expected = steady.ledger().await;
-    assert!(expected.len() > 2 * BEFORE as usize, "{}", expected.len());
-    assert_same_ledger(&killed.ledger().await, &expected, "the undisturbed setup");
-    assert_each_trade_once(&killed, BEFORE + 3_000).await;
+    assert_same_as_undisturbed(
+        &db,
+        (&steady, &steady_run),
+        (&killed, &killed_run),
+        2 * BEFORE as usize,
+        BEFORE + 3_000,
+    )
+    .await;
 }
 
 /// A source shutdown waits until walpoints confirms everything the walsender sent, which it

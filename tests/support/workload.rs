@@ -1,7 +1,10 @@
 //! For the fault tests: a seeded generator for their random moments, and the checks every
 //! faulted run of [`super::daemon::workload`] must pass besides ledger equality.
 
-use super::daemon::Walpoints;
+use std::time::Duration;
+
+use super::daemon::{assert_same_ledger, fence, Walpoints};
+use super::{Running, TestDb};
 
 /// A small deterministic generator, so a failing run can be repeated from its printed seed.
 pub struct Lcg(pub u64);
@@ -53,4 +56,24 @@ pub async fn assert_each_trade_once(wp: &Walpoints<'_>, trades: i64) {
     assert_eq!(doubled, 0, "trades awarded more than once");
     assert_eq!(missing, 0, "trades never awarded");
     wp.assert_totals_match_ledger().await;
+}
+
+/// Fences `db`, waits until both `steady` and `disturbed` have stored everything before the
+/// fence, and checks that `disturbed`'s ledger equals `steady`'s (at least `min_entries` long),
+/// with every trade of `1..=trades` awarded once.
+pub async fn assert_same_as_undisturbed(
+    db: &TestDb,
+    (steady, steady_run): (&Walpoints<'_>, &Running),
+    (disturbed, disturbed_run): (&Walpoints<'_>, &Running),
+    min_entries: usize,
+    trades: i64,
+) {
+    let until = fence(&db.client().await).await;
+    for (wp, running) in [(steady, steady_run), (disturbed, disturbed_run)] {
+        wp.wait_for(until, Duration::from_secs(180), running).await;
+    }
+    let expected = steady.ledger().await;
+    assert!(expected.len() > min_entries, "{} entries", expected.len());
+    assert_same_ledger(&disturbed.ledger().await, &expected, "the undisturbed run");
+    assert_each_trade_once(disturbed, trades).await;
 }
