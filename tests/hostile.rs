@@ -184,12 +184,20 @@ async fn odd_numbers_are_awarded_exactly_or_dead_lettered_with_the_reason() {
             ("trades", "bad_value", "infinite values are not supported"),
             ("trades", "bad_value", "cannot be held exactly by a Decimal"),
             ("trades", "overflow", "trade notional"),
-            ("trades", "bad_value", "more than 28 significant fractional digits"),
+            (
+                "trades",
+                "bad_value",
+                "more than 28 significant fractional digits",
+            ),
         ],
     );
     // Zero price or amount, or a notional below the minimum: a fill that earns nothing.
     for id in ["3", "4", "13"] {
-        assert_eq!(trade_entries(&wp, id).await, Vec::<String>::new(), "trade {id}");
+        assert_eq!(
+            trade_entries(&wp, id).await,
+            Vec::<String>::new(),
+            "trade {id}"
+        );
     }
     // A negative amount is the size of a sell: it earns on its absolute notional (200).
     assert_eq!(
@@ -206,7 +214,10 @@ async fn odd_numbers_are_awarded_exactly_or_dead_lettered_with_the_reason() {
     );
     assert_eq!(
         trade_entries(&wp, "14").await,
-        ["0xt14 trading_taker 1.000000", "0xm14 trading_maker 0.500000"]
+        [
+            "0xt14 trading_taker 1.000000",
+            "0xm14 trading_maker 0.500000"
+        ]
     );
 }
 
@@ -277,7 +288,10 @@ async fn odd_text_and_mixed_case_addresses_are_handled() {
         .await
         .unwrap()
         .get(0);
-    assert!(row_len <= 1_001, "the dead letter's row keeps {row_len} chars");
+    assert!(
+        row_len <= 1_001,
+        "the dead letter's row keeps {row_len} chars"
+    );
     // A huge or missing symbol is only information: the fills earn as usual.
     for id in ["3", "4", "8"] {
         assert_eq!(
@@ -290,11 +304,17 @@ async fn odd_text_and_mixed_case_addresses_are_handled() {
     }
     assert_eq!(
         trade_entries(&wp, "5").await,
-        ["0xmixed trading_taker 1.000000", "0xother trading_maker 0.500000"]
+        [
+            "0xmixed trading_taker 1.000000",
+            "0xother trading_maker 0.500000"
+        ]
     );
     assert_eq!(
         trade_entries(&wp, "6").await,
-        ["0xmixed trading_taker 1.000000", "0xother trading_maker 0.500000"]
+        [
+            "0xmixed trading_taker 1.000000",
+            "0xother trading_maker 0.500000"
+        ]
     );
     assert!(trade_entries(&wp, "7").await.is_empty());
     let store = wp.store().await;
@@ -389,8 +409,16 @@ async fn odd_positions_and_updates_after_close_are_handled() {
         let wp = &wp;
         async move { entries_where(wp, "kind = 'pnl' AND user_address = $2", user).await }
     };
-    assert_eq!(pnl("0xu4").await, ["0xu4 pnl 5.000000"], "paid once, at the close");
-    assert_eq!(pnl("0xu5").await, ["0xu5 pnl 2.000000"], "paid once, at the first close");
+    assert_eq!(
+        pnl("0xu4").await,
+        ["0xu4 pnl 5.000000"],
+        "paid once, at the close"
+    );
+    assert_eq!(
+        pnl("0xu5").await,
+        ["0xu5 pnl 2.000000"],
+        "paid once, at the first close"
+    );
     let open: Vec<String> = wp
         .store()
         .await
@@ -414,7 +442,8 @@ async fn self_referrals_and_referral_cycles_earn_nothing_and_end() {
     let mut config = tempfile::NamedTempFile::new().expect("a config file");
     config.write_all(RULES.as_bytes()).unwrap();
     let rules: RuleSet = toml::from_str(RULES).unwrap();
-    let wp = Walpoints::new(&db, "h_referrals").env("WALPOINTS_CONFIG", config.path().to_str().unwrap());
+    let wp =
+        Walpoints::new(&db, "h_referrals").env("WALPOINTS_CONFIG", config.path().to_str().unwrap());
     let mut running = wp.setup_and_stream().await;
     let ex = db.client().await;
     // c was referred by d, d by e; e by c would close a cycle. a refers itself, in two cases.
@@ -462,7 +491,10 @@ async fn self_referrals_and_referral_cycles_earn_nothing_and_end() {
             .into_iter()
             .filter(|e| e.contains("referral"))
             .collect::<Vec<_>>();
-        assert!(referral.is_empty(), "self-referrals earn nothing: {referral:?}");
+        assert!(
+            referral.is_empty(),
+            "self-referrals earn nothing: {referral:?}"
+        );
     }
 }
 
@@ -548,8 +580,14 @@ async fn truncating_positions_and_referrals_follows_each_policy() {
     .unwrap();
 
     let stderr = wait_failed(&mut stopping);
-    assert_mentions(&stderr, &["public.positions", "TRUNCATE", "truncate.policy"]);
-    assert!(trade_entries(&stop, "1").await.is_empty(), "nothing after it");
+    assert_mentions(
+        &stderr,
+        &["public.positions", "TRUNCATE", "truncate.policy"],
+    );
+    assert!(
+        trade_entries(&stop, "1").await.is_empty(),
+        "nothing after it"
+    );
 
     let until = fence(&ex).await;
     ignore.wait_for(until, CATCH_UP, &going).await;
@@ -680,7 +718,9 @@ async fn a_huge_transaction_is_processed_in_bounded_memory() {
     let baseline = peak_rss_kib(pid);
 
     let started = std::time::Instant::now();
-    ex.batch_execute(&fills(20_001, 20_000 + rows)).await.unwrap();
+    ex.batch_execute(&fills(20_001, 20_000 + rows))
+        .await
+        .unwrap();
     let written = started.elapsed();
     let until = fence(&ex).await;
     wp.wait_for(until, Duration::from_secs(900), &running).await;
