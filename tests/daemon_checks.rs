@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use walpoints::pgcluster::PgCluster;
 
 use support::daemon::{fence, Walpoints};
-use support::{assert_mentions, connect, wait_failed, with_db, Running, TestDb};
+use support::{assert_mentions, connect, wait_failed, with_db, TestDb};
 
 /// Runs `cmd` to completion, killing it (by its own pid) and failing the test if it takes
 /// longer than `timeout`: a check that does not fire would otherwise leave `run` streaming.

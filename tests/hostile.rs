@@ -98,6 +98,24 @@ async fn entries_where(wp: &Walpoints<'_>, filter: &str, arg: &str) -> Vec<Strin
         .collect()
 }
 
+/// Runs each statement as a transaction of its own, so stream time moves between them.
+async fn each<S: AsRef<str>>(ex: &tokio_postgres::Client, statements: &[S]) {
+    for sql in statements {
+        ex.batch_execute(sql.as_ref()).await.unwrap();
+    }
+}
+
+/// The one `bigint` (e.g. a `count(*)`) that `sql` returns from `wp`'s store; `$1` is the
+/// source id.
+async fn count(wp: &Walpoints<'_>, sql: &str) -> i64 {
+    wp.store()
+        .await
+        .query_one(sql, &[&wp.id])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Asserts the daemon is still running and never panicked.
 fn assert_running(running: &mut Running) {
     assert!(
@@ -169,9 +187,7 @@ async fn odd_numbers_are_awarded_exactly_or_dead_lettered_with_the_reason() {
     // Half in one transaction, half one transaction each: a bad row never takes its
     // transaction's good rows with it.
     ex.batch_execute(&workload[..7].concat()).await.unwrap();
-    for sql in &workload[7..] {
-        ex.batch_execute(sql).await.unwrap();
-    }
+    each(&ex, &workload[7..]).await;
     settle(&wp, &mut running, "ref_numbers").await;
 
     assert_dead(
@@ -278,16 +294,12 @@ async fn odd_text_and_mixed_case_addresses_are_handled() {
     for d in &dead {
         assert!(d.3.len() < 1_000, "detail of {} bytes", d.3.len());
     }
-    let row_len: i32 = wp
-        .store()
-        .await
-        .query_one(
-            "SELECT max(length(row->'new'->>'taker_address')) FROM walpoints.dead_letter",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let row_len = count(
+        &wp,
+        "SELECT max(length(row->'new'->>'taker_address'))::bigint FROM walpoints.dead_letter
+         WHERE source_id = $1",
+    )
+    .await;
     assert!(
         row_len <= 1_001,
         "the dead letter's row keeps {row_len} chars"
@@ -338,14 +350,12 @@ async fn odd_text_and_mixed_case_addresses_are_handled() {
         ],
         "one lowercase user each, with both fills' volume"
     );
-    let not_lowercase: i64 = store
-        .query_one(
-            "SELECT count(*) FROM walpoints.ledger WHERE user_address <> lower(user_address)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let not_lowercase = count(
+        &wp,
+        "SELECT count(*) FROM walpoints.ledger
+         WHERE source_id = $1 AND user_address <> lower(user_address)",
+    )
+    .await;
     assert_eq!(not_lowercase, 0);
 }
 
@@ -391,9 +401,7 @@ async fn odd_positions_and_updates_after_close_are_handled() {
         set(5, "status = 'frozen'"),
         insert(6, "1", "'open'"),
     ];
-    for sql in &workload {
-        ex.batch_execute(sql).await.unwrap();
-    }
+    each(&ex, &workload).await;
     settle(&wp, &mut running, "ref_positions").await;
 
     assert_dead(
@@ -447,25 +455,27 @@ async fn self_referrals_and_referral_cycles_earn_nothing_and_end() {
     let mut running = wp.setup_and_stream().await;
     let ex = db.client().await;
     // c was referred by d, d by e; e by c would close a cycle. a refers itself, in two cases.
-    for sql in [
-        "INSERT INTO referral_relations VALUES ('0xa', '0xa')",
-        "INSERT INTO referral_relations VALUES ('0xB', '0xb')",
-        "INSERT INTO referral_relations VALUES ('0xc', '0xd')",
-        "INSERT INTO referral_relations VALUES ('0xd', '0xe')",
-        "INSERT INTO referral_relations VALUES ('0xE', '0xC')",
-        // An update that would turn d's link into a 2-cycle: the first binding stands.
-        "UPDATE referral_relations SET referrer_address = '0xc' WHERE referee_address = '0xd'",
-        "INSERT INTO trades (id, symbol, price, amount, taker_address, maker_address)
+    each(
+        &ex,
+        &[
+            "INSERT INTO referral_relations VALUES ('0xa', '0xa')",
+            "INSERT INTO referral_relations VALUES ('0xB', '0xb')",
+            "INSERT INTO referral_relations VALUES ('0xc', '0xd')",
+            "INSERT INTO referral_relations VALUES ('0xd', '0xe')",
+            "INSERT INTO referral_relations VALUES ('0xE', '0xC')",
+            // An update that would turn d's link into a 2-cycle: the first binding stands.
+            "UPDATE referral_relations SET referrer_address = '0xc' WHERE referee_address = '0xd'",
+            "INSERT INTO trades (id, symbol, price, amount, taker_address, maker_address)
              VALUES (1, 'X', 100, 1, '0xc', '0xz1')",
-        "INSERT INTO trades (id, symbol, price, amount, taker_address, maker_address)
+            "INSERT INTO trades (id, symbol, price, amount, taker_address, maker_address)
              VALUES (2, 'X', 100, 1, '0xe', '0xz2')",
-        "INSERT INTO trades (id, symbol, price, amount, taker_address, maker_address)
+            "INSERT INTO trades (id, symbol, price, amount, taker_address, maker_address)
              VALUES (3, 'X', 100, 1, '0xa', '0xb')",
-        "INSERT INTO trades (id, symbol, price, amount, taker_address, maker_address)
+            "INSERT INTO trades (id, symbol, price, amount, taker_address, maker_address)
              VALUES (4, 'X', 100, 1, '0xb', '0xz4')",
-    ] {
-        ex.batch_execute(sql).await.unwrap();
-    }
+        ],
+    )
+    .await;
     settle_with(&wp, &mut running, "ref_referrals", rules).await;
 
     // Ignored by the rules (and counted in metrics), not dead-lettered: the rows are valid.
@@ -504,7 +514,9 @@ async fn added_and_dropped_columns_keep_the_stream_until_a_mapped_one_goes() {
     let wp = Walpoints::new(&db, "h_schema");
     let mut running = wp.setup_and_stream().await;
     let ex = db.client().await;
-    for sql in [
+    each(
+        &ex,
+        &[
         "INSERT INTO trades (id, symbol, price, amount, taker_address, maker_address)
              VALUES (1, 'X', 100, 1, '0xt1', '0xm1')",
         "ALTER TABLE trades ADD COLUMN memo text DEFAULT 'hello'",
@@ -520,9 +532,9 @@ async fn added_and_dropped_columns_keep_the_stream_until_a_mapped_one_goes() {
         "INSERT INTO trades (id, symbol, price, amount, taker_address, maker_address)
              VALUES (3, 'X', 100, 1, '0xt2', '0xm3')",
         "UPDATE positions SET status = 'closed', realized_pnl = 20",
-    ] {
-        ex.batch_execute(sql).await.unwrap();
-    }
+        ],
+    )
+    .await;
     settle(&wp, &mut running, "ref_schema").await;
     assert_dead(&dead_letters(&wp).await, &[]);
     assert_eq!(
@@ -601,16 +613,11 @@ async fn truncating_positions_and_referrals_follows_each_policy() {
             "0xm1 trading_maker 0.500000"
         ]
     );
-    let held: i64 = ignore
-        .store()
-        .await
-        .query_one(
-            "SELECT count(*) FROM walpoints.state_open_position WHERE source_id = $1",
-            &[&ignore.id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let held = count(
+        &ignore,
+        "SELECT count(*) FROM walpoints.state_open_position WHERE source_id = $1",
+    )
+    .await;
     assert_eq!(held, 1);
 }
 
@@ -732,23 +739,14 @@ async fn a_huge_transaction_is_processed_in_bounded_memory() {
          {processed:?}; peak RSS {baseline} KiB after warm-up, {peak} KiB after"
     );
 
-    let store = wp.store().await;
-    let count = |kind: &'static str| {
-        let store = &store;
-        async move {
-            store
-                .query_one(
-                    "SELECT count(*) FROM walpoints.ledger WHERE kind = $1 AND NOT reversal",
-                    &[&kind],
-                )
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-        }
-    };
     let total = i64::from(rows) + 20_000;
-    assert_eq!(count("trading_taker").await, total);
-    assert_eq!(count("trading_maker").await, total);
+    for kind in ["trading_taker", "trading_maker"] {
+        let sql = format!(
+            "SELECT count(*) FROM walpoints.ledger
+             WHERE source_id = $1 AND kind = '{kind}' AND NOT reversal"
+        );
+        assert_eq!(count(&wp, &sql).await, total, "{kind} entries");
+    }
     assert_dead(&dead_letters(&wp).await, &[]);
     wp.assert_totals_match_ledger().await;
     // Holding the transaction would cost at least ~300 bytes a fill (its decoded change and two
