@@ -16,7 +16,8 @@ use std::time::Duration;
 use walpoints::points::RuleSet;
 
 use support::daemon::{assert_same_ledger, fence, reference_ledger, reference_slot, Walpoints};
-use support::{assert_mentions, wait_failed, Running, TestDb};
+use support::http::{get, http_addr};
+use support::{assert_mentions, eventually, wait_failed, Running, TestDb};
 
 /// Generous: two cores are shared by several test runs.
 const CATCH_UP: Duration = Duration::from_secs(90);
@@ -450,9 +451,11 @@ async fn self_referrals_and_referral_cycles_earn_nothing_and_end() {
     let mut config = tempfile::NamedTempFile::new().expect("a config file");
     config.write_all(RULES.as_bytes()).unwrap();
     let rules: RuleSet = toml::from_str(RULES).unwrap();
-    let wp =
-        Walpoints::new(&db, "h_referrals").env("WALPOINTS_CONFIG", config.path().to_str().unwrap());
+    let wp = Walpoints::new(&db, "h_referrals")
+        .env("WALPOINTS_CONFIG", config.path().to_str().unwrap())
+        .env("WALPOINTS_HTTP_LISTEN", "127.0.0.1:0");
     let mut running = wp.setup_and_stream().await;
+    let addr = http_addr(&running).await;
     let ex = db.client().await;
     // c was referred by d, d by e; e by c would close a cycle. a refers itself, in two cases.
     each(
@@ -478,8 +481,26 @@ async fn self_referrals_and_referral_cycles_earn_nothing_and_end() {
     .await;
     settle_with(&wp, &mut running, "ref_referrals", rules).await;
 
-    // Ignored by the rules (and counted in metrics), not dead-lettered: the rows are valid.
+    // Ignored by the rules and counted by reason, not dead-lettered: the rows are valid.
     assert_dead(&dead_letters(&wp).await, &[]);
+    // (The counters reach /metrics just after the batch commits.)
+    let expected = [
+        ("referral_rejected_self", 2),
+        ("referral_rejected_cycle", 1),
+        ("referral_rebind_ignored", 1),
+    ]
+    .map(|(reason, n)| format!("walpoints_rejected_total{{reason=\"{reason}\"}} {n}"));
+    let addr = &addr;
+    let expected = &expected;
+    eventually(
+        "the referral rejections in /metrics",
+        CATCH_UP,
+        || async move {
+            let (status, metrics) = get(addr, "/metrics").await;
+            status == 200 && expected.iter().all(|e| metrics.lines().any(|l| l == e))
+        },
+    )
+    .await;
     assert_eq!(
         trade_entries(&wp, "1").await,
         [
@@ -699,8 +720,9 @@ fn big_tx_rows() -> u32 {
 }
 
 /// Big enough that holding the transaction (its changes, or its 2 ledger rows per fill) in
-/// memory would break the bound below; small enough for the debug build on a shared machine.
-const BIG_TX_ROWS: u32 = 300_000;
+/// memory would break the bound below; small enough for the debug build on a shared machine
+/// (1,000,000 took 4.4 minutes there, 300,000 took 105 to 220 s depending on the load).
+const BIG_TX_ROWS: u32 = 200_000;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_huge_transaction_is_processed_in_bounded_memory() {
@@ -750,11 +772,14 @@ async fn a_huge_transaction_is_processed_in_bounded_memory() {
     assert_dead(&dead_letters(&wp).await, &[]);
     wp.assert_totals_match_ledger().await;
     // Holding the transaction would cost at least ~300 bytes a fill (its decoded change and two
-    // ledger rows); streaming it in parts costs a bounded amount whatever its size.
+    // ledger rows; more in practice); streaming it in parts costs a bounded amount whatever its
+    // size (measured here: 12 to 17 MiB of growth for 300,000 and for 1,000,000 fills).
     let growth = peak.saturating_sub(baseline);
     let whole_tx_kib = u64::from(rows) * 300 / 1024;
+    let bound_kib = whole_tx_kib.min(48 * 1024);
     assert!(
-        growth < whole_tx_kib / 2,
-        "peak RSS grew by {growth} KiB over {rows} fills (holding them would take ~{whole_tx_kib} KiB)"
+        growth < bound_kib,
+        "peak RSS grew by {growth} KiB over {rows} fills; the bound is {bound_kib} KiB (holding \
+         them would take ~{whole_tx_kib} KiB)"
     );
 }
