@@ -25,6 +25,12 @@ use crate::value;
 const ROW_VALUE_CHARS: usize = 1_000;
 /// How many characters of an offending value a rejection's `detail` quotes.
 const DETAIL_VALUE_CHARS: usize = 200;
+/// The longest id or address (in bytes) a row may carry. Ids and addresses are keys of the
+/// store's B-tree indexes, and PostgreSQL refuses an index row above ~2,700 bytes: a longer
+/// value would fail the whole store transaction on every retry and wedge the stream. The
+/// referrer index holds two addresses, hence half that, rounded down. Real ids and addresses
+/// are under 100 bytes.
+pub const MAX_KEY_BYTES: usize = 1_024;
 
 /// Which followed table a relation is; the engine's rules differ per table, and a truncate
 /// policy or a metric needs to say which one.
@@ -89,6 +95,7 @@ pub enum Mapped {
 /// - `bad_value`: a value does not parse (number, timestamp, UTF-8), is NaN or infinite, or
 ///   arrived in binary format;
 /// - `negative_price`: a trade price or position entry price below zero;
+/// - `too_long`: an id or address longer than [`MAX_KEY_BYTES`] (the store could not index it);
 /// - `unknown_status`: a position status in neither `positions_open_values` nor
 ///   `positions_closed_values`;
 /// - `missing_key`: a delete whose key and old row are absent or NULL in the key column;
@@ -389,12 +396,12 @@ impl Mapper {
     fn trade(&self, row: &Row<'_>) -> Result<Trade, Fault> {
         let c = &self.cols;
         Ok(Trade {
-            id: row.string(&c.trades_id)?,
+            id: row.key_string(&c.trades_id)?,
             symbol: row.opt_string(&c.trades_symbol)?.unwrap_or_default(),
             price: row.price(&c.trades_price)?,
             amount: row.decimal(&c.trades_amount)?,
-            taker: row.string(&c.trades_taker)?,
-            maker: row.string(&c.trades_maker)?,
+            taker: row.key_string(&c.trades_taker)?,
+            maker: row.key_string(&c.trades_maker)?,
             time: match c.trades_time.as_str() {
                 "" => None,
                 col => Some(row.timestamp(col)?),
@@ -405,8 +412,8 @@ impl Mapper {
     fn position(&self, row: &Row<'_>) -> Result<Position, Fault> {
         let c = &self.cols;
         Ok(Position {
-            id: row.string(&c.positions_id)?,
-            user: row.string(&c.positions_user)?,
+            id: row.key_string(&c.positions_id)?,
+            user: row.key_string(&c.positions_user)?,
             symbol: row.opt_string(&c.positions_symbol)?.unwrap_or_default(),
             size: row.decimal(&c.positions_size)?,
             entry_price: row.price(&c.positions_entry_price)?,
@@ -439,8 +446,8 @@ impl Mapper {
 
     fn referral(&self, row: &Row<'_>) -> Result<ReferralLink, Fault> {
         Ok(ReferralLink {
-            referee: row.string(&self.cols.referrals_referee)?,
-            referrer: row.string(&self.cols.referrals_referrer)?,
+            referee: row.key_string(&self.cols.referrals_referee)?,
+            referrer: row.key_string(&self.cols.referrals_referrer)?,
         })
     }
 }
@@ -545,6 +552,11 @@ impl<'a> Row<'a> {
             .map_err(|e| bad_value(col, e))
     }
 
+    /// An id or address: a required string of at most [`MAX_KEY_BYTES`].
+    fn key_string(&self, col: &str) -> Result<String, Fault> {
+        check_key_len(col, self.string(col)?)
+    }
+
     fn opt_decimal(&self, col: &str) -> Result<Option<Decimal>, Fault> {
         self.get(col)?
             .map(|b| value::numeric(b).map_err(|e| bad_value(col, e)))
@@ -585,7 +597,7 @@ fn key(change: &RowChange, col: &str) -> Result<String, Fault> {
             fallback: None,
         };
         if let Some(id) = row.opt_string(col)? {
-            return Ok(id);
+            return check_key_len(col, id);
         }
     }
     Err(Fault::new(
@@ -593,6 +605,22 @@ fn key(change: &RowChange, col: &str) -> Result<String, Fault> {
         format!(
             "delete carries no value for key column {col:?} (the table's replica identity \
              must include it, or be FULL)"
+        ),
+    ))
+}
+
+/// `value` unless it is longer than [`MAX_KEY_BYTES`].
+fn check_key_len(col: &str, value: String) -> Result<String, Fault> {
+    if value.len() <= MAX_KEY_BYTES {
+        return Ok(value);
+    }
+    Err(Fault::new(
+        "too_long",
+        format!(
+            "column {col:?}: {} bytes, more than the {MAX_KEY_BYTES} an id or address may have: \
+             {:?}",
+            value.len(),
+            clip(&value, DETAIL_VALUE_CHARS)
         ),
     ))
 }
@@ -1076,6 +1104,28 @@ mod tests {
         assert!(r.row.get("old").is_none() && r.row.get("key").is_none());
         let r = rejected(&m, &delete(&trades, None, Some(tuple("\\N"))));
         assert_eq!(r.row, json!({"key": {"id": null}}));
+    }
+
+    #[test]
+    fn an_id_or_address_longer_than_the_store_can_index_is_rejected() {
+        let (m, trades, referrals) = (mapper(), trades_rel(), referrals_rel());
+        let long = "0x".to_owned() + &"ab".repeat(MAX_KEY_BYTES);
+        let at_limit = "a".repeat(MAX_KEY_BYTES);
+        let set = |i, v: &str| insert(&trades, with(trade_row("1"), i, text(v)));
+        assert!(m.map(&set(4, &at_limit)).is_ok());
+        for i in [0, 4, 5] {
+            let r = rejected(&m, &set(i, &long));
+            assert_eq!(r.reason, "too_long", "{r}");
+            assert!(r.detail.contains("2050 bytes"), "{r}");
+            assert!(r.detail.len() < 1_000, "the detail quotes a bounded prefix");
+        }
+        let link = |a: &str, b: &str| insert(&referrals, tuple(&format!("{a}|{b}")));
+        assert_eq!(rejected(&m, &link(&long, "0xa")).reason, "too_long");
+        assert_eq!(rejected(&m, &link("0xa", &long)).reason, "too_long");
+        let del = delete(&trades, None, Some(tuple(&long)));
+        assert_eq!(rejected(&m, &del).reason, "too_long");
+        // A long symbol is only information: the fill is still mapped.
+        assert!(m.map(&set(1, &long)).is_ok());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use walpoints::pgcluster::PgCluster;
 
 use support::daemon::{fence, Walpoints};
-use support::{connect, with_db, Running, TestDb};
+use support::{assert_mentions, connect, wait_failed, with_db, TestDb};
 
 /// Runs `cmd` to completion, killing it (by its own pid) and failing the test if it takes
 /// longer than `timeout`: a check that does not fire would otherwise leave `run` streaming.
@@ -65,47 +65,6 @@ fn succeeds(wp: &Walpoints<'_>, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The error line `main` prints (`walpoints: {error}`), for a tighter assertion than the whole
-/// of stderr with its log lines.
-fn error_line(stderr: &str) -> &str {
-    stderr
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("walpoints: "))
-        .unwrap_or_else(|| panic!("no `walpoints: ` error line in stderr:\n{stderr}"))
-}
-
-fn assert_mentions(stderr: &str, needles: &[&str]) {
-    let line = error_line(stderr);
-    for needle in needles {
-        assert!(
-            line.contains(needle),
-            "the error does not mention {needle:?}; stderr:\n{stderr}"
-        );
-    }
-}
-
-/// Waits for a daemon that must stop on its own with a failure; returns its stderr once the
-/// error line is in (the reader thread may trail the exit by a moment).
-fn wait_failed(running: &mut Running) -> String {
-    let status = running.wait(Duration::from_secs(30));
-    assert!(
-        !status.success(),
-        "the daemon exited successfully; stderr:\n{}",
-        running.stderr()
-    );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !running
-        .stderr()
-        .lines()
-        .any(|l| l.starts_with("walpoints: "))
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    running.stderr()
 }
 
 async fn insert_trade(client: &tokio_postgres::Client, id: i64) {

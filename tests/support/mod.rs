@@ -312,3 +312,45 @@ pub async fn start_tail(db: &TestDb, args: &[&str]) -> Running {
     wait_for_active_tail_slot(db).await;
     running
 }
+
+/// The error line `main` prints (`walpoints: {error}`), for a tighter assertion than the whole
+/// of stderr with its log lines.
+pub fn error_line(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("walpoints: "))
+        .unwrap_or_else(|| panic!("no `walpoints: ` error line in stderr:\n{stderr}"))
+}
+
+/// Fails the test unless the error line of `stderr` contains every needle.
+pub fn assert_mentions(stderr: &str, needles: &[&str]) {
+    let line = error_line(stderr);
+    for needle in needles {
+        assert!(
+            line.contains(needle),
+            "the error does not mention {needle:?}; stderr:\n{stderr}"
+        );
+    }
+}
+
+/// Waits for a daemon that must stop on its own with a failure; returns its stderr once the
+/// error line is in (the reader thread may trail the exit by a moment).
+pub fn wait_failed(running: &mut Running) -> String {
+    let status = running.wait(Duration::from_secs(30));
+    assert!(
+        !status.success(),
+        "the daemon exited successfully; stderr:\n{}",
+        running.stderr()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !running
+        .stderr()
+        .lines()
+        .any(|l| l.starts_with("walpoints: "))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    running.stderr()
+}
