@@ -32,14 +32,37 @@ const RATE: u64 = 1_000;
 const WRITERS: u64 = 4;
 
 /// The faults, applied in this order, one per period.
-const FAULTS: [&str; 6] = [
-    "SIGKILL walpoints, start it again",
-    "terminate its replication connection",
-    "terminate its store sessions",
-    "restart PostgreSQL (fast)",
-    "crash PostgreSQL (immediate), start it again",
-    "freeze walpoints 15 s (SIGSTOP, SIGCONT)",
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Kill,
+    DropReplication,
+    DropStore,
+    RestartFast,
+    Crash,
+    Freeze,
+}
+
+const FAULTS: [Fault; 6] = [
+    Fault::Kill,
+    Fault::DropReplication,
+    Fault::DropStore,
+    Fault::RestartFast,
+    Fault::Crash,
+    Fault::Freeze,
 ];
+
+impl Fault {
+    fn describe(self) -> &'static str {
+        match self {
+            Fault::Kill => "SIGKILL walpoints, start it again",
+            Fault::DropReplication => "terminate its replication connection",
+            Fault::DropStore => "terminate its store sessions",
+            Fault::RestartFast => "restart PostgreSQL (fast)",
+            Fault::Crash => "crash PostgreSQL (immediate), start it again",
+            Fault::Freeze => "freeze walpoints 15 s (SIGSTOP, SIGCONT)",
+        }
+    }
+}
 
 /// One walpoints instance: its source id names the slot, publication and store database.
 struct Instance<'a> {
@@ -343,9 +366,10 @@ pub async fn run(lab: &Lab, plan: &Plan) -> Result<()> {
             }
         }
         if started.elapsed() >= next_fault {
-            let what = FAULTS[faults.len() % FAULTS.len()];
+            let fault = FAULTS[faults.len() % FAULTS.len()];
+            let what = fault.describe();
             let at = Instant::now();
-            inject(what, lab, &mut soak, &mut source).await?;
+            inject(fault, lab, &mut soak, &mut source).await?;
             let fence = source.fence().await;
             println!(
                 "- {:>4} s: {what} ({} trades committed so far)",
@@ -499,14 +523,14 @@ pub async fn run(lab: &Lab, plan: &Plan) -> Result<()> {
 }
 
 async fn inject(
-    what: &str,
+    fault: Fault,
     lab: &Lab,
     soak: &mut Instance<'_>,
     source: &mut Session,
 ) -> Result<()> {
-    match what {
-        w if w.starts_with("SIGKILL") => soak.kill_and_restart()?,
-        w if w.starts_with("terminate its replication") => {
+    match fault {
+        Fault::Kill => soak.kill_and_restart()?,
+        Fault::DropReplication => {
             let sql = format!(
                 "SELECT count(pg_terminate_backend(active_pid))::int FROM pg_replication_slots \
                  WHERE slot_name = '{}' AND active_pid IS NOT NULL",
@@ -514,7 +538,7 @@ async fn inject(
             );
             source.value::<i32>(&sql).await;
         }
-        w if w.starts_with("terminate its store") => {
+        Fault::DropStore => {
             let sql = format!(
                 "SELECT count(pg_terminate_backend(pid))::int FROM pg_stat_activity \
                  WHERE datname = 'store_{}' AND pid <> pg_backend_pid()",
@@ -522,9 +546,9 @@ async fn inject(
             );
             source.value::<i32>(&sql).await;
         }
-        w if w.starts_with("restart") => lab.restart(StopMode::Fast)?,
-        w if w.starts_with("crash") => lab.restart(StopMode::Immediate)?,
-        _ => {
+        Fault::RestartFast => lab.restart(StopMode::Fast)?,
+        Fault::Crash => lab.restart(StopMode::Immediate)?,
+        Fault::Freeze => {
             soak.daemon().signal(libc::SIGSTOP);
             tokio::time::sleep(Duration::from_secs(15)).await;
             soak.daemon().signal(libc::SIGCONT);
