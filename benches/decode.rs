@@ -13,10 +13,10 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use walpoints::change::{Op, RowChange};
-use walpoints::config::{ColumnsConfig, TablesConfig};
-use walpoints::events::{Mapped, Mapper};
+use walpoints::changes::{Op, RowChange};
 use walpoints::lsn::Lsn;
+use walpoints::mapping::{Columns, Tables};
+use walpoints::mapping::{Mapped, Mapper};
 use walpoints::pgoutput::{self, Column, Message, Relation, ReplicaIdentity};
 use walpoints::value::oid;
 
@@ -81,7 +81,7 @@ fn insert_message(i: u64) -> Bytes {
 fn bench(c: &mut Criterion) {
     let messages: Vec<Bytes> = (0..BATCH as u64).map(insert_message).collect();
     let relation = Arc::new(trades_relation());
-    let mapper = Mapper::new(&TablesConfig::default(), &ColumnsConfig::default());
+    let mapper = Mapper::new(&Tables::default(), &Columns::default());
 
     let mut g = c.benchmark_group("pgoutput");
     g.throughput(Throughput::Elements(BATCH as u64));

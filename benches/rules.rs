@@ -12,8 +12,9 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use rust_decimal::Decimal;
 use walpoints::points::{
     Engine, Event, MemoryAwardBook, OpenPositionRow, PositionRow, ReferralRow, RuleSet, State,
-    StateDelta, Trade, TxEvents, MICROS_PER_HOUR,
+    StateDelta, Trade, TxEvents,
 };
+use walpoints::time::MICROS_PER_HOUR;
 
 const USERS: u64 = 10_000;
 const FILLS: u64 = 1_000;

@@ -50,6 +50,15 @@ impl From<u64> for Lsn {
     }
 }
 
+/// `#[serde(serialize_with = "lsn::serialize_opt")]`: an optional LSN in PostgreSQL's `X/Y`
+/// form, or `null`, so JSON output reads like `pg_replication_slots`.
+pub fn serialize_opt<S: serde::Serializer>(v: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(l) => s.collect_str(l),
+        None => s.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,12 +1,16 @@
-//! The `walpoints` binary: parse the command line, set up logging, dispatch.
+//! The `walpoints` binary: parse the command line, set up logging, load the configuration,
+//! dispatch to the command, and turn its outcome into an exit code.
+
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
-use std::process::ExitCode;
 use walpoints::cli::{Cli, Command, LogFormat};
+use walpoints::cmd::{demo, status, tail, verify};
 use walpoints::config::Config;
+use walpoints::daemon;
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     // verify: 1 means "the store differs", so its own failures to run exit 2.
     let verifying = matches!(cli.command, Command::Verify(_));
@@ -18,22 +22,36 @@ fn main() -> std::process::ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("walpoints: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("walpoints: {e:#}");
-            if e.is::<walpoints::verify::Differences>() {
-                std::process::ExitCode::from(1)
+            eprintln!("walpoints: {}", render(&e));
+            if e.is::<verify::Differences>() {
+                ExitCode::from(1)
             } else if verifying {
-                std::process::ExitCode::from(2)
+                ExitCode::from(2)
             } else {
-                std::process::ExitCode::FAILURE
+                ExitCode::FAILURE
             }
         }
     }
+}
+
+/// An error and its causes on one line. walpoints' errors already say their cause in their own
+/// message (logs show only that), so a cause is appended only when it adds something.
+fn render(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let part = cause.to_string();
+        if !part.is_empty() && !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 fn init_tracing(format: LogFormat) {
@@ -59,28 +77,28 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     if let Some(url) = &cli.source_url {
         config.source.url = url
             .parse()
-            .map_err(|e: String| anyhow::anyhow!("--source-url: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("--source-url: {e}"))?;
     }
     match cli.command {
         Command::Status(args) => {
-            let thresholds = walpoints::status::Thresholds {
+            let thresholds = status::Thresholds {
                 max_lag_bytes: args.max_lag_bytes,
                 max_lag_seconds: args.max_lag_seconds,
             };
-            let status = walpoints::status::status(&config, thresholds).await;
+            let report = status::status(&config, thresholds).await;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", status.render());
+                print!("{}", report.render());
             }
-            Ok(if status.healthy {
+            Ok(if report.healthy {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             })
         }
         Command::Setup => {
-            let report = walpoints::daemon::setup(&config).await?;
+            let report = daemon::setup(&config).await?;
             println!("{report}");
             Ok(ExitCode::SUCCESS)
         }
@@ -92,15 +110,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 let _ = stop_tx.send(true);
             });
             let standby = if args.no_standby {
-                walpoints::daemon::Standby::Refuse
+                daemon::Standby::Refuse
             } else {
-                walpoints::daemon::Standby::Wait
+                daemon::Standby::Wait
             };
-            walpoints::daemon::run(&config, standby, stop_rx).await?;
+            daemon::run(&config, standby, stop_rx).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Teardown(args) => {
-            let report = walpoints::daemon::teardown(&config, args.yes, args.drop_store).await?;
+            let report = daemon::teardown(&config, args.yes, args.drop_store).await?;
             println!(
                 "dropped slot {:?} and publication {:?}{}",
                 config.source.slot,
@@ -114,36 +132,35 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Tail(args) => {
-            let opts = walpoints::tail::options(&config, args).map_err(anyhow::Error::msg)?;
+            let opts = tail::options(&config, args)?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-            let summary =
-                walpoints::tail::run(&opts, &mut out, walpoints::signal::shutdown()).await?;
+            let summary = tail::run(&opts, &mut out, walpoints::signal::shutdown()).await?;
             tracing::info!(changes = summary.changes, reason = ?summary.reason, "tail finished");
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {
             let stdout = std::io::stdout();
             let mut out = std::io::LineWriter::new(stdout.lock());
-            let opts = walpoints::demo::DemoOptions {
+            let opts = demo::DemoOptions {
                 seconds: args.seconds,
                 keep: args.keep,
             };
-            let summary = walpoints::demo::run(&opts, &mut out).await?;
+            let summary = demo::run(&opts, &mut out).await?;
             tracing::debug!(?summary, "demo finished");
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify(args) => {
-            let opts = walpoints::verify::VerifyOptions {
+            let opts = verify::VerifyOptions {
                 epoch: args.epoch,
                 ..Default::default()
             };
-            let report = walpoints::verify::run(&config, &opts).await?;
+            let report = verify::run(&config, &opts).await?;
             print!("{}", report.render());
             if report.is_clean() {
                 Ok(ExitCode::SUCCESS)
             } else {
-                Err(walpoints::verify::Differences(report.differences.len()).into())
+                Err(verify::Differences(report.differences.len()).into())
             }
         }
     }

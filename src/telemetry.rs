@@ -16,15 +16,15 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
 
-use crate::lsn::Lsn;
-use crate::pipeline::BatchReport;
-use crate::status::SlotReport;
-
-/// Microseconds since 1970 by the wall clock (lag for humans; never used for points).
-pub fn now_micros() -> i64 {
-    crate::store::micros_of(std::time::SystemTime::now())
-}
+use crate::changes::Op;
+use crate::dead_letter::Reason;
+use crate::lsn::{self, Lsn};
+use crate::mapping::TableKind;
+use crate::pg::Slot;
+use crate::points::{EntryKind, Rejection};
+use crate::time::now_micros;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ChangeLabels {
@@ -39,7 +39,7 @@ struct KindLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
-    reason: String,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,20 +49,6 @@ struct WalStatusLabels {
 
 type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 type FloatCounter = Counter<f64, std::sync::atomic::AtomicU64>;
-
-/// The rules' counters that mean "this input earned nothing on purpose", exported as
-/// `walpoints_rejected_total{reason}`.
-const REJECTIONS: &[&str] = &[
-    "self_trades",
-    "excluded_fills",
-    "below_min_notional",
-    "before_genesis",
-    "unknown_trade_updates",
-    "unknown_trade_deletes",
-    "referral_rejected_self",
-    "referral_rejected_cycle",
-    "referral_rebind_ignored",
-];
 
 /// What the daemon is doing, for `/readyz`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +78,7 @@ struct Health {
     last_commit: Option<Instant>,
     checkpoint: Option<(Lsn, i64)>,
     /// The last successful slot poll.
-    slot: Option<(Instant, SlotReport)>,
+    slot: Option<(Instant, Slot)>,
     /// Why the last poll failed, when it did.
     poll_error: Option<String>,
     http_addr: Option<std::net::SocketAddr>,
@@ -176,10 +162,10 @@ impl Telemetry {
             last_batch_timestamp: FloatGauge::default(),
         };
         t.registry = t.registered();
-        for reason in REJECTIONS {
+        for rejection in Rejection::ALL {
             t.rejected
                 .get_or_create(&ReasonLabels {
-                    reason: (*reason).to_owned(),
+                    reason: rejection.as_str(),
                 })
                 .inc_by(0);
         }
@@ -297,45 +283,66 @@ impl Telemetry {
         out
     }
 
-    /// Records a committed (and acknowledged) batch.
-    pub fn batch_committed(&self, r: &BatchReport) {
-        for (table, op, n) in &r.changes_by {
-            self.changes
-                .get_or_create(&ChangeLabels { table, op })
-                .inc_by(*n);
-        }
-        self.transactions.inc_by(r.transactions);
-        for (kind, plus, minus) in &r.points {
-            let labels = KindLabels { kind };
-            self.points_awarded
-                .get_or_create(&labels)
-                .inc_by(plus.to_f64().unwrap_or(0.0));
-            self.points_reversed
-                .get_or_create(&labels)
-                .inc_by(minus.to_f64().unwrap_or(0.0));
-        }
-        for (reason, n) in &r.dead_letters {
-            self.dead_letters
-                .get_or_create(&ReasonLabels {
-                    reason: reason.clone(),
-                })
-                .inc_by(*n);
-        }
-        for (name, n) in r.counters.iter() {
-            if n > 0 && REJECTIONS.contains(&name) {
-                self.rejected
-                    .get_or_create(&ReasonLabels {
-                        reason: name.to_owned(),
-                    })
-                    .inc_by(n);
-            }
-        }
-        self.batch_duration.observe(r.write.as_secs_f64());
-        self.batch_size.observe(r.changes as f64);
+    /// Counts `n` decoded row changes of a followed table.
+    pub fn count_changes(&self, table: TableKind, op: Op, n: u64) {
+        self.changes
+            .get_or_create(&ChangeLabels {
+                table: table.as_str(),
+                op: op.as_str(),
+            })
+            .inc_by(n);
+    }
+
+    /// Counts the points a batch wrote of one kind: `awarded` by positive entries, `reversed`
+    /// (a magnitude) by negative ones.
+    pub fn count_points(&self, kind: EntryKind, awarded: Decimal, reversed: Decimal) {
+        let labels = KindLabels {
+            kind: kind.as_str(),
+        };
+        self.points_awarded
+            .get_or_create(&labels)
+            .inc_by(awarded.to_f64().unwrap_or(0.0));
+        self.points_reversed
+            .get_or_create(&labels)
+            .inc_by(reversed.to_f64().unwrap_or(0.0));
+    }
+
+    /// Counts `n` rows dead-lettered for `reason`.
+    pub fn count_dead_letters(&self, reason: Reason, n: u64) {
+        self.dead_letters
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .inc_by(n);
+    }
+
+    /// Counts `n` inputs the rules refused to pay for `rejection`.
+    pub fn count_rejections(&self, rejection: Rejection, n: u64) {
+        self.rejected
+            .get_or_create(&ReasonLabels {
+                reason: rejection.as_str(),
+            })
+            .inc_by(n);
+    }
+
+    /// Records a committed (and acknowledged) store transaction: the checkpoint it moved to,
+    /// the commit time of its last source transaction, how many source transactions and row
+    /// changes it held, and how long writing and committing it took.
+    pub fn record_batch(
+        &self,
+        checkpoint: Lsn,
+        commit_time: i64,
+        transactions: u64,
+        changes: u64,
+        write: Duration,
+    ) {
+        self.transactions.inc_by(transactions);
+        self.batch_duration.observe(write.as_secs_f64());
+        self.batch_size.observe(changes as f64);
         self.last_batch_timestamp.set(now_micros() as f64 / 1e6);
         let mut h = self.health();
         h.last_commit = Some(Instant::now());
-        self.set_checkpoint(&mut h, r.lsn, r.commit_time);
+        self.set_checkpoint(&mut h, checkpoint, commit_time);
     }
 
     /// Records a checkpoint moved over idle WAL (its commit time stays).
@@ -366,7 +373,7 @@ impl Telemetry {
     }
 
     /// Records a slot poll of the source.
-    pub fn slot_polled(&self, result: Result<SlotReport, String>) {
+    pub fn slot_polled(&self, result: Result<Slot, String>) {
         let mut h = self.health();
         match result {
             Ok(report) => {
@@ -451,7 +458,7 @@ impl Telemetry {
         if !slot.exists() {
             return Err(format!("slot {} does not exist", slot.slot_name));
         }
-        if slot.wal_status.as_deref() == Some("lost") {
+        if slot.is_lost() {
             return Err(format!(
                 "slot {} is lost (wal_status = lost)",
                 slot.slot_name
@@ -490,7 +497,7 @@ pub struct ReadyReport {
     /// Seconds since the checkpoint's commit time.
     pub lag_seconds: Option<f64>,
     /// The checkpoint.
-    #[serde(serialize_with = "crate::status::ser_opt_lsn")]
+    #[serde(serialize_with = "lsn::serialize_opt")]
     pub checkpoint: Option<Lsn>,
     /// Seconds since this process last committed a batch.
     pub last_commit_seconds_ago: Option<f64>,
@@ -508,10 +515,12 @@ mod tests {
         })
     }
 
-    fn slot(lag: u64, wal_status: &str) -> SlotReport {
-        SlotReport {
+    fn slot(lag: u64, wal_status: &str) -> Slot {
+        Slot {
             slot_name: "walpoints".into(),
             slot_exists: wal_status != "missing",
+            plugin: Some("pgoutput".into()),
+            logical: true,
             active: true,
             active_pid: Some(7),
             restart_lsn: Some(Lsn(100)),

@@ -15,6 +15,8 @@
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
+use crate::time::{days_from_civil, days_in_month, MICROS_PER_SECOND};
+
 /// Oids of the built-in types walpoints converts (from `pg_type`; stable across PostgreSQL
 /// versions). Anything else passes through as text.
 pub mod oid {
@@ -309,7 +311,6 @@ fn trim_start_zeros(mut s: &[u8]) -> &[u8] {
     s
 }
 
-const MICROS_PER_SECOND: i64 = 1_000_000;
 const SECONDS_PER_DAY: i64 = 86_400;
 /// PostgreSQL rejects UTC offsets beyond ±15:59:59, so it never prints one.
 const MAX_OFFSET_HOURS: u32 = 15;
@@ -425,7 +426,7 @@ fn parse_timestamp(text: &[u8]) -> Result<i64, ValueErrorKind> {
     if year == 0 {
         return Err(Syntax("year 0 does not exist"));
     }
-    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(i64::from(year), month) {
         return Err(Syntax("no such date"));
     }
     if hour > 23 || minute > 59 || second > 59 {
@@ -439,31 +440,6 @@ fn parse_timestamp(text: &[u8]) -> Result<i64, ValueErrorKind> {
         .and_then(|s| s.checked_mul(MICROS_PER_SECOND))
         .and_then(|us| us.checked_add(i64::from(micros)))
         .ok_or(OutOfRange)
-}
-
-fn is_leap(year: u32) -> bool {
-    year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400))
-}
-
-fn days_in_month(year: u32, month: u32) -> u32 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days from 1970-01-01 to the given proleptic Gregorian date (Howard Hinnant's
-/// `days_from_civil`), for years >= 1 as PostgreSQL prints AD dates.
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]

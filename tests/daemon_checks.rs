@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use walpoints::pgcluster::PgCluster;
+use walpoints::testing::PgCluster;
 
 use support::daemon::{fence, Walpoints};
 use support::{assert_mentions, connect, wait_failed, with_db, TestDb};

@@ -8,8 +8,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use walpoints::pgcluster::StopMode;
 use walpoints::points::RuleSet;
+use walpoints::testing::StopMode;
 
 use support::daemon::{
     assert_same_ledger, fence, reference_ledger, reference_slot, workload, Walpoints,

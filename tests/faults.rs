@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::types::PgLsn;
 use walpoints::lsn::Lsn;
-use walpoints::pgcluster::PgCluster;
 use walpoints::points::RuleSet;
+use walpoints::testing::PgCluster;
 
 use support::daemon::{
     assert_same_ledger, fence, reference_ledger, reference_slot, workload, Walpoints,
@@ -428,7 +428,7 @@ async fn a_source_shutdown_during_a_store_outage_is_not_held_up() {
     .await;
     let started = Instant::now();
     cluster
-        .stop(walpoints::pgcluster::StopMode::Fast)
+        .stop(walpoints::testing::StopMode::Fast)
         .expect("stop the source fast");
     assert!(
         started.elapsed() < Duration::from_secs(30),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use prometheus_parse::{Scrape, Value};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
-use walpoints::pgcluster::StopMode;
+use walpoints::testing::StopMode;
 
 use support::daemon::{fence, Walpoints};
 use support::http::{get, get_json, http_addr};

@@ -2,7 +2,7 @@
 
 mod support;
 
-use walpoints::pgcluster::{PgCluster, StopMode};
+use walpoints::testing::{PgCluster, StopMode};
 
 async fn count(url: &str) -> i64 {
     support::connect(url)

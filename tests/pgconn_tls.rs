@@ -6,8 +6,8 @@ use std::path::PathBuf;
 mod support;
 
 use walpoints::config::ConnUrl;
-use walpoints::pgcluster::PgCluster;
-use walpoints::pgconn::{connect, is_transient, ConnectError};
+use walpoints::pg::connect::{connect, is_transient, ConnectError};
+use walpoints::testing::PgCluster;
 
 use support::serve_tls;
 use support::tls::certificates;
@@ -94,8 +94,8 @@ async fn uses_tls(client: &tokio_postgres::Client) -> bool {
 async fn refused(url: &ConnUrl, why: &str) -> String {
     match connect(url, "pgconn_test").await {
         Ok(_) => panic!("connected to {url} despite {why}"),
-        Err(ConnectError::Transient(e)) => panic!("{why}: transient, not definite: {e}"),
-        Err(ConnectError::Definite(e) | ConnectError::NoDatabase(e)) => e,
+        Err(e) if e.is_transient() => panic!("{why}: transient, not definite: {e}"),
+        Err(e) => e.to_string(),
     }
 }
 
@@ -224,7 +224,10 @@ async fn bad_password_or_database_is_definite_and_a_closed_port_transient() {
             .parse()
             .unwrap();
     match connect(&url, "pgconn_test").await {
-        Err(ConnectError::Transient(text)) => assert!(!text.contains(PASSWORD), "{text}"),
+        Err(e @ ConnectError::Unavailable { .. }) => {
+            let text = e.to_string();
+            assert!(!text.contains(PASSWORD), "{text}");
+        }
         other => panic!("a closed port is transient, got {other:?}"),
     }
 }

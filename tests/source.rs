@@ -6,10 +6,10 @@ mod support;
 
 use std::time::Duration;
 
-use walpoints::change::Op;
+use walpoints::changes::Op;
 use walpoints::config::ConnUrl;
 use walpoints::lsn::Lsn;
-use walpoints::source::{AdminSession, ReplicationSource, SourceError, SourceOptions};
+use walpoints::pg::{AdminSession, ReplicationSource, SourceError, SourceOptions};
 
 use support::TestDb;
 
@@ -52,10 +52,10 @@ async fn transactions_arrive_whole_in_commit_order_and_ack_moves_the_slot() {
     let tables = ["public.a".parse().unwrap(), "public.b".parse().unwrap()];
     admin.ensure_publication("wp_pub", &tables).await.unwrap();
     admin.ensure_publication("wp_pub", &tables).await.unwrap(); // idempotent
-    assert!(admin.slot("wp_slot").await.unwrap().is_none());
+    assert!(!admin.slot("wp_slot").await.unwrap().exists());
     let consistent = admin.create_slot("wp_slot").await.unwrap();
-    let info = admin.slot("wp_slot").await.unwrap().unwrap();
-    assert!(info.logical && info.plugin == "pgoutput", "{info:?}");
+    let info = admin.slot("wp_slot").await.unwrap();
+    assert!(info.exists() && info.is_pgoutput(), "{info:?}");
     assert_eq!(info.confirmed_flush_lsn, Some(consistent));
     assert!(!admin.system_id().await.unwrap().is_empty());
 
@@ -84,7 +84,7 @@ async fn transactions_arrive_whole_in_commit_order_and_ack_moves_the_slot() {
     let t1 = source.next_transaction().await.unwrap().unwrap();
     let t2 = source.next_transaction().await.unwrap().unwrap();
     let t3 = source.next_transaction().await.unwrap().unwrap();
-    let shape = |t: &walpoints::change::Transaction| {
+    let shape = |t: &walpoints::changes::Transaction| {
         t.changes
             .iter()
             .map(|c| (c.relation.name.clone(), c.op))
@@ -143,18 +143,12 @@ async fn transactions_arrive_whole_in_commit_order_and_ack_moves_the_slot() {
         Duration::from_secs(10),
         || async {
             let mut admin = AdminSession::connect(&url, "walpoints test").await.unwrap();
-            admin
-                .slot("wp_slot")
-                .await
-                .unwrap()
-                .unwrap()
-                .active_pid
-                .is_none()
+            admin.slot("wp_slot").await.unwrap().active_pid.is_none()
         },
     )
     .await;
     admin.drop_slot("wp_slot").await.unwrap();
-    assert!(admin.slot("wp_slot").await.unwrap().is_none());
+    assert!(!admin.slot("wp_slot").await.unwrap().exists());
     admin.drop_publication("wp_pub").await.unwrap();
 }
 
@@ -165,7 +159,7 @@ async fn a_busy_caller_does_not_trip_wal_sender_timeout() {
         cluster
             .configure(&[("wal_sender_timeout", "'3s'")])
             .unwrap();
-        cluster.stop(walpoints::pgcluster::StopMode::Fast).unwrap();
+        cluster.stop(walpoints::testing::StopMode::Fast).unwrap();
         cluster.start_again().unwrap();
     }
     let client = db.client().await;
@@ -191,8 +185,7 @@ async fn a_busy_caller_does_not_trip_wal_sender_timeout() {
     // Read up to the first change, then stop reading.
     let mut changes = 0;
     while changes == 0 {
-        if let Some(walpoints::source::StreamEvent::Change(_)) = source.next_event().await.unwrap()
-        {
+        if let Some(walpoints::pg::StreamEvent::Change(_)) = source.next_event().await.unwrap() {
             changes += 1;
         }
     }
@@ -201,8 +194,8 @@ async fn a_busy_caller_does_not_trip_wal_sender_timeout() {
     tokio::time::sleep(Duration::from_secs(7)).await;
     loop {
         match source.next_event().await {
-            Ok(Some(walpoints::source::StreamEvent::Change(_))) => changes += 1,
-            Ok(Some(walpoints::source::StreamEvent::Commit(_))) => break,
+            Ok(Some(walpoints::pg::StreamEvent::Change(_))) => changes += 1,
+            Ok(Some(walpoints::pg::StreamEvent::Commit(_))) => break,
             Ok(_) => {}
             Err(e) => panic!("{e}\n{}", db.cluster.as_ref().unwrap().log_tail()),
         }

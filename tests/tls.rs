@@ -12,7 +12,7 @@ use support::{serve_tls, wait_for_active_tail_slot, Running, TestDb};
 /// Installs `name`.crt/.key as the server's certificate and restarts the server.
 /// Serves `name.crt`/`name.key` from `dir`: the role `tls` may only come in over TLS,
 /// `postgres` (the test's own SQL) over anything.
-fn install_certificate(cluster: &walpoints::pgcluster::PgCluster, dir: &Path, name: &str) {
+fn install_certificate(cluster: &walpoints::testing::PgCluster, dir: &Path, name: &str) {
     let read = |ext: &str| std::fs::read(dir.join(format!("{name}.{ext}"))).unwrap();
     serve_tls(
         cluster,

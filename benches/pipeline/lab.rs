@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::Client;
 use walpoints::lsn::Lsn;
-use walpoints::pgcluster::PgCluster;
+use walpoints::testing::PgCluster;
 
 use crate::Plan;
 
@@ -57,7 +57,7 @@ impl Lab {
         admin.batch_execute("CREATE DATABASE exchange").await?;
         let exchange = connect(&cluster.url("exchange")).await?;
         exchange
-            .batch_execute(walpoints::demo::EXCHANGE_SCHEMA)
+            .batch_execute(walpoints::testing::EXCHANGE_SCHEMA)
             .await?;
         let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-pipeline");
         std::fs::create_dir_all(&logs)?;
@@ -115,7 +115,7 @@ impl Lab {
 
     /// Stops the server (`Fast`: clean; `Immediate`: crash recovery at the next start) and
     /// starts it again. Every session of the lab's, `exchange` included, is gone afterwards.
-    pub fn restart(&self, mode: walpoints::pgcluster::StopMode) -> Result<()> {
+    pub fn restart(&self, mode: walpoints::testing::StopMode) -> Result<()> {
         self.cluster.stop(mode)?;
         self.cluster.start_again()?;
         Ok(())

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tokio_postgres::Client;
 use walpoints::lsn::Lsn;
-use walpoints::pgcluster::StopMode;
+use walpoints::testing::StopMode;
 
 use crate::lab::{connect, mib, Daemon, Lab};
 use crate::workload::{seed_referrals, USERS};

@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use walpoints::change::{Op, RowChange};
-use walpoints::config::{ColumnsConfig, TablesConfig};
-use walpoints::events::{row_json, Mapped, Mapper};
+use walpoints::changes::{Op, RowChange};
+use walpoints::mapping::{Columns, Tables};
+use walpoints::mapping::{row_json, Mapped, Mapper};
 use walpoints::lsn::Lsn;
 use walpoints::pgoutput::{self, Message, OldTuple, RelationCache, TupleData};
 use walpoints::points::{Engine, Event, MemoryAwardBook, RuleSet, State, TxEvents};
@@ -35,7 +35,7 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
     F.get_or_init(|| Fixture {
-        mapper: Mapper::new(&TablesConfig::default(), &ColumnsConfig::default()),
+        mapper: Mapper::new(&Tables::default(), &Columns::default()),
         engine: Engine::new(RuleSet::default()).expect("the default rules compile"),
     })
 }
@@ -106,7 +106,7 @@ fuzz_target!(|data: &[u8]| {
                 continue;
             }
             Message::Begin(b) => {
-                commit_time = pgoutput::pg_to_unix_micros(b.commit_time).unwrap_or(0);
+                commit_time = walpoints::time::from_pg_micros(b.commit_time).unwrap_or(0);
                 events.clear();
                 continue;
             }

@@ -1,51 +1,40 @@
 //! The startup checks that refuse to lose data or to stream the wrong thing: run before the
-//! stream starts, by `run` on every (re)connect and by a repeated `setup`.
-
-use crate::config::Config;
-use crate::events::{Mapper, TableKind};
-use crate::pgconn::ConnectError;
-use crate::source::AdminSession;
-use crate::store::Checkpoint;
+//! stream starts, by `run` on every (re)connect and by a repeated `setup`. Each takes only the
+//! settings it checks.
 
 use super::DaemonError;
+use crate::config::SourceConfig;
+use crate::mapping::{Mapper, TableKind, Tables};
+use crate::pg::connect::ConnectError;
+use crate::pg::AdminSession;
+use crate::store::Checkpoint;
 
 /// Checks that each configured table exists with every mapped column.
-pub(super) async fn check_tables(
+pub(super) async fn tables(
     source_db: &tokio_postgres::Client,
-    config: &Config,
+    tables: &Tables,
     mapper: &Mapper,
 ) -> Result<(), DaemonError> {
-    for (key, kind, table) in [
-        ("trades", TableKind::Trades, &config.tables.trades),
-        ("positions", TableKind::Positions, &config.tables.positions),
-        (
-            "referral_relations",
-            TableKind::Referrals,
-            &config.tables.referral_relations,
-        ),
-    ] {
-        let name = table
-            .parse::<crate::config::TableName>()
-            .map_err(DaemonError::Config)?
-            .to_string();
-        let rows = source_db
-            .query(
+    for table in TableKind::ALL {
+        let name = tables.name_of(table)?.to_string();
+        let row = source_db
+            .query_one(
                 "SELECT to_regclass($1) IS NOT NULL, \
                  ARRAY(SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) \
                        AND attnum > 0 AND NOT attisdropped)",
                 &[&name],
             )
             .await
-            .map_err(|e| {
-                DaemonError::Connect(ConnectError::from_pg("checking the source tables", &e))
-            })?;
-        let Some(row) = rows.first() else { continue };
+            .map_err(|e| ConnectError::of("checking the source tables", e))?;
         if !row.get::<_, bool>(0) {
-            return Err(DaemonError::TableMissing { table: name, key });
+            return Err(DaemonError::TableMissing {
+                table: name,
+                key: table.as_str(),
+            });
         }
         let present: Vec<String> = row.get(1);
         let missing: Vec<&str> = mapper
-            .snapshot_columns(kind)
+            .snapshot_columns(table)
             .into_iter()
             .filter(|c| !present.iter().any(|p| p == c))
             .collect();
@@ -59,39 +48,38 @@ pub(super) async fn check_tables(
     Ok(())
 }
 
-/// Checks that the publication covers every configured table.
-pub(super) async fn check_publication(
+/// Checks that `publication` exists and covers every configured table.
+pub(super) async fn publication(
     source_db: &tokio_postgres::Client,
-    config: &Config,
+    publication: &str,
+    tables: &Tables,
 ) -> Result<(), DaemonError> {
     let exists = source_db
         .query_opt(
             "SELECT 1 FROM pg_publication WHERE pubname = $1",
-            &[&config.source.publication],
+            &[&publication],
         )
         .await
-        .map_err(|e| DaemonError::Connect(ConnectError::from_pg("checking the publication", &e)))?
+        .map_err(|e| ConnectError::of("checking the publication", e))?
         .is_some();
     if !exists {
         return Err(DaemonError::NoPublication {
-            publication: config.source.publication.clone(),
+            publication: publication.to_owned(),
         });
     }
-    for table in config.tables.all() {
+    for table in tables.all() {
         let n = source_db
             .query_one(
                 "SELECT count(*) FROM pg_publication_tables \
                  WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
-                &[&config.source.publication, &table.schema, &table.name],
+                &[&publication, &table.schema, &table.name],
             )
             .await
-            .map_err(|e| {
-                DaemonError::Connect(ConnectError::from_pg("checking the source tables", &e))
-            })?
+            .map_err(|e| ConnectError::of("checking the publication", e))?
             .get::<_, i64>(0);
         if n == 0 {
             return Err(DaemonError::NotPublished {
-                publication: config.source.publication.clone(),
+                publication: publication.to_owned(),
                 table: table.to_string(),
             });
         }
@@ -100,17 +88,17 @@ pub(super) async fn check_publication(
 }
 
 /// The checks that refuse to lose data: same cluster, slot present, not lost, not ahead.
-pub(super) async fn check_slot(
+pub(super) async fn slot(
     admin: &mut AdminSession,
-    config: &Config,
+    source: &SourceConfig,
     cp: &Checkpoint,
     system_id: &str,
 ) -> Result<(), DaemonError> {
-    if cp.slot_name != config.source.slot {
+    if cp.slot_name != source.slot {
         return Err(DaemonError::SlotRenamed {
-            source_id: config.source.id.clone(),
+            source_id: source.id.clone(),
             recorded: cp.slot_name.clone(),
-            configured: config.source.slot.clone(),
+            configured: source.slot.clone(),
         });
     }
     if cp.system_id != system_id {
@@ -119,27 +107,29 @@ pub(super) async fn check_slot(
             found: system_id.to_owned(),
         });
     }
-    let slot = &config.source.slot;
-    let Some(info) = admin.slot(slot).await? else {
+    let slot = admin.slot(&source.slot).await?;
+    if !slot.exists() {
         return Err(DaemonError::SlotMissing {
-            slot: slot.clone(),
-            source_id: config.source.id.clone(),
+            slot: source.slot.clone(),
+            source_id: source.id.clone(),
             checkpoint: cp.lsn,
         });
-    };
-    if !info.logical || info.plugin != "pgoutput" {
+    }
+    if !slot.is_pgoutput() {
         return Err(DaemonError::WrongSlot {
-            slot: slot.clone(),
-            plugin: info.plugin,
+            slot: source.slot.clone(),
+            plugin: slot.plugin.unwrap_or_default(),
         });
     }
-    if info.wal_status.as_deref() == Some("lost") {
-        return Err(DaemonError::SlotLost { slot: slot.clone() });
+    if slot.is_lost() {
+        return Err(DaemonError::SlotLost {
+            slot: source.slot.clone(),
+        });
     }
-    if let Some(confirmed) = info.confirmed_flush_lsn {
+    if let Some(confirmed) = slot.confirmed_flush_lsn {
         if confirmed > cp.lsn {
             return Err(DaemonError::SlotAhead {
-                slot: slot.clone(),
+                slot: source.slot.clone(),
                 confirmed,
                 checkpoint: cp.lsn,
             });

@@ -3,18 +3,28 @@
 //! Every refusal ends with a link to its entry in the README's runbook ("The daemon refuses to
 //! start"), where the longer story and the safe next steps are; keep the anchors in step.
 
+use super::batch::BatchError;
+use crate::http::HttpError;
+use crate::identifier::BadTableName;
 use crate::lsn::Lsn;
-use crate::pgconn::ConnectError;
-use crate::pipeline::PipelineError;
-use crate::source::SourceError;
+use crate::pg::connect::ConnectError;
+use crate::pg::snapshot::SnapshotError;
+use crate::pg::SourceError;
+use crate::points::RulesError;
 use crate::store::StoreError;
 
 /// Why a command failed; the definite ones carry the operator's next step.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// The configuration cannot be used.
+    /// The points rules cannot be used.
     #[error("configuration: {0}. Runbook: README.md#a-configuration-error")]
-    Config(String),
+    Rules(#[from] RulesError),
+    /// A configured table name does not parse.
+    #[error("configuration: {0}. Runbook: README.md#a-configuration-error")]
+    TableName(#[from] BadTableName),
+    /// The HTTP server cannot start (its address, its pool).
+    #[error("configuration: {0}. Runbook: README.md#a-configuration-error")]
+    Http(#[from] HttpError),
     /// `run` before `setup`.
     #[error(
         "source {source_id:?} is not set up in the store: run `walpoints setup` first (it \
@@ -180,7 +190,7 @@ pub enum DaemonError {
     Connect(#[from] ConnectError),
     /// The initial snapshot failed.
     #[error("initial snapshot: {0}")]
-    Snapshot(String),
+    Snapshot(#[from] SnapshotError),
     /// Teardown without `--yes`.
     #[error(
         "teardown drops the slot {slot:?} and the publication {publication:?}; points can then \
@@ -194,18 +204,18 @@ pub enum DaemonError {
     },
     /// Streaming or writing failed.
     #[error(transparent)]
-    Pipeline(#[from] PipelineError),
+    Batch(#[from] BatchError),
 }
 
 impl From<SourceError> for DaemonError {
     fn from(e: SourceError) -> Self {
-        DaemonError::Pipeline(e.into())
+        DaemonError::Batch(e.into())
     }
 }
 
 impl From<StoreError> for DaemonError {
     fn from(e: StoreError) -> Self {
-        DaemonError::Pipeline(e.into())
+        DaemonError::Batch(e.into())
     }
 }
 
@@ -213,9 +223,26 @@ impl DaemonError {
     /// Whether `run` should reconnect and try again.
     pub fn is_transient(&self) -> bool {
         match self {
-            DaemonError::Pipeline(e) => e.is_transient(),
+            DaemonError::Batch(e) => e.is_transient(),
             DaemonError::Connect(e) => e.is_transient(),
-            _ => false,
+            DaemonError::Rules(_)
+            | DaemonError::TableName(_)
+            | DaemonError::Http(_)
+            | DaemonError::NotSetUp { .. }
+            | DaemonError::SlotMissing { .. }
+            | DaemonError::SlotRenamed { .. }
+            | DaemonError::SlotAhead { .. }
+            | DaemonError::SlotLost { .. }
+            | DaemonError::WrongSlot { .. }
+            | DaemonError::SystemIdChanged { .. }
+            | DaemonError::TableMissing { .. }
+            | DaemonError::ColumnMissing { .. }
+            | DaemonError::NotPublished { .. }
+            | DaemonError::NoPublication { .. }
+            | DaemonError::BackfillWithoutTime
+            | DaemonError::AnotherInstance { .. }
+            | DaemonError::Snapshot(_)
+            | DaemonError::NotConfirmed { .. } => false,
         }
     }
 }

@@ -26,11 +26,10 @@ use serde_json::{json, Value};
 
 use super::pool::{self, Pool};
 use super::AppState;
-use crate::config::Config;
-use crate::points::{normalize_address, EpochCalendar, EpochId, Tier};
-use crate::store::micros_of;
-use crate::tail::rfc3339_micros;
-use crate::telemetry::now_micros;
+use super::HttpError;
+use crate::config::ConnUrl;
+use crate::points::{normalize_address, EpochCalendar, EpochId, RuleSet, Tier};
+use crate::time::{format_rfc3339, micros_of, now_micros};
 
 /// The largest page a client may ask for.
 pub const MAX_LIMIT: i64 = 1000;
@@ -73,7 +72,7 @@ impl IntoResponse for ApiError {
 
 impl From<tokio_postgres::Error> for ApiError {
     fn from(e: tokio_postgres::Error) -> Self {
-        ApiError::Unavailable(crate::pgconn::error_text(&e))
+        ApiError::Unavailable(crate::pg::connect::error_text(&e))
     }
 }
 
@@ -90,15 +89,11 @@ pub struct Api {
 }
 
 impl Api {
-    /// Builds the pool (connections open lazily, so a store that is down now is not fatal).
-    pub fn new(config: &Config) -> Result<Api, String> {
-        let rules = &config.rules;
-        let calendar = rules
-            .genesis_micros()
-            .and_then(|g| rules.length_micros().map(|l| (g, l)))
-            .ok()
-            .and_then(|(g, l)| EpochCalendar::new(g, l))
-            .ok_or_else(|| "the epoch calendar of the rules is invalid".to_owned())?;
+    /// The API over the store at `store_url` with a pool of `pool_size` connections, answering
+    /// by `rules` (the epoch calendar, the tiers, the excluded addresses). Connections open
+    /// lazily, so a store that is down now is not fatal.
+    pub fn new(rules: &RuleSet, store_url: ConnUrl, pool_size: usize) -> Result<Api, HttpError> {
+        let calendar = rules.calendar().map_err(HttpError::Calendar)?;
         let mut excluded: Vec<String> = rules
             .excluded_addresses
             .iter()
@@ -107,7 +102,7 @@ impl Api {
         excluded.sort();
         excluded.dedup();
         Ok(Api {
-            pool: pool::pool(config.store_url(), config.http.pool_size)?,
+            pool: pool::pool(store_url, pool_size).map_err(HttpError::Pool)?,
             calendar,
             tiers: rules.tiers.clone(),
             excluded,
@@ -150,8 +145,8 @@ impl Api {
         let end = start.and_then(|s| s.checked_add(self.calendar.length()));
         json!({
             "epoch": epoch,
-            "start": start.map(rfc3339_micros),
-            "end": end.map(rfc3339_micros),
+            "start": start.map(format_rfc3339),
+            "end": end.map(format_rfc3339),
             "current": Some(epoch) == current,
         })
     }
@@ -385,7 +380,7 @@ async fn as_of(db: &tokio_postgres::Client) -> Result<Option<String>, ApiError> 
         .await?;
     Ok(row
         .get::<_, Option<std::time::SystemTime>>(0)
-        .map(|t| rfc3339_micros(micros_of(t))))
+        .map(|t| format_rfc3339(micros_of(t))))
 }
 
 async fn ledger(
@@ -440,7 +435,7 @@ async fn ledger(
         }
     };
     let more = rows.len() as i64 > limit;
-    let time = |t: Option<std::time::SystemTime>| t.map(|t| rfc3339_micros(micros_of(t)));
+    let time = |t: Option<std::time::SystemTime>| t.map(|t| format_rfc3339(micros_of(t)));
     let entries: Vec<Value> = rows
         .iter()
         .take(limit as usize)

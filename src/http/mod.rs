@@ -28,11 +28,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::config::Config;
 use crate::telemetry::Telemetry;
 
 pub mod api;
 mod pool;
+
+pub use api::Api;
 
 /// Longest time a request may take; a slow store makes the API answer 503, not hang.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -62,9 +63,12 @@ pub enum HttpError {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// The API's configuration is unusable (e.g. the epoch calendar).
-    #[error("http: {0}")]
-    Config(String),
+    /// The rules' epoch calendar is unusable (the configuration refuses it at load).
+    #[error("http: the epoch calendar of the rules is invalid: {0}")]
+    Calendar(#[source] crate::points::RulesError),
+    /// The API's read pool cannot be built.
+    #[error("http: the API's store pool: {0}")]
+    Pool(#[source] deadpool::managed::BuildError),
 }
 
 #[derive(Clone)]
@@ -80,13 +84,13 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `addr` (so a taken port fails at start, not later) and builds the routes.
+    /// Binds `addr` (so a taken port fails at start, not later) and builds the routes of the
+    /// metrics, health checks and `api`.
     pub async fn bind(
         addr: SocketAddr,
-        config: &Config,
+        api: Api,
         telemetry: Arc<Telemetry>,
     ) -> Result<Server, HttpError> {
-        let api = api::Api::new(config).map_err(HttpError::Config)?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| HttpError::Bind { addr, source })?;

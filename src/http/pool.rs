@@ -1,4 +1,4 @@
-//! The API's read pool: store connections opened by [`crate::pgconn::connect`] (so `sslmode`
+//! The API's read pool: store connections opened by [`crate::pg::connect::connect`] (so `sslmode`
 //! and errors behave exactly as for the daemon's own store connection), each set read-only with
 //! a statement timeout.
 //!
@@ -11,7 +11,7 @@ use std::time::Duration;
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 
 use crate::config::ConnUrl;
-use crate::pgconn::{self, ConnectError};
+use crate::pg::connect::{self, ConnectError};
 
 /// Opens and checks API connections to the store.
 #[derive(Debug)]
@@ -24,11 +24,11 @@ impl managed::Manager for StoreConnections {
     type Error = ConnectError;
 
     async fn create(&self) -> Result<tokio_postgres::Client, ConnectError> {
-        let client = pgconn::connect(&self.url, "walpoints-api").await?;
+        let client = connect::connect(&self.url, "walpoints-api").await?;
         client
             .batch_execute("SET default_transaction_read_only = on; SET statement_timeout = '10s'")
             .await
-            .map_err(|e| ConnectError::from_pg("store (api)", &e))?;
+            .map_err(|e| ConnectError::of("store (api)", e))?;
         Ok(client)
     }
 
@@ -49,7 +49,7 @@ pub type Pool = managed::Pool<StoreConnections>;
 
 /// A pool of at most `size` connections to the store; waiting for one or opening one gives up
 /// after a few seconds so a dead store makes requests fail fast.
-pub fn pool(url: ConnUrl, size: usize) -> Result<Pool, String> {
+pub fn pool(url: ConnUrl, size: usize) -> Result<Pool, managed::BuildError> {
     managed::Pool::builder(StoreConnections { url })
         .max_size(size)
         .runtime(deadpool::Runtime::Tokio1)
@@ -57,5 +57,4 @@ pub fn pool(url: ConnUrl, size: usize) -> Result<Pool, String> {
         .create_timeout(Some(Duration::from_secs(5)))
         .recycle_timeout(Some(Duration::from_secs(5)))
         .build()
-        .map_err(|e| e.to_string())
 }

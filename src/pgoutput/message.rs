@@ -2,15 +2,16 @@
 //! documentation defines them, and their decoding.
 //!
 //! Timestamps are kept as the raw `i64` the server sends: microseconds since the PostgreSQL
-//! epoch 2000-01-01 00:00:00 UTC. Convert with [`pg_to_unix_micros`](super::pg_to_unix_micros)
+//! epoch 2000-01-01 00:00:00 UTC. Convert with [`crate::time::from_pg_micros`]
 //! (or the `*_unix_micros` helpers) where Unix time is needed; keeping the raw value means the
 //! decoder cannot fail on, or distort, an out-of-range timestamp.
 
 use bytes::Bytes;
 
 use super::tuple::decode_tuple;
-use super::{pg_to_unix_micros, DecodeError, Reader, TupleData};
+use super::{DecodeError, Reader, TupleData};
 use crate::lsn::Lsn;
+use crate::time::from_pg_micros;
 
 /// A decoded pgoutput message, one variant per message tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +71,7 @@ pub struct Begin {
 impl Begin {
     /// The commit timestamp as µs since the Unix epoch; `None` only on overflow.
     pub fn commit_time_unix_micros(&self) -> Option<i64> {
-        pg_to_unix_micros(self.commit_time)
+        from_pg_micros(self.commit_time)
     }
 }
 
@@ -92,7 +93,7 @@ pub struct Commit {
 impl Commit {
     /// The commit timestamp as µs since the Unix epoch; `None` only on overflow.
     pub fn commit_time_unix_micros(&self) -> Option<i64> {
-        pg_to_unix_micros(self.commit_time)
+        from_pg_micros(self.commit_time)
     }
 }
 

@@ -35,21 +35,6 @@ pub use tuple::{ColumnValue, TupleData};
 
 use bytes::Bytes;
 
-/// Microseconds from the Unix epoch (1970-01-01) to the PostgreSQL epoch (2000-01-01), both UTC.
-///
-/// pgoutput timestamps count from the PostgreSQL epoch; everything else in walpoints (JSON output,
-/// the ledger) uses Unix time, so conversions go through [`pg_to_unix_micros`].
-pub const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
-
-/// Converts a pgoutput timestamp (µs since 2000-01-01 UTC) to µs since the Unix epoch.
-///
-/// Returns `None` only when the result would overflow `i64`, which happens only for PostgreSQL's
-/// `infinity` sentinel (`i64::MAX`), never for a real commit time; the caller decides whether that
-/// is an error for its stream.
-pub fn pg_to_unix_micros(pg_micros: i64) -> Option<i64> {
-    pg_micros.checked_add(PG_EPOCH_UNIX_MICROS)
-}
-
 /// Decodes one pgoutput message (the payload of one `XLogData`).
 ///
 /// The whole input must be exactly one message: leftover bytes are an error, because they mean

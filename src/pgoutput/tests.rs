@@ -378,13 +378,6 @@ fn decodes_begin_from_literal_bytes() {
 }
 
 #[test]
-fn pg_epoch_conversion() {
-    assert_eq!(pg_to_unix_micros(0), Some(946_684_800_000_000));
-    assert_eq!(pg_to_unix_micros(-946_684_800_000_000), Some(0));
-    assert_eq!(pg_to_unix_micros(i64::MAX), None);
-}
-
-#[test]
 fn decodes_relation_and_insert() {
     let rel = relation_fixture();
     let bytes = encode(&Message::Relation(rel.clone()));

@@ -15,7 +15,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::epoch::EpochId;
-use super::ledger::EntryKind;
+use super::ledger::{EntryKind, LedgerEntry};
 use super::serde_dec::dec;
 
 /// The points-relevant columns of a trade as the engine evaluated them:
@@ -59,6 +59,22 @@ pub struct AwardedEntry {
     pub rate: Decimal,
     /// Referee of a referral entry.
     pub referee: Option<String>,
+}
+
+impl AwardedEntry {
+    /// What the award book keeps of `e`: everything its reversal must mirror.
+    pub(crate) fn of(e: &LedgerEntry) -> AwardedEntry {
+        AwardedEntry {
+            user: e.user.clone(),
+            epoch: e.epoch,
+            kind: e.kind,
+            points: e.points,
+            basis: e.basis,
+            multiplier: e.multiplier,
+            rate: e.rate,
+            referee: e.referee.clone(),
+        }
+    }
 }
 
 /// Notional a fill added to each side's epoch volume, so a reversal can

@@ -1,5 +1,7 @@
 //! Errors of rule evaluation, split by what the daemon must do with them.
 
+use crate::dead_letter::Reason;
+
 /// A problem with one event: the daemon dead-letters that event and goes on.
 /// The engine guarantees the failed event changed neither the state nor the
 /// award book and contributed no ledger entry.
@@ -12,6 +14,16 @@ pub enum EventError {
     /// A value the rules cannot use (e.g. a negative price).
     #[error("invalid value: {0}")]
     Invalid(String),
+}
+
+impl EventError {
+    /// The dead-letter reason of the event's row.
+    pub fn reason(&self) -> Reason {
+        match self {
+            EventError::Overflow(_) => Reason::Overflow,
+            EventError::Invalid(_) => Reason::InvalidValue,
+        }
+    }
 }
 
 /// A problem with the transaction as a whole; definite for the stream. The

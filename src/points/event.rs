@@ -6,6 +6,7 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::normalize_address;
 use super::serde_dec::{dec, opt_dec};
 
 /// One row of `trades` = one fill.
@@ -160,7 +161,7 @@ impl TxEvents {
             let (a, b) = match e {
                 Event::TradeUpdated { old: None, new } => (Some(new.id.as_str()), None),
                 Event::TradeUpdated { old: Some(o), new } => {
-                    if super::trading::relevant_change(o, new) {
+                    if relevant_change(o, new) {
                         (Some(o.id.as_str()), None)
                     } else {
                         (None, None)
@@ -172,4 +173,15 @@ impl TxEvents {
             a.into_iter().chain(b)
         })
     }
+}
+
+/// Whether two rows differ in a points-relevant column (case-insensitive
+/// addresses, decimal values compared by value).
+pub(crate) fn relevant_change(old: &Trade, new: &Trade) -> bool {
+    old.id != new.id
+        || old.price != new.price
+        || old.amount != new.amount
+        || old.time != new.time
+        || normalize_address(&old.taker) != normalize_address(&new.taker)
+        || normalize_address(&old.maker) != normalize_address(&new.maker)
 }

@@ -29,7 +29,6 @@ use std::cmp::max;
 
 use rust_decimal::Decimal;
 
-use super::epoch::{floor_hour, MICROS_PER_HOUR};
 use super::error::EventError;
 use super::event::{Position, PositionStatus};
 use super::ledger::{round_points, EntryKind, LedgerEntry};
@@ -37,6 +36,7 @@ use super::normalize_address;
 use super::pnl;
 use super::state::{OpenPosition, State};
 use super::Ctx;
+use crate::time::{floor_hour, MICROS_PER_HOUR};
 
 const SECONDS_PER_DAY: i64 = 86_400;
 

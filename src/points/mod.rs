@@ -23,9 +23,11 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+
+use crate::time::{floor_hour, MICROS_PER_HOUR};
 
 mod award;
+mod counters;
 mod epoch;
 mod error;
 mod event;
@@ -44,10 +46,8 @@ mod proptests;
 mod tests;
 
 pub use award::{AddedVolume, Award, AwardBook, AwardedEntry, MemoryAwardBook, TradeFacts};
-pub use epoch::{
-    floor_hour, parse_duration, parse_rfc3339, EpochCalendar, EpochId, MICROS_PER_DAY,
-    MICROS_PER_HOUR, MICROS_PER_SECOND,
-};
+pub use counters::{Counters, Rejection};
+pub use epoch::{EpochCalendar, EpochId};
 pub use error::{EventError, StreamError};
 pub use event::{Event, Position, PositionStatus, ReferralLink, Trade, TxEvents};
 pub use ledger::{fold_totals, round_points, EntryKind, LedgerEntry, Totals};
@@ -75,98 +75,6 @@ pub fn normalize_address(a: &str) -> Cow<'_, str> {
         Cow::Owned(a.to_lowercase())
     } else {
         Cow::Borrowed(a)
-    }
-}
-
-/// Per-transaction counts of decisions that produce no entry (or are worth a
-/// metric), so the daemon can expose them without re-deriving the rules.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counters {
-    /// Eligible fills awarded (fresh or as a correction).
-    pub fills_awarded: u64,
-    /// Fills with taker = maker: earn nothing.
-    pub self_trades: u64,
-    /// Fills involving an excluded (system) address: earn nothing.
-    pub excluded_fills: u64,
-    /// Fills below `trading.min_notional`: earn nothing.
-    pub below_min_notional: u64,
-    /// Fills timed before genesis: earn nothing.
-    pub before_genesis: u64,
-    /// Trade updates that changed a points-relevant column.
-    pub trade_corrections: u64,
-    /// Trade deletes that reversed an award.
-    pub trade_deletes: u64,
-    /// Trade updates that changed nothing points-relevant.
-    pub trade_updates_unchanged: u64,
-    /// Updates of trades the engine never saw: ignored.
-    pub unknown_trade_updates: u64,
-    /// Deletes of trades the engine never saw: nothing to reverse.
-    pub unknown_trade_deletes: u64,
-    /// Referral links that took effect (bind or allowed rebind).
-    pub referrals_bound: u64,
-    /// Referees unbound by a delete.
-    pub referrals_unbound: u64,
-    /// Rejected: referee = referrer.
-    pub referral_rejected_self: u64,
-    /// Rejected: the link would close a cycle.
-    pub referral_rejected_cycle: u64,
-    /// Ignored: a second referrer for a bound referee without `allow_rebind`.
-    pub referral_rebind_ignored: u64,
-    /// Holding entries written.
-    pub holding_segments: u64,
-    /// PnL entries written.
-    pub pnl_awards: u64,
-    /// Events reported in [`TxOutcome::errors`].
-    pub events_failed: u64,
-}
-
-impl Counters {
-    /// Every counter with a stable snake_case name, for metrics labels.
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
-        [
-            ("fills_awarded", self.fills_awarded),
-            ("self_trades", self.self_trades),
-            ("excluded_fills", self.excluded_fills),
-            ("below_min_notional", self.below_min_notional),
-            ("before_genesis", self.before_genesis),
-            ("trade_corrections", self.trade_corrections),
-            ("trade_deletes", self.trade_deletes),
-            ("trade_updates_unchanged", self.trade_updates_unchanged),
-            ("unknown_trade_updates", self.unknown_trade_updates),
-            ("unknown_trade_deletes", self.unknown_trade_deletes),
-            ("referrals_bound", self.referrals_bound),
-            ("referrals_unbound", self.referrals_unbound),
-            ("referral_rejected_self", self.referral_rejected_self),
-            ("referral_rejected_cycle", self.referral_rejected_cycle),
-            ("referral_rebind_ignored", self.referral_rebind_ignored),
-            ("holding_segments", self.holding_segments),
-            ("pnl_awards", self.pnl_awards),
-            ("events_failed", self.events_failed),
-        ]
-        .into_iter()
-    }
-
-    /// Adds another transaction's counters (saturating), for batch totals.
-    pub fn merge(&mut self, o: &Counters) {
-        let f = |a: &mut u64, b: u64| *a = a.saturating_add(b);
-        f(&mut self.fills_awarded, o.fills_awarded);
-        f(&mut self.self_trades, o.self_trades);
-        f(&mut self.excluded_fills, o.excluded_fills);
-        f(&mut self.below_min_notional, o.below_min_notional);
-        f(&mut self.before_genesis, o.before_genesis);
-        f(&mut self.trade_corrections, o.trade_corrections);
-        f(&mut self.trade_deletes, o.trade_deletes);
-        f(&mut self.trade_updates_unchanged, o.trade_updates_unchanged);
-        f(&mut self.unknown_trade_updates, o.unknown_trade_updates);
-        f(&mut self.unknown_trade_deletes, o.unknown_trade_deletes);
-        f(&mut self.referrals_bound, o.referrals_bound);
-        f(&mut self.referrals_unbound, o.referrals_unbound);
-        f(&mut self.referral_rejected_self, o.referral_rejected_self);
-        f(&mut self.referral_rejected_cycle, o.referral_rejected_cycle);
-        f(&mut self.referral_rebind_ignored, o.referral_rebind_ignored);
-        f(&mut self.holding_segments, o.holding_segments);
-        f(&mut self.pnl_awards, o.pnl_awards);
-        f(&mut self.events_failed, o.events_failed);
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
+use crate::time::{floor_hour, MICROS_PER_SECOND};
 
 const H: i64 = MICROS_PER_HOUR;
 /// 2026-01-05T00:00:00Z.

@@ -26,8 +26,7 @@ use super::event::ReferralLink;
 use super::ledger::{round_points, EntryKind, LedgerEntry};
 use super::normalize_address;
 use super::state::{State, UserId};
-use super::trading::awarded_of;
-use super::Ctx;
+use super::{Ctx, Rejection};
 
 /// Pushes the referral entries that `points` of `referee` earn upwards.
 #[allow(clippy::too_many_arguments)]
@@ -82,7 +81,7 @@ pub(crate) fn share_entries(
         );
         e.trade_id = Some(trade_id.to_owned());
         e.referee = Some(referee_name.to_owned());
-        awarded.push(awarded_of(&e));
+        awarded.push(AwardedEntry::of(&e));
         out.push(e);
     }
     Ok(())
@@ -125,19 +124,19 @@ pub(crate) fn on_link(
         }
     }
     let Some((a, b)) = ids else {
-        cx.counters.referral_rejected_self += 1;
+        cx.counters.reject(Rejection::ReferralSelf);
         return Ok(());
     };
     match state.referrer_id(a) {
         Some(cur) if cur == b => return Ok(()),
         Some(_) if !cx.rules.referral.allow_rebind => {
-            cx.counters.referral_rebind_ignored += 1;
+            cx.counters.reject(Rejection::ReferralRebindIgnored);
             return Ok(());
         }
         _ => {}
     }
     if would_cycle(state, a, b) {
-        cx.counters.referral_rejected_cycle += 1;
+        cx.counters.reject(Rejection::ReferralCycle);
         return Ok(());
     }
     state.set_referrer(a, Some(b));

@@ -13,9 +13,10 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::epoch::{parse_duration, parse_rfc3339, EpochCalendar, MICROS_PER_HOUR};
+use super::epoch::EpochCalendar;
 use super::normalize_address;
 use super::serde_dec::dec;
+use crate::time::{parse_duration, parse_rfc3339, MICROS_PER_HOUR};
 
 /// A rule-set error found at start, naming the offending key so the operator
 /// knows exactly what to fix in `walpoints.toml`.
@@ -267,6 +268,12 @@ impl RuleSet {
     /// the daemon can refuse to start with a message the operator can act on.
     pub fn validate(&self) -> Result<(), RulesError> {
         self.compile().map(|_| ())
+    }
+
+    /// The epoch calendar the rules define, for readers of the ledger that need "which epoch"
+    /// (the API's current epoch, `verify`'s SQL).
+    pub fn calendar(&self) -> Result<EpochCalendar, RulesError> {
+        self.compile().map(|c| c.calendar)
     }
 
     pub(crate) fn compile(&self) -> Result<Compiled, RulesError> {

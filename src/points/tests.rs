@@ -3,6 +3,7 @@
 //! `readme_worked_example`.
 
 use super::*;
+use crate::time::MICROS_PER_SECOND;
 
 const H: i64 = MICROS_PER_HOUR;
 const M: i64 = 60 * MICROS_PER_SECOND;
@@ -195,10 +196,10 @@ fn self_trade_excluded_below_minimum_and_before_genesis_earn_nothing() {
             fill("5", "10", "1", "0xaa", "0xbb", G + H),  // exactly 10: eligible
         ],
     );
-    assert_eq!(out.counters.self_trades, 1);
-    assert_eq!(out.counters.excluded_fills, 1);
-    assert_eq!(out.counters.below_min_notional, 1);
-    assert_eq!(out.counters.before_genesis, 1);
+    assert_eq!(out.counters.rejected(Rejection::SelfTrade), 1);
+    assert_eq!(out.counters.rejected(Rejection::ExcludedFill), 1);
+    assert_eq!(out.counters.rejected(Rejection::BelowMinNotional), 1);
+    assert_eq!(out.counters.rejected(Rejection::BeforeGenesis), 1);
     assert_eq!(out.counters.fills_awarded, 1);
     // Only fill 5: 10 × 0.01 = 0.1 and 10 × 0.005 = 0.05.
     assert_eq!(
@@ -287,9 +288,9 @@ fn rejected_self_referral_cycle_and_rebind() {
             link("0xa", "0xb"), // same link again: no-op
         ],
     );
-    assert_eq!(out.counters.referral_rejected_self, 1);
-    assert_eq!(out.counters.referral_rejected_cycle, 1);
-    assert_eq!(out.counters.referral_rebind_ignored, 1);
+    assert_eq!(out.counters.rejected(Rejection::ReferralSelf), 1);
+    assert_eq!(out.counters.rejected(Rejection::ReferralCycle), 1);
+    assert_eq!(out.counters.rejected(Rejection::ReferralRebindIgnored), 1);
     assert_eq!(out.counters.referrals_bound, 2);
     assert_eq!(h.state.referrer_of("0xa"), Some("0xb"));
     assert_eq!(h.state.referrer_of("0xc"), None);
@@ -304,7 +305,7 @@ fn rejected_self_referral_cycle_and_rebind() {
             },
         }],
     );
-    assert_eq!(out.counters.referral_rebind_ignored, 1);
+    assert_eq!(out.counters.rejected(Rejection::ReferralRebindIgnored), 1);
     // A delete naming a referrer that is not in force changes nothing;
     // the real one unbinds from then on.
     h.tx(
@@ -335,7 +336,7 @@ fn rebind_allowed_when_configured() {
     assert_eq!(h.state.referrer_of("0xa"), Some("0xd"));
     // Still no cycles: d ← a would close a → d → a.
     let out = h.tx(G, vec![link("0xd", "0xa")]);
-    assert_eq!(out.counters.referral_rejected_cycle, 1);
+    assert_eq!(out.counters.rejected(Rejection::ReferralCycle), 1);
 }
 
 #[test]
@@ -595,8 +596,8 @@ fn correcting_an_ineligible_fill_awards_it_and_unknown_trades_are_ignored() {
         ],
     );
     assert!(out.entries.is_empty());
-    assert_eq!(out.counters.unknown_trade_updates, 1);
-    assert_eq!(out.counters.unknown_trade_deletes, 1);
+    assert_eq!(out.counters.rejected(Rejection::UnknownTradeUpdate), 1);
+    assert_eq!(out.counters.rejected(Rejection::UnknownTradeDelete), 1);
 }
 
 #[test]

@@ -26,12 +26,12 @@ use rust_decimal::Decimal;
 use super::award::{AddedVolume, Award, AwardBook, AwardedEntry, TradeFacts};
 use super::epoch::EpochId;
 use super::error::EventError;
-use super::event::Trade;
+use super::event::{relevant_change, Trade};
 use super::ledger::{round_points, EntryKind, LedgerEntry};
 use super::normalize_address;
 use super::referral;
 use super::state::{State, UserId};
-use super::Ctx;
+use super::{Ctx, Rejection};
 
 /// Staged volume changes, so an event is evaluated completely before the
 /// state changes (a failing event must leave no trace).
@@ -80,17 +80,6 @@ fn facts_of(t: &Trade, fallback_time: i64) -> Result<TradeFacts, EventError> {
     })
 }
 
-/// Whether two rows differ in a points-relevant column (case-insensitive
-/// addresses, decimal values compared by value).
-pub(crate) fn relevant_change(old: &Trade, new: &Trade) -> bool {
-    old.id != new.id
-        || old.price != new.price
-        || old.amount != new.amount
-        || old.time != new.time
-        || normalize_address(&old.taker) != normalize_address(&new.taker)
-        || normalize_address(&old.maker) != normalize_address(&new.maker)
-}
-
 /// Evaluates one fill against the overlay-adjusted state, pushing its
 /// entries to `out` and staging its volume; returns the award to remember.
 fn plan_award(
@@ -111,19 +100,19 @@ fn plan_award(
         .checked_mul(facts.amount.abs())
         .ok_or(EventError::Overflow("trade notional"))?;
     let Some(epoch) = cx.epoch_of(facts.time) else {
-        cx.counters.before_genesis += 1;
+        cx.counters.reject(Rejection::BeforeGenesis);
         return Ok(ineligible(facts));
     };
     if facts.taker == facts.maker {
-        cx.counters.self_trades += 1;
+        cx.counters.reject(Rejection::SelfTrade);
         return Ok(ineligible(facts));
     }
     if cx.is_excluded(&facts.taker) || cx.is_excluded(&facts.maker) {
-        cx.counters.excluded_fills += 1;
+        cx.counters.reject(Rejection::ExcludedFill);
         return Ok(ineligible(facts));
     }
     if notional < cx.rules.trading.min_notional {
-        cx.counters.below_min_notional += 1;
+        cx.counters.reject(Rejection::BelowMinNotional);
         return Ok(ineligible(facts));
     }
 
@@ -159,7 +148,7 @@ fn plan_award(
             name, epoch, kind, points, notional, multiplier, rate, facts.time,
         );
         e.trade_id = Some(trade_id.to_owned());
-        awarded.push(awarded_of(&e));
+        awarded.push(AwardedEntry::of(&e));
         out.push(e);
         referral::share_entries(
             cx,
@@ -188,20 +177,6 @@ fn plan_award(
         volume: Some(AddedVolume { epoch, notional }),
         entries: awarded,
     })
-}
-
-/// What the award book keeps of an entry.
-pub(crate) fn awarded_of(e: &LedgerEntry) -> AwardedEntry {
-    AwardedEntry {
-        user: e.user.clone(),
-        epoch: e.epoch,
-        kind: e.kind,
-        points: e.points,
-        basis: e.basis,
-        multiplier: e.multiplier,
-        rate: e.rate,
-        referee: e.referee.clone(),
-    }
 }
 
 /// Stages the reversal of `prev`: mirrored negative entries (time = now)
@@ -277,7 +252,7 @@ pub(crate) fn on_update<B: AwardBook + ?Sized>(
     // The id whose award is being corrected: the old key if the key changed.
     let prev_id = old.map_or(new.id.as_str(), |o| o.id.as_str());
     let Some(prev) = book.get(prev_id) else {
-        cx.counters.unknown_trade_updates += 1;
+        cx.counters.reject(Rejection::UnknownTradeUpdate);
         return Ok(());
     };
     let facts = facts_of(new, prev.trade.time)?;
@@ -306,7 +281,7 @@ pub(crate) fn on_delete<B: AwardBook + ?Sized>(
     out: &mut Vec<LedgerEntry>,
 ) -> Result<(), EventError> {
     let Some(prev) = book.get(id) else {
-        cx.counters.unknown_trade_deletes += 1;
+        cx.counters.reject(Rejection::UnknownTradeDelete);
         return Ok(());
     };
     let mut overlay = Overlay::default();

@@ -10,7 +10,6 @@ use rust_decimal::Decimal;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::StoreError;
-use crate::pgoutput::PG_EPOCH_UNIX_MICROS;
 
 /// Bytes of rows handed to the connection at a time.
 pub(super) const CHUNK_BYTES: usize = 256 * 1024;
@@ -88,7 +87,7 @@ impl Row<'_> {
 
     /// A `timestamptz` from µs since 1970 (the wire counts from 2000).
     pub(super) fn timestamp(&mut self, unix_micros: i64) {
-        self.i64(unix_micros.saturating_sub(PG_EPOCH_UNIX_MICROS));
+        self.i64(crate::time::to_pg_micros(unix_micros));
     }
 
     /// A `numeric`, in rust_decimal's own binary encoding, written in place.
@@ -96,7 +95,7 @@ impl Row<'_> {
         let at = self.buf.len();
         self.buf.put_i32(0);
         d.to_sql(&Type::NUMERIC, self.buf)
-            .map_err(|e| StoreError::Definite(format!("encoding {d}: {e}")))?;
+            .map_err(|source| StoreError::bad_value(format!("encoding {d}"), source))?;
         let len = i32::try_from(self.buf.len() - at - 4).unwrap_or(i32::MAX);
         if let Some(slot) = self.buf.get_mut(at..at + 4) {
             slot.copy_from_slice(&len.to_be_bytes());

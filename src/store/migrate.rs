@@ -59,7 +59,7 @@ pub(super) async fn migrate(client: &mut Client) -> Result<usize, StoreError> {
         match recorded.iter().find(|(v, _, _)| *v == version) {
             Some((_, _, c)) if *c == checksum => continue,
             Some((_, recorded_name, _)) => {
-                return Err(StoreError::Definite(format!(
+                return Err(StoreError::Schema(format!(
                     "migration {version} ({recorded_name}) in the store differs from the one \
                      this walpoints ships ({name}): the store was created by another build. \
                      Use the walpoints version that created it, or start a new store."
@@ -83,7 +83,7 @@ pub(super) async fn migrate(client: &mut Client) -> Result<usize, StoreError> {
         .iter()
         .find(|(v, _, _)| !MIGRATIONS.iter().any(|m| m.0 == *v))
     {
-        return Err(StoreError::Definite(format!(
+        return Err(StoreError::Schema(format!(
             "the store has migration {v} ({n}), which this walpoints does not know: it was \
              upgraded by a newer walpoints. Run that version."
         )));

@@ -16,8 +16,9 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Award, Batch, Store, StoreError};
+use super::{Batch, Store, StoreError};
 use crate::lsn::Lsn;
+use crate::points::Award;
 
 /// Jobs the pipeline may queue ahead of the writer. While the writer commits one batch, the
 /// next can only grow by this many parts (of the pipeline's `PART_ROWS` rows, a few MB each):
@@ -29,10 +30,7 @@ enum Job {
     /// Rows to add to the open batch's transaction.
     Part(Batch),
     /// Stored awards of these trade ids, as of everything queued before.
-    Lookup(
-        Vec<String>,
-        oneshot::Sender<Result<Vec<(String, Award)>, StoreError>>,
-    ),
+    Lookup(Vec<String>, oneshot::Sender<Vec<(String, Award)>>),
     /// The rest of the batch; then commit.
     Seal(Box<Seal>),
     /// Nothing is open or in flight and the server has sent everything before this LSN:
@@ -79,10 +77,6 @@ impl std::fmt::Debug for Job {
     }
 }
 
-fn gone() -> StoreError {
-    StoreError::Transient("the store writer stopped".into())
-}
-
 impl StoreWriter {
     /// A writer queue: the pipeline keeps the [`StoreWriter`], [`write_batches`] drains the
     /// [`WriterJobs`].
@@ -93,7 +87,10 @@ impl StoreWriter {
 
     /// Queues rows of the open batch (waits while the queue is full).
     pub async fn part(&self, batch: Batch) -> Result<(), StoreError> {
-        self.jobs.send(Job::Part(batch)).await.map_err(|_| gone())
+        self.jobs
+            .send(Job::Part(batch))
+            .await
+            .map_err(|_| StoreError::WriterStopped)
     }
 
     /// Queues the end of the open batch; its LSN is reported once committed.
@@ -101,13 +98,16 @@ impl StoreWriter {
         self.jobs
             .send(Job::Seal(Box::new(seal)))
             .await
-            .map_err(|_| gone())
+            .map_err(|_| StoreError::WriterStopped)
     }
 
     /// Queues a move of the checkpoint over idle WAL, reported like a seal once committed. Only
     /// between batches: nothing may be open or in flight.
     pub async fn advance_idle(&self, to: Lsn) -> Result<(), StoreError> {
-        self.jobs.send(Job::Idle(to)).await.map_err(|_| gone())
+        self.jobs
+            .send(Job::Idle(to))
+            .await
+            .map_err(|_| StoreError::WriterStopped)
     }
 
     /// The stored awards of `ids` as of everything queued so far.
@@ -116,8 +116,8 @@ impl StoreWriter {
         self.jobs
             .send(Job::Lookup(ids, tx))
             .await
-            .map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+            .map_err(|_| StoreError::WriterStopped)?;
+        rx.await.map_err(|_| StoreError::WriterStopped)
     }
 }
 
@@ -136,19 +136,11 @@ pub async fn write_batches(
         loop {
             match job {
                 Job::Part(mut batch) => tx.write(&mut batch).await?,
-                Job::Lookup(ids, reply) => match tx.awards(&ids).await {
-                    Ok(found) => {
-                        let _ = reply.send(Ok(found));
-                    }
-                    Err(e) => {
-                        let again = match &e {
-                            StoreError::Transient(m) => StoreError::Transient(m.clone()),
-                            other => StoreError::Definite(other.to_string()),
-                        };
-                        let _ = reply.send(Err(e));
-                        return Err(again);
-                    }
-                },
+                // A failed lookup ends the writer with its error; the asker then sees
+                // `WriterStopped` and the batch loop reports the writer's error instead.
+                Job::Lookup(ids, reply) => {
+                    let _ = reply.send(tx.awards(&ids).await?);
+                }
                 Job::Seal(seal) => {
                     let mut seal = *seal;
                     tx.write(&mut seal.batch).await?;

@@ -7,11 +7,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rust_decimal::Decimal;
 use tokio_postgres::types::PgLsn;
-use walpoints::config::{ColumnsConfig, ConnUrl, TablesConfig};
-use walpoints::events::{Mapped, Mapper};
+use walpoints::config::ConnUrl;
 use walpoints::lsn::Lsn;
+use walpoints::mapping::{Columns, Tables};
+use walpoints::mapping::{Mapped, Mapper};
+use walpoints::pg::{AdminSession, ReplicationSource, SourceOptions};
 use walpoints::points::{Engine, LedgerEntry, MemoryAwardBook, RuleSet, State, TxEvents};
-use walpoints::source::{AdminSession, ReplicationSource, SourceOptions};
 
 use super::{connect, with_db, Running, TestDb};
 
@@ -41,7 +42,7 @@ impl TestDb {
     pub async fn exchange(&self) {
         self.client()
             .await
-            .batch_execute(walpoints::demo::EXCHANGE_SCHEMA)
+            .batch_execute(walpoints::testing::EXCHANGE_SCHEMA)
             .await
             .expect("create the exchange schema");
     }
@@ -431,7 +432,7 @@ pub async fn reference_slot(db: &TestDb, name: &str) {
     let mut admin = AdminSession::connect(&url, "walpoints-test-reference")
         .await
         .unwrap();
-    let tables = TablesConfig::default().all();
+    let tables = Tables::default().all();
     admin
         .ensure_publication("wp_ref_pub", &tables)
         .await
@@ -454,7 +455,7 @@ pub async fn reference_ledger(db: &TestDb, slot: &str, rules: RuleSet, until: Ls
     })
     .await
     .expect("start the reference stream");
-    let mapper = Mapper::new(&TablesConfig::default(), &ColumnsConfig::default());
+    let mapper = Mapper::new(&Tables::default(), &Columns::default());
     let engine = Engine::new(rules).unwrap();
     let mut state = State::new();
     let mut book = MemoryAwardBook::new();

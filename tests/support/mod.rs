@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use walpoints::pgcluster::PgCluster;
+use walpoints::testing::PgCluster;
 
 pub mod daemon;
 pub mod http;
@@ -270,7 +270,7 @@ pub fn serve_tls(cluster: &PgCluster, cert: &[u8], key: &[u8], pg_hba: &[u8]) {
             ("ssl_key_file", "'server.key'"),
         ])
         .unwrap();
-    cluster.stop(walpoints::pgcluster::StopMode::Fast).unwrap();
+    cluster.stop(walpoints::testing::StopMode::Fast).unwrap();
     cluster.start_again().unwrap();
 }
 

@@ -20,13 +20,10 @@ use std::time::{Duration, Instant};
 
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use crate::config::Config;
-use crate::lsn::Lsn;
-use crate::pgcluster::{ClusterError, PgCluster};
-use crate::pgconn::ConnectError;
-
-/// The seed schema of the exchange's business tables.
-pub const EXCHANGE_SCHEMA: &str = include_str!("../sql/exchange_schema.sql");
+use crate::config::{BadUrl, Config};
+use crate::lsn::{Lsn, ParseLsnError};
+use crate::pg::connect::ConnectError;
+use crate::testing::{ClusterError, PgCluster, EXCHANGE_SCHEMA};
 
 /// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +46,26 @@ pub enum DemoError {
     /// Ctrl-C (or SIGTERM) before the leaderboard; everything was cleaned up.
     #[error("interrupted; the throwaway cluster is removed")]
     Interrupted,
-    /// The demo's own plumbing failed (a task died, a URL did not parse).
+    /// A task of the demo died.
+    #[error("demo: {what}: {source}")]
+    Task {
+        /// Which task.
+        what: &'static str,
+        /// How it died.
+        source: tokio::task::JoinError,
+    },
+    /// The throwaway cluster's URL does not parse as a walpoints URL.
+    #[error("demo: the cluster's URL: {0}")]
+    Url(#[from] BadUrl),
+    /// The server answered an LSN walpoints cannot read.
     #[error("demo: {0}")]
-    Setup(String),
+    Lsn(#[from] ParseLsnError),
+    /// The daemon stopped before the demo asked it to.
+    #[error("demo: the daemon stopped unexpectedly")]
+    DaemonStopped,
+    /// The daemon did not store what the exchange committed in time.
+    #[error("demo: the daemon did not catch up within {0:?}")]
+    Behind(Duration),
 }
 
 /// How the demo runs.
@@ -77,7 +91,10 @@ pub struct DemoSummary {
 pub async fn run(opts: &DemoOptions, out: &mut impl Write) -> Result<DemoSummary, DemoError> {
     let cluster = tokio::task::spawn_blocking(|| PgCluster::start(&[]))
         .await
-        .map_err(|e| DemoError::Setup(format!("starting the throwaway cluster: {e}")))??;
+        .map_err(|source| DemoError::Task {
+            what: "starting the throwaway cluster",
+            source,
+        })??;
     eprintln!(
         "walpoints demo: throwaway PostgreSQL {} on 127.0.0.1:{} ({})",
         cluster.binaries().major,
@@ -105,10 +122,7 @@ async fn with_cluster(
     exchange_db.batch_execute(EXCHANGE_SCHEMA).await?;
 
     let mut config = Config::default();
-    config.source.url = cluster
-        .url("exchange")
-        .parse()
-        .map_err(|e: String| DemoError::Setup(format!("the cluster's URL: {e}")))?;
+    config.source.url = cluster.url("exchange").parse()?;
     config.heartbeat.interval = "1s".into();
     // The throwaway cluster is private to this run: so is its API (a free port, announced).
     config.http.listen = "127.0.0.1:0".into();
@@ -160,7 +174,7 @@ async fn drive(
     daemon: &mut tokio::task::JoinHandle<Result<(), crate::daemon::DaemonError>>,
     telemetry: &crate::telemetry::Telemetry,
 ) -> Result<DemoSummary, DemoError> {
-    let store = crate::pgconn::connect(&config.store_url(), "walpoints-demo").await?;
+    let store = crate::pg::connect::connect(&config.store_url(), "walpoints-demo").await?;
     let watcher = connect(&cluster.url("exchange")).await?;
     let stats = Arc::new(ExchangeStats::default());
     let mut progress = Progress::new(&store, &watcher, &config.source.id, stats.clone());
@@ -197,15 +211,12 @@ async fn drive(
         )
         .await?
         .get(0);
-    let fence: Lsn = fence
-        .parse()
-        .map_err(|e| DemoError::Setup(format!("the fence's LSN: {e}")))?;
-    let give_up = Instant::now() + Duration::from_secs(120);
+    let fence: Lsn = fence.parse()?;
+    let patience = Duration::from_secs(120);
+    let give_up = Instant::now() + patience;
     while progress.checkpoint().await? < fence {
         if Instant::now() > give_up {
-            return Err(DemoError::Setup(
-                "the daemon did not catch up within 120 s".into(),
-            ));
+            return Err(DemoError::Behind(patience));
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(50)) => {}
@@ -234,8 +245,11 @@ fn daemon_stopped(
 ) -> DemoError {
     match r {
         Ok(Err(e)) => e.into(),
-        Ok(Ok(())) => DemoError::Setup("the daemon stopped unexpectedly".into()),
-        Err(e) => DemoError::Setup(format!("the daemon task: {e}")),
+        Ok(Ok(())) => DemoError::DaemonStopped,
+        Err(source) => DemoError::Task {
+            what: "the daemon task",
+            source,
+        },
     }
 }
 
@@ -459,8 +473,7 @@ impl<'a> Progress<'a> {
             )
             .await?
             .get(0);
-        text.parse()
-            .map_err(|e| DemoError::Setup(format!("the checkpoint's LSN: {e}")))
+        Ok(text.parse()?)
     }
 
     /// Redraws the line; a failed query only skips this refresh.

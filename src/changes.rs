@@ -12,7 +12,7 @@ use crate::lsn::Lsn;
 use crate::pgoutput::{Relation, TupleData};
 
 /// What happened to the row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Op {
     /// A new row (`new` is set).
     Insert,

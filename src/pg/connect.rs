@@ -1,77 +1,95 @@
-//! Ordinary (non-replication) SQL connections, with libpq's `sslmode` meanings over rustls.
+//! Ordinary (non-replication) SQL connections: the store, the checks on the source, the
+//! heartbeat, the API's pool.
 //!
-//! The change stream has its own connection ([`crate::source`]); everything else walpoints says
-//! to a server (the store, setup on the source, the heartbeat) goes through [`connect`], which
-//! classifies failures into [`ConnectError::Transient`] (retry with backoff) and
-//! [`ConnectError::Definite`] (stop and tell the operator).
-//!
-//! `sslmode` as libpq reads it:
-//!
-//! | sslmode       | TLS                      | certificate check                               |
-//! |---------------|--------------------------|-------------------------------------------------|
-//! | `disable`     | never                    | -                                               |
-//! | `prefer`      | if the server offers it  | none (the chain, if `sslrootcert` is given)     |
-//! | `require`     | always                   | none (the chain, if `sslrootcert` is given)     |
-//! | `verify-ca`   | always                   | chains to `sslrootcert`                         |
-//! | `verify-full` | always                   | chains to `sslrootcert` and names the host      |
-//!
-//! `verify-ca` and `verify-full` need `sslrootcert` (libpq would fall back to
-//! `~/.postgresql/root.crt`; walpoints wants the file named). A host that is an IP address is
-//! matched against the certificate's IP address SANs. Over a Unix socket there is no TLS, as
-//! with libpq. Passwords never appear in an error: messages are built from the redacted
-//! [`ConnUrl`] display and the server's or library's own text, neither of which holds it.
+//! The change stream has its own connection ([`super::replication`]); everything else walpoints
+//! says to a server goes through [`connect`], with libpq's `sslmode` ([`super::tls`]) and a
+//! timeout, and every failure comes back as a [`ConnectError`] that says what the caller must
+//! do: [`ConnectError::Unavailable`] retries with backoff, the others stop and tell the
+//! operator. Over a Unix socket there is no TLS, as with libpq. Passwords never appear in an
+//! error: messages are built from the redacted [`ConnUrl`] display and the server's or
+//! library's own text, neither of which holds it.
 
 use std::error::Error as StdError;
 use std::fmt::Write as _;
 use std::future::Future;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::ParsedCertificate;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::error::SqlState;
 
-use crate::config::{ConnUrl, SslMode};
+use super::tls::{self, TlsError};
+use crate::config::ConnUrl;
 
 /// How long opening a connection (TCP, TLS, authentication) may take before it is a transient
 /// failure; without it a black-holed host would hang for the kernel's two minutes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why a connection failed, split by what the caller must do.
+/// Why a connection (or a statement on one) failed, split by what the caller must do.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// Server unreachable / restarting / too many connections: retry with backoff.
-    #[error("{0}")]
-    Transient(String),
-    /// Bad password, TLS refused or certificate invalid, database missing, bad sslrootcert file:
-    /// stop and tell the operator.
-    #[error("{0}")]
-    Definite(String),
+    /// The server is unreachable, restarting or full, or the connection broke: retry with
+    /// backoff.
+    #[error("{context}: {}", error_text(.source))]
+    Unavailable {
+        /// What was being done, naming the (redacted) URL.
+        context: String,
+        /// The driver's error.
+        source: tokio_postgres::Error,
+    },
+    /// The server refused: a bad password, a certificate that does not verify, a missing
+    /// role, an SQL error. Stop and tell the operator.
+    #[error("{context}: {}{hint}", error_text(.source))]
+    Refused {
+        /// What was being done, naming the (redacted) URL.
+        context: String,
+        /// The driver's error.
+        source: tokio_postgres::Error,
+        /// Appended to the message: which `sslrootcert` a certificate failed against.
+        hint: String,
+    },
     /// The database does not exist (SQLSTATE 3D000): definite, but callers may know why (the
     /// store before `setup`) and say something more useful.
-    #[error("{0}")]
-    NoDatabase(String),
+    #[error("{context}: {}", error_text(.source))]
+    NoDatabase {
+        /// What was being done, naming the (redacted) URL.
+        context: String,
+        /// The driver's error.
+        source: tokio_postgres::Error,
+    },
+    /// The URL's TLS settings cannot be used (no `sslrootcert` for `verify-*`, an unreadable
+    /// file): definite.
+    #[error("{url}: {source}")]
+    Tls {
+        /// The (redacted) URL.
+        url: String,
+        /// What is wrong with its TLS settings.
+        source: TlsError,
+    },
 }
 
 impl ConnectError {
     /// True when retrying later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ConnectError::Transient(_))
+        match self {
+            ConnectError::Unavailable { .. } => true,
+            ConnectError::Refused { .. }
+            | ConnectError::NoDatabase { .. }
+            | ConnectError::Tls { .. } => false,
+        }
     }
 
-    /// Wraps a tokio-postgres error (of a connection or a query) with `context`, classified by
-    /// [`is_transient`].
-    pub fn from_pg(context: impl std::fmt::Display, e: &tokio_postgres::Error) -> ConnectError {
-        let message = format!("{context}: {}", error_text(e));
-        if is_transient(e) {
-            ConnectError::Transient(message)
+    /// Classifies a tokio-postgres error (of a connection or of a statement) met while doing
+    /// `context`: [`ConnectError::Unavailable`] when [`is_transient`] says so, else
+    /// [`ConnectError::Refused`].
+    pub fn of(context: impl std::fmt::Display, source: tokio_postgres::Error) -> ConnectError {
+        let context = context.to_string();
+        if is_transient(&source) {
+            ConnectError::Unavailable { context, source }
         } else {
-            ConnectError::Definite(message)
+            ConnectError::Refused {
+                context,
+                source,
+                hint: String::new(),
+            }
         }
     }
 }
@@ -92,14 +110,21 @@ pub async fn connect(
         .connect_timeout(CONNECT_TIMEOUT);
     let context = format!("cannot connect to {url} as {application_name}");
     // libpq does not use TLS over a Unix socket either.
-    let tls = if unix_socket { None } else { tls_config(url)? };
+    let tls = if unix_socket {
+        None
+    } else {
+        tls::client_config(url).map_err(|source| ConnectError::Tls {
+            url: url.to_string(),
+            source,
+        })?
+    };
     let client = match tls {
         Some(tls) => {
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
             let (client, conn) = config
                 .connect(tls)
                 .await
-                .map_err(|e| connect_error(&context, url, &e))?;
+                .map_err(|e| connect_error(context.clone(), url, e))?;
             spawn_driver(url, conn);
             client
         }
@@ -108,7 +133,7 @@ pub async fn connect(
             let (client, conn) = config
                 .connect(tokio_postgres::NoTls)
                 .await
-                .map_err(|e| connect_error(&context, url, &e))?;
+                .map_err(|e| connect_error(context.clone(), url, e))?;
             spawn_driver(url, conn);
             client
         }
@@ -116,7 +141,7 @@ pub async fn connect(
     client
         .batch_execute("SET TimeZone = 'UTC'")
         .await
-        .map_err(|e| ConnectError::from_pg(format!("{context}: setting TimeZone"), &e))?;
+        .map_err(|e| ConnectError::of(format!("{context}: setting TimeZone"), e))?;
     Ok(client)
 }
 
@@ -203,17 +228,27 @@ fn is_tls_error(e: &tokio_postgres::Error) -> bool {
     false
 }
 
-fn connect_error(context: &str, url: &ConnUrl, e: &tokio_postgres::Error) -> ConnectError {
+fn connect_error(context: String, url: &ConnUrl, e: tokio_postgres::Error) -> ConnectError {
     if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) {
-        return ConnectError::NoDatabase(format!("{context}: {}", error_text(e)));
+        return ConnectError::NoDatabase { context, source: e };
     }
-    let mut err = ConnectError::from_pg(context, e);
-    if let (ConnectError::Definite(message), Some(ca)) = (&mut err, &url.sslrootcert) {
-        if is_tls_error(e) {
-            let _ = write!(message, " (sslrootcert {})", ca.display());
+    match ConnectError::of(context, e) {
+        ConnectError::Refused {
+            context,
+            source,
+            mut hint,
+        } => {
+            if let (true, Some(ca)) = (is_tls_error(&source), &url.sslrootcert) {
+                hint = format!(" (sslrootcert {})", ca.display());
+            }
+            ConnectError::Refused {
+                context,
+                source,
+                hint,
+            }
         }
+        other => other,
     }
-    err
 }
 
 fn spawn_driver<F>(url: &ConnUrl, conn: F)
@@ -226,126 +261,6 @@ where
             tracing::debug!(%url, error = %error_text(&e), "SQL connection ended");
         }
     });
-}
-
-/// The rustls configuration `url.sslmode` asks for; `None` for `disable`.
-fn tls_config(url: &ConnUrl) -> Result<Option<ClientConfig>, ConnectError> {
-    if url.sslmode == SslMode::Disable {
-        return Ok(None);
-    }
-    let definite = |message: String| ConnectError::Definite(format!("{url}: {message}"));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| definite(format!("TLS setup: {e}")))?;
-    let roots = match &url.sslrootcert {
-        Some(path) => Some(load_roots(path).map_err(definite)?),
-        None => None,
-    };
-    let config = match (url.sslmode, roots) {
-        (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
-            return Err(definite(format!(
-                "sslmode={} needs sslrootcert (the CA certificate file to verify the server \
-                 against)",
-                url.sslmode
-            )))
-        }
-        // Chain and host name: rustls' own WebPKI verifier.
-        (SslMode::VerifyFull, Some(roots)) => builder.with_root_certificates(roots),
-        // verify-ca; prefer and require (disable returned above) verify the chain too when given
-        // a root certificate, as libpq does.
-        (_, roots) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Verifier {
-                roots: roots.map(Arc::new),
-                provider,
-            })),
-    };
-    Ok(Some(config.with_no_client_auth()))
-}
-
-/// The certificates in the PEM file `path`; an unreadable file or one without a certificate is
-/// an error.
-fn load_roots(path: &Path) -> Result<RootCertStore, String> {
-    let shown = path.display();
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read sslrootcert {shown}: {e}"))?;
-    let mut roots = RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err(format!(
-            "sslrootcert {shown} holds no usable PEM certificate"
-        ));
-    }
-    Ok(roots)
-}
-
-/// The server certificate checks rustls' WebPKI verifier cannot be told to make: with `roots`,
-/// the certificate must chain to one of them but may name any host (`verify-ca`); without, it is
-/// not checked at all (`prefer`/`require`: encryption against passive eavesdropping only).
-/// Either way the handshake signatures are verified, so the server holds the certificate's key.
-#[derive(Debug)]
-struct Verifier {
-    roots: Option<Arc<RootCertStore>>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Verifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Some(roots) = &self.roots {
-            let cert = ParsedCertificate::try_from(end_entity)?;
-            rustls::client::verify_server_cert_signed_by_trust_anchor(
-                &cert,
-                roots,
-                intermediates,
-                now,
-                self.provider.signature_verification_algorithms.all,
-            )?;
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 #[cfg(test)]
@@ -436,14 +351,5 @@ mod tests {
                 "{text}"
             );
         }
-    }
-
-    #[test]
-    fn disable_needs_no_tls_config() {
-        // A root certificate is not even read without TLS.
-        let u = url("postgres://u@127.0.0.1:1/db?sslmode=disable&sslrootcert=/nonexistent.crt");
-        assert!(tls_config(&u).unwrap().is_none());
-        let u = url("postgres://u@127.0.0.1:1/db?sslmode=require");
-        assert!(tls_config(&u).unwrap().is_some());
     }
 }

@@ -1,4 +1,4 @@
-//! The replication source: a pgoutput stream from a logical slot, as whole decoded transactions.
+//! The replication source: a pgoutput stream from a logical slot, as decoded transactions.
 //!
 //! Transport is pgwire-replication; this module adds what walpoints needs on top:
 //! - it decodes each XLogData payload with our own pure [`crate::pgoutput`] decoder and keeps the
@@ -10,9 +10,8 @@
 //!   `wal_sender_timeout`;
 //! - every failure is a [`SourceError`] that says whether reconnecting can help.
 //!
-//! Administrative commands (publication, slot, system identifier) run over the same replication
-//! protocol connection as SQL, which PostgreSQL allows on a `replication=database` session; that
-//! keeps TLS and authentication in one place.
+//! Administrative commands (publication, slot, system identifier) run on a session of their
+//! own, [`super::AdminSession`], configured by the same [`replication_config`].
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -20,28 +19,37 @@ use std::time::Duration;
 use bytes::Bytes;
 use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent};
 
-use crate::change::{Op, RowChange, Transaction, TxBegin, TxCommit};
-use crate::config::{quote_ident, ConnUrl, SslMode, TableName};
+use crate::changes::{Op, RowChange, Transaction, TxBegin, TxCommit};
+use crate::config::{ConnUrl, SslMode};
+use crate::identifier::quote_ident;
 use crate::lsn::Lsn;
 use crate::pgoutput::{self, DecodeError, Message, RelationCache, RelationError};
 
-/// A failure of the change stream, split by what the caller must do.
+/// A failure of the change stream (or of an administrative command on the source), split by
+/// what the caller must do.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The connection broke or the server is restarting: back off, reconnect from the last
     /// durable LSN; nothing was acknowledged past it.
     #[error("source connection failed (will retry): {0}")]
-    Transient(String),
+    Transient(#[source] PgWireError),
+    /// The server ended the replication stream without an error (a restart, a failover):
+    /// transient like a broken connection.
+    #[error("source connection failed (will retry): the server ended the replication stream")]
+    StreamEnded,
     /// Another session holds the slot (SQLSTATE 55006): a previous session's walsender that has
     /// not exited yet, or a second instance. Retry after a pause; it may take a while.
     #[error("the replication slot is in use by another session: {0}")]
-    SlotBusy(String),
+    SlotBusy(#[source] PgWireError),
     /// Retrying cannot help (authentication, missing slot or publication, permissions): stop and
     /// tell the operator.
     #[error("source refused: {0}")]
-    Definite(String),
+    Refused(#[source] PgWireError),
+    /// The server answered a command with something walpoints cannot use; stop.
+    #[error("source refused: {0}")]
+    Unexpected(&'static str),
     /// The server sent bytes that are not valid pgoutput: a bug or corruption; stop.
-    #[error("undecodable pgoutput message at {lsn}")]
+    #[error("undecodable pgoutput message at {lsn}: {source}")]
     Decode {
         /// Where in the WAL the message came from.
         lsn: Lsn,
@@ -50,7 +58,7 @@ pub enum SourceError {
     },
     /// A change names a relation the stream never described: the decoder and the server
     /// disagree, so nothing after it can be trusted; stop.
-    #[error("inconsistent stream at {lsn}")]
+    #[error("inconsistent stream at {lsn}: {source}")]
     Relation {
         /// Where in the WAL the change came from.
         lsn: Lsn,
@@ -70,7 +78,14 @@ pub enum SourceError {
 impl SourceError {
     /// True when reconnecting and resuming from the last durable LSN may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, SourceError::Transient(_) | SourceError::SlotBusy(_))
+        match self {
+            SourceError::Transient(_) | SourceError::StreamEnded | SourceError::SlotBusy(_) => true,
+            SourceError::Refused(_)
+            | SourceError::Unexpected(_)
+            | SourceError::Decode { .. }
+            | SourceError::Relation { .. }
+            | SourceError::BadTimestamp { .. } => false,
+        }
     }
 }
 
@@ -86,13 +101,13 @@ impl From<PgWireError> for SourceError {
             "SQLSTATE 53300", // too_many_connections
         ];
         if e.is_server() && text.contains("SQLSTATE 55006") {
-            SourceError::SlotBusy(text)
+            SourceError::SlotBusy(e)
         } else if e.is_transient()
             || (e.is_server() && RETRY_STATES.iter().any(|s| text.contains(s)))
         {
-            SourceError::Transient(text)
+            SourceError::Transient(e)
         } else {
-            SourceError::Definite(text)
+            SourceError::Refused(e)
         }
     }
 }
@@ -184,7 +199,11 @@ impl std::fmt::Debug for ReplicationSource {
 const SESSION_OPTIONS: &str =
     "-c datestyle=ISO,MDY -c timezone=UTC -c intervalstyle=postgres -c extra_float_digits=3";
 
-fn replication_config(url: &ConnUrl, slot: &str, publication: &str) -> ReplicationConfig {
+pub(super) fn replication_config(
+    url: &ConnUrl,
+    slot: &str,
+    publication: &str,
+) -> ReplicationConfig {
     let mut tls = pgwire_replication::TlsConfig::disabled();
     tls.mode = match url.sslmode {
         SslMode::Disable => pgwire_replication::SslMode::Disable,
@@ -208,202 +227,6 @@ fn replication_config(url: &ConnUrl, slot: &str, publication: &str) -> Replicati
     .with_port(url.port)
     .with_tls(tls)
     .with_options(SESSION_OPTIONS)
-}
-
-/// A replication-protocol session that has not started streaming: runs SQL and replication
-/// commands (IDENTIFY_SYSTEM, CREATE_REPLICATION_SLOT) for setup and teardown.
-pub struct AdminSession {
-    client: ReplicationClient,
-}
-
-impl AdminSession {
-    /// Connects and authenticates; `slot`/`publication` only matter if this session later
-    /// streams.
-    pub async fn connect(url: &ConnUrl, application_name: &str) -> Result<Self, SourceError> {
-        let cfg = replication_config(url, "unused", "unused")
-            .with_application_name(application_name.to_owned());
-        let client = ReplicationClient::connect_gated(cfg).await?;
-        Ok(AdminSession { client })
-    }
-
-    /// Runs one statement and returns its rows as text (NULL as `None`).
-    pub async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, SourceError> {
-        let rows = self.client.simple_query(sql).await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| {
-                row.into_iter()
-                    .map(|c| c.map(|b| String::from_utf8_lossy(&b).into_owned()))
-                    .collect()
-            })
-            .collect())
-    }
-
-    /// The cluster's system identifier: a changed one means the source was replaced
-    /// (restored, failed over to a different cluster), and the slot's LSNs no longer apply.
-    pub async fn system_id(&mut self) -> Result<String, SourceError> {
-        Ok(self.client.identify_system().await?.system_id)
-    }
-
-    /// Creates `name` FOR TABLE `tables` unless a publication of that name exists.
-    pub async fn ensure_publication(
-        &mut self,
-        name: &str,
-        tables: &[TableName],
-    ) -> Result<(), SourceError> {
-        let exists = self
-            .query(&format!(
-                "SELECT 1 FROM pg_publication WHERE pubname = {}",
-                quote_literal(name)
-            ))
-            .await?;
-        if exists.is_empty() {
-            let list: Vec<String> = tables.iter().map(ToString::to_string).collect();
-            self.query(&format!(
-                "CREATE PUBLICATION {} FOR TABLE {}",
-                quote_ident(name),
-                list.join(", ")
-            ))
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// Drops the publication if it exists.
-    pub async fn drop_publication(&mut self, name: &str) -> Result<(), SourceError> {
-        self.query(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name)))
-            .await?;
-        Ok(())
-    }
-
-    /// The slot's state, or `None` when there is no such slot.
-    pub async fn slot(&mut self, name: &str) -> Result<Option<SlotInfo>, SourceError> {
-        let rows = self
-            .query(&format!(
-                "SELECT plugin, slot_type, confirmed_flush_lsn::text, restart_lsn::text, \
-                 wal_status, active_pid::text FROM pg_replication_slots WHERE slot_name = {}",
-                quote_literal(name)
-            ))
-            .await?;
-        let Some(row) = rows.into_iter().next() else {
-            return Ok(None);
-        };
-        let lsn = |i: usize| row.get(i).cloned().flatten().and_then(|s| s.parse().ok());
-        Ok(Some(SlotInfo {
-            plugin: row.first().cloned().flatten().unwrap_or_default(),
-            logical: row.get(1).cloned().flatten().as_deref() == Some("logical"),
-            confirmed_flush_lsn: lsn(2),
-            restart_lsn: lsn(3),
-            wal_status: row.get(4).cloned().flatten(),
-            active_pid: row.get(5).cloned().flatten().and_then(|s| s.parse().ok()),
-        }))
-    }
-
-    /// Creates a permanent pgoutput slot and returns its consistent point: the first LSN whose
-    /// commits it will stream.
-    pub async fn create_slot(&mut self, name: &str) -> Result<Lsn, SourceError> {
-        let rows = self
-            .query(&format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
-                quote_ident(name)
-            ))
-            .await?;
-        consistent_point(rows)
-    }
-
-    /// Creates a permanent pgoutput slot that exports its snapshot, for the initial copy. The
-    /// snapshot can be imported (`SET TRANSACTION SNAPSHOT`) only while this session stays open
-    /// and runs no other command, so keep the session until the copy's transaction has begun.
-    pub async fn create_slot_exporting(&mut self, name: &str) -> Result<ExportedSlot, SourceError> {
-        let rows = self
-            .query(&format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
-                quote_ident(name)
-            ))
-            .await?;
-        exported(rows)
-    }
-
-    /// Creates a temporary pgoutput slot that exports its snapshot and is never streamed: its
-    /// consistent point names exactly which commits the snapshot holds (those before it), which
-    /// is what `walpoints verify` needs to compare the business tables with the store at one
-    /// LSN. The slot vanishes with this session, so it can never pin WAL.
-    pub async fn create_temporary_slot_exporting(
-        &mut self,
-        name: &str,
-    ) -> Result<ExportedSlot, SourceError> {
-        let rows = self
-            .query(&format!(
-                "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT",
-                quote_ident(name)
-            ))
-            .await?;
-        exported(rows)
-    }
-
-    /// Drops the slot if it exists (waiting for a session that holds it to let go).
-    pub async fn drop_slot(&mut self, name: &str) -> Result<(), SourceError> {
-        if self.slot(name).await?.is_some() {
-            self.query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_ident(name)))
-                .await?;
-        }
-        Ok(())
-    }
-}
-
-/// A slot just created with its snapshot exported.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExportedSlot {
-    /// The first LSN whose commits the slot streams; the snapshot holds everything before.
-    pub consistent_point: Lsn,
-    /// The snapshot's name, for `SET TRANSACTION SNAPSHOT`.
-    pub snapshot: String,
-}
-
-/// What `pg_replication_slots` says of one slot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotInfo {
-    /// Output plugin; walpoints needs `pgoutput`.
-    pub plugin: String,
-    /// False for a physical slot.
-    pub logical: bool,
-    /// Everything before this is acknowledged and will not be streamed again.
-    pub confirmed_flush_lsn: Option<Lsn>,
-    /// The oldest WAL the slot keeps.
-    pub restart_lsn: Option<Lsn>,
-    /// `reserved`, `extended`, `unreserved` or `lost` (the slot can no longer stream).
-    pub wal_status: Option<String>,
-    /// The walsender holding the slot, if any.
-    pub active_pid: Option<i32>,
-}
-
-/// The consistent point and snapshot name of a CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT.
-fn exported(rows: Vec<Vec<Option<String>>>) -> Result<ExportedSlot, SourceError> {
-    let snapshot = rows
-        .first()
-        .and_then(|r| r.get(2).cloned().flatten())
-        .ok_or_else(|| {
-            SourceError::Definite("CREATE_REPLICATION_SLOT exported no snapshot".into())
-        })?;
-    Ok(ExportedSlot {
-        consistent_point: consistent_point(rows)?,
-        snapshot,
-    })
-}
-
-fn consistent_point(rows: Vec<Vec<Option<String>>>) -> Result<Lsn, SourceError> {
-    rows.into_iter()
-        .next()
-        .and_then(|r| r.get(1).cloned().flatten())
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            SourceError::Definite("CREATE_REPLICATION_SLOT returned no consistent point".into())
-        })
-}
-
-/// Quotes a string as an SQL literal.
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 impl ReplicationSource {
@@ -657,7 +480,7 @@ fn split_old(
 }
 
 fn unix_time(lsn: Lsn, raw: i64) -> Result<i64, SourceError> {
-    pgoutput::pg_to_unix_micros(raw).ok_or(SourceError::BadTimestamp { lsn, raw })
+    crate::time::from_pg_micros(raw).ok_or(SourceError::BadTimestamp { lsn, raw })
 }
 
 fn to_wire(lsn: Lsn) -> pgwire_replication::Lsn {
@@ -695,11 +518,5 @@ mod tests {
                 "{state}"
             );
         }
-    }
-
-    #[test]
-    fn identifiers_and_literals_are_quoted() {
-        assert_eq!(quote_literal("it's"), "'it''s'");
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 }

@@ -1,4 +1,4 @@
-//! Row changes → domain events, through the column mapping of `walpoints.toml` `[columns]`.
+//! Row changes → domain inputs, through the column mapping of `walpoints.toml` `[columns]`.
 //!
 //! This is the one place where a row's text values become typed [`Event`]s, so every "bad row"
 //! decision is made here, once: a row that cannot be used becomes a [`RowRejected`] (definite
@@ -14,11 +14,16 @@ use std::borrow::Cow;
 use rust_decimal::Decimal;
 use serde_json::{json, Map, Value as Json};
 
-use crate::change::{Op, RowChange};
-use crate::config::{ColumnsConfig, TableName, TablesConfig};
+use crate::changes::{Op, RowChange};
+use crate::dead_letter::Reason;
+use crate::identifier::TableName;
 use crate::pgoutput::{ColumnValue, Relation, TupleData};
 use crate::points::{Event, Position, PositionStatus, ReferralLink, Trade};
 use crate::value;
+
+mod settings;
+
+pub use settings::{Columns, Tables};
 
 /// How many characters of each value the dead-letter `row` JSON keeps, so one huge value
 /// cannot bloat the dead-letter table.
@@ -34,7 +39,7 @@ pub const MAX_KEY_BYTES: usize = 1_024;
 
 /// Which followed table a relation is; the engine's rules differ per table, and a truncate
 /// policy or a metric needs to say which one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TableKind {
     /// `[tables] trades`: one row per fill.
     Trades,
@@ -110,8 +115,8 @@ pub struct RowRejected {
     pub table: String,
     /// The operation ([`Op::as_str`]).
     pub op: &'static str,
-    /// Stable snake_case reason code (see the type's docs).
-    pub reason: &'static str,
+    /// Why (see [`Reason`]).
+    pub reason: Reason,
     /// Human detail naming the column and the offending value (values cut to ~200 chars).
     pub detail: String,
     /// The row as JSON: `{"new": {col: text|null}, "old": {...}, "key": {...}}` with only the
@@ -150,7 +155,7 @@ pub struct Mapper {
     /// The followed tables by [`TableKind::index`]; `None` when the config name does not parse
     /// (config validation rejects that, so it then simply follows nothing).
     tables: [Option<TableName>; 3],
-    cols: ColumnsConfig,
+    cols: Columns,
     /// Status values, trimmed and lowercased.
     open: Vec<String>,
     closed: Vec<String>,
@@ -158,7 +163,7 @@ pub struct Mapper {
 
 impl Mapper {
     /// Resolves the table names and normalizes the status values once.
-    pub fn new(tables: &TablesConfig, columns: &ColumnsConfig) -> Mapper {
+    pub fn new(tables: &Tables, columns: &Columns) -> Mapper {
         let norm = |v: &[String]| v.iter().map(|s| s.trim().to_lowercase()).collect();
         Mapper {
             tables: [
@@ -170,6 +175,11 @@ impl Mapper {
             open: norm(&columns.positions_open_values),
             closed: norm(&columns.positions_closed_values),
         }
+    }
+
+    /// The `[columns]` mapping as configured.
+    pub fn columns(&self) -> &Columns {
+        &self.cols
     }
 
     /// Which followed table `rel` is (by schema and name), or `None` for any other table.
@@ -295,7 +305,7 @@ impl Mapper {
         let new = |fallback| {
             let tuple = change.new.as_ref().ok_or_else(|| {
                 Fault::new(
-                    "missing_tuple",
+                    Reason::MissingTuple,
                     format!("{} without a new row", change.op.as_str()),
                 )
             })?;
@@ -432,7 +442,7 @@ impl Mapper {
             Ok(PositionStatus::Closed)
         } else {
             Err(Fault::new(
-                "unknown_status",
+                Reason::UnknownStatus,
                 format!(
                     "column {col:?}: status {:?} is neither open {:?} nor closed {:?} \
                      (see columns.positions_open_values / positions_closed_values)",
@@ -455,19 +465,19 @@ impl Mapper {
 /// Why a row was rejected, before the table, op and row JSON are attached (those are only
 /// rendered when a row actually fails).
 struct Fault {
-    reason: &'static str,
+    reason: Reason,
     detail: String,
 }
 
 impl Fault {
-    fn new(reason: &'static str, detail: String) -> Fault {
+    fn new(reason: Reason, detail: String) -> Fault {
         Fault { reason, detail }
     }
 }
 
 fn bad_value(col: &str, e: value::ValueError) -> Fault {
     // ValueError already quotes a bounded prefix of the value.
-    Fault::new("bad_value", format!("column {col:?}: {e}"))
+    Fault::new(Reason::BadValue, format!("column {col:?}: {e}"))
 }
 
 /// One row image to read mapped columns from, by name.
@@ -490,7 +500,7 @@ impl<'a> Row<'a> {
     fn get(&self, col: &str) -> Result<Option<&'a [u8]>, Fault> {
         let missing = || {
             Fault::new(
-                "missing_column",
+                Reason::MissingColumn,
                 format!("column {col:?} is not in the row"),
             )
         };
@@ -511,14 +521,14 @@ impl<'a> Row<'a> {
                     ColumnValue::Text(b) => Ok(Some(b)),
                     ColumnValue::Null => Ok(None),
                     ColumnValue::UnchangedToast => Err(Fault::new(
-                        "unchanged_toast",
+                        Reason::UnchangedToast,
                         format!(
                             "column {col:?} is an unchanged TOAST value and no full old row \
                              carries it (set REPLICA IDENTITY FULL on the table)"
                         ),
                     )),
                     ColumnValue::Binary(_) => Err(Fault::new(
-                        "bad_value",
+                        Reason::BadValue,
                         format!("column {col:?} arrived in binary format; walpoints reads text"),
                     )),
                 }
@@ -532,7 +542,7 @@ impl<'a> Row<'a> {
 
     fn required(&self, col: &str) -> Result<&'a [u8], Fault> {
         self.get(col)?
-            .ok_or_else(|| Fault::new("null_value", format!("column {col:?} is NULL")))
+            .ok_or_else(|| Fault::new(Reason::NullValue, format!("column {col:?} is NULL")))
     }
 
     fn opt_string(&self, col: &str) -> Result<Option<String>, Fault> {
@@ -576,7 +586,7 @@ impl<'a> Row<'a> {
         let p = self.decimal(col)?;
         if p.is_sign_negative() && !p.is_zero() {
             return Err(Fault::new(
-                "negative_price",
+                Reason::NegativePrice,
                 format!("column {col:?}: negative price {p}"),
             ));
         }
@@ -601,7 +611,7 @@ fn key(change: &RowChange, col: &str) -> Result<String, Fault> {
         }
     }
     Err(Fault::new(
-        "missing_key",
+        Reason::MissingKey,
         format!(
             "delete carries no value for key column {col:?} (the table's replica identity \
              must include it, or be FULL)"
@@ -615,7 +625,7 @@ fn check_key_len(col: &str, value: String) -> Result<String, Fault> {
         return Ok(value);
     }
     Err(Fault::new(
-        "too_long",
+        Reason::TooLong,
         format!(
             "column {col:?}: {} bytes, more than the {MAX_KEY_BYTES} an id or address may have: \
              {:?}",
@@ -829,7 +839,7 @@ mod tests {
     }
 
     fn mapper() -> Mapper {
-        Mapper::new(&TablesConfig::default(), &ColumnsConfig::default())
+        Mapper::new(&Tables::default(), &Columns::default())
     }
 
     fn event(m: &Mapper, c: &RowChange) -> Event {
@@ -849,7 +859,7 @@ mod tests {
     /// Asserts `c` is rejected with `reason` and a detail containing `detail`.
     fn assert_rejected(m: &Mapper, c: RowChange, reason: &str, detail: &str) {
         let r = rejected(m, &c);
-        assert_eq!((r.reason, r.op), (reason, c.op.as_str()), "{r}");
+        assert_eq!((r.reason.as_str(), r.op), (reason, c.op.as_str()), "{r}");
         assert!(r.detail.contains(detail), "{r}");
     }
 
@@ -925,11 +935,11 @@ mod tests {
     #[test]
     fn custom_names_and_no_time_column() {
         let trades = "exchange.fills".to_owned();
-        let tables = TablesConfig {
+        let tables = Tables {
             trades,
-            ..TablesConfig::default()
+            ..Tables::default()
         };
-        let columns = ColumnsConfig {
+        let columns = Columns {
             trades_id: "fill_id".into(),
             trades_symbol: "market".into(),
             trades_price: "px".into(),
@@ -939,7 +949,7 @@ mod tests {
             trades_time: String::new(),
             positions_open_values: vec!["ACTIVE".into()],
             positions_closed_values: vec!["settled".into(), "Liquidated".into()],
-            ..ColumnsConfig::default()
+            ..Columns::default()
         };
         let m = Mapper::new(&tables, &columns);
         let cols = ["fill_id", "market", "px", "qty", "buyer", "seller"];
@@ -1115,15 +1125,21 @@ mod tests {
         assert!(m.map(&set(4, &at_limit)).is_ok());
         for i in [0, 4, 5] {
             let r = rejected(&m, &set(i, &long));
-            assert_eq!(r.reason, "too_long", "{r}");
+            assert_eq!(r.reason.as_str(), "too_long", "{r}");
             assert!(r.detail.contains("2050 bytes"), "{r}");
             assert!(r.detail.len() < 1_000, "the detail quotes a bounded prefix");
         }
         let link = |a: &str, b: &str| insert(&referrals, tuple(&format!("{a}|{b}")));
-        assert_eq!(rejected(&m, &link(&long, "0xa")).reason, "too_long");
-        assert_eq!(rejected(&m, &link("0xa", &long)).reason, "too_long");
+        assert_eq!(
+            rejected(&m, &link(&long, "0xa")).reason.as_str(),
+            "too_long"
+        );
+        assert_eq!(
+            rejected(&m, &link("0xa", &long)).reason.as_str(),
+            "too_long"
+        );
         let del = delete(&trades, None, Some(tuple(&long)));
-        assert_eq!(rejected(&m, &del).reason, "too_long");
+        assert_eq!(rejected(&m, &del).reason.as_str(), "too_long");
         // A long symbol is only information: the fill is still mapped.
         assert!(m.map(&set(1, &long)).is_ok());
     }
@@ -1136,7 +1152,7 @@ mod tests {
         let (old, new) = (Some(trade("1")), trade("2"));
         assert_eq!(e, Event::TradeUpdated { old, new });
         let r = rejected(&m, &update(&rel, toasted, None));
-        assert_eq!(r.reason, "unchanged_toast");
+        assert_eq!(r.reason.as_str(), "unchanged_toast");
         assert!(r.detail.contains("\"taker_address\""), "{r}");
         assert_eq!(
             r.row["new"]["taker_address"],
@@ -1186,11 +1202,11 @@ mod tests {
         let r = m.map_snapshot_row(TableKind::Positions, &[Some("x"), None]);
         let r = r.unwrap_err();
         assert_eq!((r.table.as_str(), r.op), ("public.positions", "insert"));
-        assert_eq!(r.reason, "null_value");
+        assert_eq!(r.reason.as_str(), "null_value");
         assert_eq!(r.row, json!({"new": {"id": "x", "user_address": null}}));
         // Too few texts is a missing column, not a panic.
         let r = m.map_snapshot_row(TableKind::Trades, &texts[..3]);
-        assert_eq!(r.unwrap_err().reason, "missing_column");
+        assert_eq!(r.unwrap_err().reason.as_str(), "missing_column");
     }
 
     #[test]
@@ -1231,7 +1247,7 @@ mod tests {
         // A huge status is quoted briefly in the detail.
         let row = with(position_row("open", "\\N"), 5, text(&"x".repeat(1 << 20)));
         let r = rejected(&m, &insert(&positions_rel(), row));
-        assert_eq!(r.reason, "unknown_status");
+        assert_eq!(r.reason.as_str(), "unknown_status");
         assert!(r.detail.len() < 400, "{}", r.detail.len());
         // Invalid UTF-8 is rendered lossily; a short value is kept whole.
         assert_eq!(clip_bytes(b"ab\xff", 10), "ab\u{fffd}");

@@ -10,12 +10,14 @@ use std::future::Future;
 use std::io::Write;
 use std::time::Duration;
 
-use crate::change::RowChange;
+use crate::changes::RowChange;
 use crate::cli::TailArgs;
-use crate::config::{is_identifier, Config, ConnUrl, TableName};
+use crate::config::{Config, ConnUrl};
+use crate::identifier::{is_identifier, BadTableName, TableName};
 use crate::lsn::Lsn;
-use crate::pgoutput::{ColumnValue, TupleData};
-use crate::source::{AdminSession, ReplicationSource, SourceError, SourceOptions, StreamEvent};
+use crate::pg::{AdminSession, ReplicationSource, SourceError, SourceOptions, StreamEvent};
+use crate::pgoutput::{ColumnValue, Relation, TupleData};
+use crate::time::format_rfc3339;
 
 /// What `tail` should follow and when it should stop.
 #[derive(Debug, Clone)]
@@ -68,26 +70,35 @@ pub enum TailError {
     /// Standard output went away (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    /// A `--table` is not `schema.table`.
+    #[error("--table: {0}")]
+    Table(#[from] BadTableName),
+    /// A `--slot` or `--publication` is not a plain identifier.
+    #[error("{flag} {name:?} must be 1-63 characters of a-z, 0-9 and _")]
+    Name {
+        /// The option.
+        flag: &'static str,
+        /// What it was given.
+        name: String,
+    },
 }
 
 /// Builds tail's options from the configuration and the command line.
-pub fn options(config: &Config, args: TailArgs) -> Result<TailOptions, String> {
+pub fn options(config: &Config, args: TailArgs) -> Result<TailOptions, TailError> {
     let tables = if args.tables.is_empty() {
         config.tables.all()
     } else {
         args.tables
             .iter()
             .map(|t| t.parse::<TableName>())
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("--table: {e}"))?
+            .collect::<Result<_, _>>()?
     };
     for (flag, name) in [("--slot", &args.slot), ("--publication", &args.publication)] {
-        if let Some(name) = name {
-            if !is_identifier(name) {
-                return Err(format!(
-                    "{flag} {name:?} must be 1-63 characters of a-z, 0-9 and _"
-                ));
-            }
+        if let Some(name) = name.as_ref().filter(|n| !is_identifier(n)) {
+            return Err(TailError::Name {
+                flag,
+                name: name.clone(),
+            });
         }
     }
     Ok(TailOptions {
@@ -284,7 +295,7 @@ impl Printer {
     fn begin(&mut self, xid: u32, commit_lsn: Lsn, commit_time: i64) {
         self.xid = xid;
         self.commit_lsn = commit_lsn.to_string();
-        self.commit_time = rfc3339_micros(commit_time);
+        self.commit_time = format_rfc3339(commit_time);
     }
 
     fn change(&mut self, out: &mut impl Write, c: &RowChange) -> std::io::Result<()> {
@@ -319,7 +330,7 @@ impl Printer {
 
 fn write_tuple(
     out: &mut impl Write,
-    relation: &crate::pgoutput::Relation,
+    relation: &Relation,
     tuple: &TupleData,
     keys_only: bool,
 ) -> std::io::Result<()> {
@@ -351,11 +362,4 @@ fn write_tuple(
 
 fn json_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
-}
-
-/// RFC 3339 in UTC with microseconds, e.g. `2026-01-05T00:00:00.000000Z`.
-pub fn rfc3339_micros(unix_micros: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(unix_micros)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-        .unwrap_or_else(|| format!("@{unix_micros}us"))
 }

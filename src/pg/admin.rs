@@ -1,0 +1,164 @@
+//! A replication-protocol session that never streams: the administrative side of the source.
+//!
+//! PostgreSQL accepts SQL as well as replication commands (IDENTIFY_SYSTEM,
+//! CREATE_REPLICATION_SLOT) on a `replication=database` session, so setup, teardown, the
+//! startup checks and `verify` talk to the source over the same kind of connection the stream
+//! uses: TLS and authentication are configured in one place, and a role with REPLICATION and
+//! no other rights can do everything walpoints needs.
+
+use pgwire_replication::ReplicationClient;
+
+use super::replication::{replication_config, SourceError};
+use super::slot::Slot;
+use super::snapshot::ExportedSlot;
+use crate::config::ConnUrl;
+use crate::identifier::{quote_ident, quote_literal, TableName};
+use crate::lsn::Lsn;
+
+/// A replication-protocol session that has not started streaming: runs SQL and replication
+/// commands (IDENTIFY_SYSTEM, CREATE_REPLICATION_SLOT) for setup and teardown.
+pub struct AdminSession {
+    client: ReplicationClient,
+}
+
+impl AdminSession {
+    /// Connects and authenticates; `slot`/`publication` only matter if this session later
+    /// streams.
+    pub async fn connect(url: &ConnUrl, application_name: &str) -> Result<Self, SourceError> {
+        let cfg = replication_config(url, "unused", "unused")
+            .with_application_name(application_name.to_owned());
+        let client = ReplicationClient::connect_gated(cfg).await?;
+        Ok(AdminSession { client })
+    }
+
+    /// Runs one statement and returns its rows as text (NULL as `None`).
+    pub async fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, SourceError> {
+        let rows = self.client.simple_query(sql).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|c| c.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// The cluster's system identifier: a changed one means the source was replaced
+    /// (restored, failed over to a different cluster), and the slot's LSNs no longer apply.
+    pub async fn system_id(&mut self) -> Result<String, SourceError> {
+        Ok(self.client.identify_system().await?.system_id)
+    }
+
+    /// Creates `name` FOR TABLE `tables` unless a publication of that name exists.
+    pub async fn ensure_publication(
+        &mut self,
+        name: &str,
+        tables: &[TableName],
+    ) -> Result<(), SourceError> {
+        let exists = self
+            .query(&format!(
+                "SELECT 1 FROM pg_publication WHERE pubname = {}",
+                quote_literal(name)
+            ))
+            .await?;
+        if exists.is_empty() {
+            let list: Vec<String> = tables.iter().map(ToString::to_string).collect();
+            self.query(&format!(
+                "CREATE PUBLICATION {} FOR TABLE {}",
+                quote_ident(name),
+                list.join(", ")
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Drops the publication if it exists.
+    pub async fn drop_publication(&mut self, name: &str) -> Result<(), SourceError> {
+        self.query(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name)))
+            .await?;
+        Ok(())
+    }
+
+    /// The slot as `pg_replication_slots` shows it (`exists()` is false when there is none).
+    pub async fn slot(&mut self, name: &str) -> Result<Slot, SourceError> {
+        let rows = self.query(&Slot::sql(&quote_literal(name))).await?;
+        Ok(Slot::from_text_row(name, rows.first().map(Vec::as_slice)))
+    }
+
+    /// Creates a permanent pgoutput slot and returns its consistent point: the first LSN whose
+    /// commits it will stream.
+    pub async fn create_slot(&mut self, name: &str) -> Result<Lsn, SourceError> {
+        let rows = self
+            .query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+                quote_ident(name)
+            ))
+            .await?;
+        consistent_point(rows)
+    }
+
+    /// Creates a permanent pgoutput slot that exports its snapshot, for the initial copy. The
+    /// snapshot can be imported (`SET TRANSACTION SNAPSHOT`) only while this session stays open
+    /// and runs no other command, so keep the session until the copy's transaction has begun.
+    pub async fn create_slot_exporting(&mut self, name: &str) -> Result<ExportedSlot, SourceError> {
+        let rows = self
+            .query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
+                quote_ident(name)
+            ))
+            .await?;
+        exported(rows)
+    }
+
+    /// Creates a temporary pgoutput slot that exports its snapshot and is never streamed: its
+    /// consistent point names exactly which commits the snapshot holds (those before it), which
+    /// is what `walpoints verify` needs to compare the business tables with the store at one
+    /// LSN. The slot vanishes with this session, so it can never pin WAL.
+    pub async fn create_temporary_slot_exporting(
+        &mut self,
+        name: &str,
+    ) -> Result<ExportedSlot, SourceError> {
+        let rows = self
+            .query(&format!(
+                "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT",
+                quote_ident(name)
+            ))
+            .await?;
+        exported(rows)
+    }
+
+    /// Drops the slot if it exists (waiting for a session that holds it to let go).
+    pub async fn drop_slot(&mut self, name: &str) -> Result<(), SourceError> {
+        if self.slot(name).await?.exists() {
+            self.query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_ident(name)))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The consistent point and snapshot name of a CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT.
+fn exported(rows: Vec<Vec<Option<String>>>) -> Result<ExportedSlot, SourceError> {
+    let snapshot = rows
+        .first()
+        .and_then(|r| r.get(2).cloned().flatten())
+        .ok_or(SourceError::Unexpected(
+            "CREATE_REPLICATION_SLOT exported no snapshot",
+        ))?;
+    Ok(ExportedSlot {
+        consistent_point: consistent_point(rows)?,
+        snapshot,
+    })
+}
+
+fn consistent_point(rows: Vec<Vec<Option<String>>>) -> Result<Lsn, SourceError> {
+    rows.into_iter()
+        .next()
+        .and_then(|r| r.get(1).cloned().flatten())
+        .and_then(|s| s.parse().ok())
+        .ok_or(SourceError::Unexpected(
+            "CREATE_REPLICATION_SLOT returned no consistent point",
+        ))
+}

@@ -1,0 +1,105 @@
+//! What one store transaction writes: the batch the batch loop builds, and the trade awards the
+//! engine reads and changes while it builds it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::StoreError;
+use crate::dead_letter::DeadLetter;
+use crate::lsn::Lsn;
+use crate::points::{Award, AwardBook, EpochId, LedgerEntry, StateDelta, Totals};
+
+/// Everything one store transaction writes besides the checkpoint.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Ledger rows with their transaction's commit LSN and commit time.
+    pub entries: Vec<(Lsn, i64, LedgerEntry)>,
+    /// Increments of `user_epoch_points`, one per (user, epoch).
+    pub totals: BTreeMap<(String, EpochId), Totals>,
+    /// Changed engine state.
+    pub state: StateDelta,
+    /// Changed trade awards (`None`: forget the trade).
+    pub awards: BTreeMap<String, Option<Award>>,
+    /// Rows dead-lettered.
+    pub dead: Vec<DeadLetter>,
+}
+
+impl Batch {
+    /// Adds a transaction's entries and their totals.
+    pub fn add_entries(
+        &mut self,
+        commit_lsn: Lsn,
+        commit_time: i64,
+        entries: Vec<LedgerEntry>,
+    ) -> Result<(), StoreError> {
+        for e in entries {
+            self.totals
+                .entry((e.user.clone(), e.epoch))
+                .or_default()
+                .add_entry(&e)
+                .map_err(|source| StoreError::bad_value("user_epoch_points", source))?;
+            self.entries.push((commit_lsn, commit_time, e));
+        }
+        Ok(())
+    }
+}
+
+/// Awards for the engine during one batch: what the store has (fetched on demand before each
+/// transaction) overlaid by what this batch changed, which is written with the batch.
+#[derive(Debug, Default)]
+pub struct BatchAwards {
+    fetched: HashMap<String, Option<Award>>,
+    changed: BTreeMap<String, Option<Award>>,
+}
+
+impl BatchAwards {
+    /// The ids among `ids` whose award this batch has neither changed nor fetched yet: what
+    /// must be read from the store before the engine call.
+    pub fn missing<'a>(&self, ids: impl Iterator<Item = &'a str>) -> Vec<String> {
+        let mut missing: Vec<String> = ids
+            .filter(|id| !self.changed.contains_key(*id) && !self.fetched.contains_key(*id))
+            .map(str::to_owned)
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        missing
+    }
+
+    /// Records what the store answered for `missing` (ids it does not know have no award), so
+    /// that [`AwardBook::get`] answers from memory during the engine call.
+    pub fn record_fetched(&mut self, missing: Vec<String>, found: Vec<(String, Award)>) {
+        for id in missing {
+            self.fetched.insert(id, None);
+        }
+        for (id, award) in found {
+            self.fetched.insert(id, Some(award));
+        }
+    }
+
+    /// How many awards this batch changed (and holds until they are written).
+    pub fn changed(&self) -> usize {
+        self.changed.len()
+    }
+
+    /// Hands the batch's changes over for writing and forgets everything.
+    pub fn take_changes(&mut self) -> BTreeMap<String, Option<Award>> {
+        self.fetched.clear();
+        std::mem::take(&mut self.changed)
+    }
+}
+
+impl AwardBook for BatchAwards {
+    fn get(&self, trade_id: &str) -> Option<Award> {
+        match self.changed.get(trade_id) {
+            Some(a) => a.clone(),
+            None => self.fetched.get(trade_id).cloned().flatten(),
+        }
+    }
+
+    fn put(&mut self, trade_id: &str, award: Award) {
+        self.changed.insert(trade_id.to_owned(), Some(award));
+    }
+
+    fn remove(&mut self, trade_id: &str) {
+        self.changed.insert(trade_id.to_owned(), None);
+    }
+}

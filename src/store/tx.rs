@@ -1,0 +1,370 @@
+//! One open store transaction: everything a batch (or the initial snapshot) writes, then the
+//! commit after which its LSN may be acknowledged.
+//!
+//! The checkpoint row is this transaction's fence: [`StoreTx::lock_checkpoint`] first (it must
+//! be where this process left it, and its row lock holds back a second writer), the batch's rows
+//! in between, [`StoreTx::advance_checkpoint`] last.
+
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
+use tokio_postgres::types::PgLsn;
+use tokio_postgres::Transaction;
+
+use super::{copy, epoch_to_db, lsn_of, pg_lsn, Batch, Checkpoint, StoreError};
+use crate::dead_letter::DeadLetter;
+use crate::lsn::Lsn;
+use crate::points::{Award, EpochId, LedgerEntry, Totals};
+use crate::time::system_time;
+
+/// One open store transaction: write batches into it, then commit.
+pub struct StoreTx<'a> {
+    pub(super) tx: Transaction<'a>,
+    pub(super) source_id: &'a str,
+}
+
+impl StoreTx<'_> {
+    /// Records a new source (the end of `setup`); fails if it exists.
+    pub async fn insert_checkpoint(&self, cp: &Checkpoint) -> Result<(), StoreError> {
+        self.tx
+            .execute(
+                "INSERT INTO walpoints.checkpoint (source_id, slot_name, publication, system_id, \
+                 consistent_point, snapshot_time, lsn, commit_time, stream_time, transactions, \
+                 rules_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                &[
+                    &self.source_id,
+                    &cp.slot_name,
+                    &cp.publication,
+                    &cp.system_id,
+                    &pg_lsn(cp.consistent_point),
+                    &system_time(cp.snapshot_time),
+                    &pg_lsn(cp.lsn),
+                    &system_time(cp.commit_time),
+                    &cp.stream_time,
+                    &cp.transactions,
+                    &cp.rules_version,
+                ],
+            )
+            .await
+            .map_err(StoreError::db("record the checkpoint"))?;
+        Ok(())
+    }
+
+    /// Moves the checkpoint from `from` (where this process left it) to `to`; refuses with
+    /// [`StoreError::Fenced`] if it is elsewhere. Run it first: its row lock also keeps a second
+    /// instance's batch waiting until this one commits.
+    pub async fn advance_checkpoint(
+        &self,
+        from: Lsn,
+        to: Lsn,
+        commit_time: i64,
+        stream_time: Option<i64>,
+        transactions: u64,
+        rules_version: &str,
+    ) -> Result<(), StoreError> {
+        let n = self
+            .tx
+            .execute(
+                "UPDATE walpoints.checkpoint SET lsn = $2, commit_time = $3, stream_time = $4, \
+                 transactions = transactions + $5, rules_version = $6, updated_at = now() \
+                 WHERE source_id = $1 AND lsn = $7",
+                &[
+                    &self.source_id,
+                    &pg_lsn(to),
+                    &system_time(commit_time),
+                    &stream_time,
+                    &i64::try_from(transactions).unwrap_or(i64::MAX),
+                    &rules_version,
+                    &pg_lsn(from),
+                ],
+            )
+            .await
+            .map_err(StoreError::db("advance the checkpoint"))?;
+        self.moved_or_fenced(n, from).await
+    }
+
+    /// Moves the checkpoint over WAL that held nothing for walpoints (the stream was idle at
+    /// `from` and the server has sent everything up to `to`), so the slot can be acknowledged
+    /// that far: PostgreSQL's shutdown waits for its walsenders' clients to confirm all WAL.
+    pub async fn advance_idle(&self, from: Lsn, to: Lsn) -> Result<(), StoreError> {
+        let n = self
+            .tx
+            .execute(
+                "UPDATE walpoints.checkpoint SET lsn = $2, updated_at = now() \
+                 WHERE source_id = $1 AND lsn = $3",
+                &[&self.source_id, &pg_lsn(to), &pg_lsn(from)],
+            )
+            .await
+            .map_err(StoreError::db("advance the checkpoint"))?;
+        self.moved_or_fenced(n, from).await
+    }
+
+    /// `Ok` when one checkpoint row moved; otherwise the row is elsewhere (another writer).
+    async fn moved_or_fenced(&self, n: u64, from: Lsn) -> Result<(), StoreError> {
+        if n == 1 {
+            return Ok(());
+        }
+        let found = self
+            .tx
+            .query_opt(
+                "SELECT lsn::text FROM walpoints.checkpoint WHERE source_id = $1",
+                &[&self.source_id],
+            )
+            .await
+            .map_err(StoreError::db("read the checkpoint"))?
+            .map_or_else(|| "nowhere (the source was removed)".into(), |r| r.get(0));
+        Err(StoreError::Fenced {
+            source_id: self.source_id.to_owned(),
+            expected: from,
+            found,
+        })
+    }
+
+    /// Locks this source's checkpoint row and checks it is where this process left it (`from`),
+    /// refusing with [`StoreError::Fenced`] otherwise. Run it first in a batch whose end is not
+    /// known yet: the lock keeps a second instance's batch waiting until this one commits, and
+    /// [`StoreTx::advance_checkpoint`] moves the row at the end.
+    pub async fn lock_checkpoint(&self, from: Lsn) -> Result<(), StoreError> {
+        let found: Option<PgLsn> = self
+            .tx
+            .query_opt(
+                "SELECT lsn FROM walpoints.checkpoint WHERE source_id = $1 FOR UPDATE",
+                &[&self.source_id],
+            )
+            .await
+            .map_err(StoreError::db("lock the checkpoint"))?
+            .map(|r| r.get(0));
+        match found {
+            Some(lsn) if u64::from(lsn) == from.0 => Ok(()),
+            other => Err(StoreError::Fenced {
+                source_id: self.source_id.to_owned(),
+                expected: from,
+                found: other.map_or_else(
+                    || "nowhere (the source was removed)".into(),
+                    |l| lsn_of(l).to_string(),
+                ),
+            }),
+        }
+    }
+
+    /// The stored awards of `ids`, as this transaction sees them (its own uncommitted writes
+    /// included); ids without an award are absent.
+    pub async fn awards(&self, ids: &[String]) -> Result<Vec<(String, Award)>, StoreError> {
+        let rows = self
+            .tx
+            .query(
+                "SELECT trade_id, award FROM walpoints.trade_award \
+                 WHERE source_id = $1 AND trade_id = ANY($2)",
+                &[&self.source_id, &ids],
+            )
+            .await
+            .map_err(StoreError::db("read trade awards"))?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.get(0);
+                let json: &str = row.get(1);
+                let award: Award = serde_json::from_str(json).map_err(|source| {
+                    StoreError::bad_value(format!("walpoints.trade_award of trade {id}"), source)
+                })?;
+                Ok((id, award))
+            })
+            .collect()
+    }
+
+    /// Writes a batch: ledger rows (binary COPY), one total increment per (user, epoch), state
+    /// rows, awards and dead letters.
+    pub async fn write(&self, batch: &mut Batch) -> Result<(), StoreError> {
+        self.copy_ledger(&batch.entries).await?;
+        self.add_totals(&batch.totals).await?;
+        self.write_state(&batch.state).await?;
+        self.write_awards(&batch.awards).await?;
+        self.write_dead_letters(&batch.dead).await
+    }
+
+    /// Commits: from here on the batch is durable and its LSN may be acknowledged.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await.map_err(StoreError::db("commit"))
+    }
+
+    async fn write_dead_letters(&self, dead: &[DeadLetter]) -> Result<(), StoreError> {
+        for d in dead {
+            self.tx
+                .execute(
+                    "INSERT INTO walpoints.dead_letter (source_id, commit_lsn, seq, lsn, \
+                     table_name, op, reason, detail, row, at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::text::jsonb, $10)",
+                    &[
+                        &self.source_id,
+                        &pg_lsn(d.commit_lsn),
+                        &i32::try_from(d.seq).unwrap_or(i32::MAX),
+                        &pg_lsn(d.lsn),
+                        &d.table,
+                        &d.op,
+                        &d.reason.as_str(),
+                        &d.detail,
+                        &d.row.to_string(),
+                        &system_time(d.at),
+                    ],
+                )
+                .await
+                .map_err(StoreError::db("write a dead letter"))?;
+        }
+        Ok(())
+    }
+
+    async fn copy_ledger(&self, entries: &[(Lsn, i64, LedgerEntry)]) -> Result<(), StoreError> {
+        use futures_util::SinkExt;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let sink = self
+            .tx
+            .copy_in(
+                "COPY walpoints.ledger (source_id, commit_lsn, ordinal, user_address, epoch, \
+                 kind, reversal, points, basis, multiplier, rate, position_notional, trade_id, \
+                 position_id, referee, segment_start, event_time, commit_time, rules_version) \
+                 FROM STDIN (FORMAT binary)",
+            )
+            .await
+            .map_err(StoreError::db("start the ledger COPY"))?;
+        futures_util::pin_mut!(sink);
+        let mut rows = copy::Rows::new();
+        for (commit_lsn, commit_time, e) in entries {
+            let ordinal = i32::try_from(e.ordinal)
+                .map_err(|_| StoreError::OutOfRange(format!("ordinal {} too big", e.ordinal)))?;
+            let mut row = rows.row(19);
+            row.text(self.source_id);
+            row.i64(i64::try_from(commit_lsn.0).unwrap_or(i64::MAX));
+            row.i32(ordinal);
+            row.text(&e.user);
+            row.i32(epoch_to_db(e.epoch)?);
+            row.text(e.kind.as_str());
+            row.bool(e.reversal);
+            for d in [e.points, e.basis, e.multiplier, e.rate] {
+                row.numeric(&d)?;
+            }
+            match &e.position_notional {
+                Some(d) => row.numeric(d)?,
+                None => row.null(),
+            }
+            for t in [&e.trade_id, &e.position_id, &e.referee] {
+                match t {
+                    Some(t) => row.text(t),
+                    None => row.null(),
+                }
+            }
+            match e.segment_start {
+                Some(t) => row.timestamp(t),
+                None => row.null(),
+            }
+            row.timestamp(e.event_time);
+            row.timestamp(*commit_time);
+            row.text(&e.rules_version);
+            if rows.len() >= copy::CHUNK_BYTES {
+                sink.send(rows.take())
+                    .await
+                    .map_err(StoreError::db("write ledger rows"))?;
+            }
+        }
+        sink.send(rows.finish())
+            .await
+            .map_err(StoreError::db("write ledger rows"))?;
+        sink.as_mut()
+            .finish()
+            .await
+            .map_err(StoreError::db("finish the ledger COPY"))?;
+        Ok(())
+    }
+
+    async fn add_totals(
+        &self,
+        totals: &BTreeMap<(String, EpochId), Totals>,
+    ) -> Result<(), StoreError> {
+        if totals.is_empty() {
+            return Ok(());
+        }
+        // Sorted by key (BTreeMap), so concurrent sources lock rows in the same order.
+        let mut users = Vec::with_capacity(totals.len());
+        let mut epochs = Vec::with_capacity(totals.len());
+        let mut cols: [Vec<Decimal>; 6] = Default::default();
+        for ((user, epoch), t) in totals {
+            users.push(user.as_str());
+            epochs.push(epoch_to_db(*epoch)?);
+            for (col, v) in cols.iter_mut().zip([
+                t.trading_points,
+                t.referral_points,
+                t.holding_points,
+                t.pnl_points,
+                t.total_points,
+                t.trading_volume,
+            ]) {
+                col.push(v);
+            }
+        }
+        self.tx
+            .execute(
+                "INSERT INTO walpoints.user_epoch_points AS t (user_address, epoch, \
+                 trading_points, referral_points, holding_points, pnl_points, total_points, \
+                 trading_volume) \
+                 SELECT * FROM unnest($1::text[], $2::int4[], $3::numeric[], $4::numeric[], \
+                 $5::numeric[], $6::numeric[], $7::numeric[], $8::numeric[]) \
+                 ON CONFLICT (user_address, epoch) DO UPDATE SET \
+                 trading_points = t.trading_points + excluded.trading_points, \
+                 referral_points = t.referral_points + excluded.referral_points, \
+                 holding_points = t.holding_points + excluded.holding_points, \
+                 pnl_points = t.pnl_points + excluded.pnl_points, \
+                 total_points = t.total_points + excluded.total_points, \
+                 trading_volume = t.trading_volume + excluded.trading_volume, \
+                 updated_at = now()",
+                &[
+                    &users, &epochs, &cols[0], &cols[1], &cols[2], &cols[3], &cols[4], &cols[5],
+                ],
+            )
+            .await
+            .map_err(StoreError::db("add to user_epoch_points"))?;
+        Ok(())
+    }
+
+    async fn write_awards(
+        &self,
+        awards: &BTreeMap<String, Option<Award>>,
+    ) -> Result<(), StoreError> {
+        let err = StoreError::db("write trade awards");
+        let mut gone = Vec::new();
+        let mut ids = Vec::new();
+        let mut jsons = Vec::new();
+        for (id, award) in awards {
+            match award {
+                None => gone.push(id.as_str()),
+                Some(a) => {
+                    ids.push(id.as_str());
+                    jsons.push(serde_json::to_string(a).map_err(|source| {
+                        StoreError::bad_value(format!("award of trade {id}"), source)
+                    })?);
+                }
+            }
+        }
+        if !gone.is_empty() {
+            self.tx
+                .execute(
+                    "DELETE FROM walpoints.trade_award WHERE source_id = $1 \
+                     AND trade_id = ANY($2)",
+                    &[&self.source_id, &gone],
+                )
+                .await
+                .map_err(&err)?;
+        }
+        if !ids.is_empty() {
+            self.tx
+                .execute(
+                    "INSERT INTO walpoints.trade_award (source_id, trade_id, award) \
+                     SELECT $1, i, a FROM unnest($2::text[], $3::text[]) AS x(i, a) \
+                     ON CONFLICT (source_id, trade_id) DO UPDATE SET award = excluded.award",
+                    &[&self.source_id, &ids, &jsons],
+                )
+                .await
+                .map_err(&err)?;
+        }
+        Ok(())
+    }
+}
