@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::identifier::is_identifier;
+use crate::identifier::{is_identifier, BadTableName};
 use crate::mapping::{Columns, TableKind, Tables};
 use crate::points::{RuleSet, RulesError};
 
@@ -66,7 +66,18 @@ pub enum ConfigError {
     /// The built-in defaults do not serialize (a bug in this build, never the operator's).
     #[error("internal: the default configuration does not serialize: {0}")]
     Defaults(#[source] toml::ser::Error),
-    /// A value parsed but is not acceptable (an invalid URL, an empty table name, ...).
+    /// `store.url` is not a usable URL.
+    #[error("config key store.url: {0}")]
+    StoreUrl(#[source] BadUrl),
+    /// A `[tables]` name is not `schema.table`.
+    #[error("config key tables.{key}: {source}")]
+    TableName {
+        /// The `[tables]` key.
+        key: &'static str,
+        /// What is wrong with the name.
+        source: BadTableName,
+    },
+    /// A value parsed but is not acceptable (an empty column name, a duration, ...).
     #[error("config key {key}: {message}")]
     Invalid {
         /// The dotted key, as written in `walpoints.toml`.
@@ -366,13 +377,16 @@ impl Config {
         for table in TableKind::ALL {
             self.tables
                 .name_of(table)
-                .map_err(|e| invalid(&format!("tables.{}", table.as_str()), e.to_string()))?;
+                .map_err(|source| ConfigError::TableName {
+                    key: table.as_str(),
+                    source,
+                })?;
         }
         if !self.store.url.trim().is_empty() {
             self.store
                 .url
                 .parse::<ConnUrl>()
-                .map_err(|e| invalid("store.url", e.to_string()))?;
+                .map_err(ConfigError::StoreUrl)?;
         }
         if self.batch.max_changes == 0 {
             return Err(invalid("batch.max_changes", "must be at least 1".into()));

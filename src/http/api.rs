@@ -28,6 +28,7 @@ use super::pool::{self, Pool};
 use super::AppState;
 use super::HttpError;
 use crate::config::ConnUrl;
+use crate::pg::connect::ConnectError;
 use crate::points::{normalize_address, EpochCalendar, EpochId, RuleSet, Tier};
 use crate::time::{format_rfc3339, micros_of, now_micros};
 
@@ -47,9 +48,12 @@ pub enum ApiError {
     /// No such route.
     #[error("no such route")]
     NotFound,
-    /// The store cannot be reached or is too slow; try again.
+    /// A store query failed (the store is down, restarting or too slow); try again.
+    #[error("the store is unavailable: {}", crate::pg::connect::error_text(.0))]
+    Store(#[from] tokio_postgres::Error),
+    /// No store connection could be had from the pool in time; try again.
     #[error("the store is unavailable: {0}")]
-    Unavailable(String),
+    Pool(#[from] deadpool::managed::PoolError<ConnectError>),
 }
 
 impl IntoResponse for ApiError {
@@ -57,22 +61,16 @@ impl IntoResponse for ApiError {
         let (status, code) = match &self {
             ApiError::BadRequest(code, _) => (StatusCode::BAD_REQUEST, *code),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            ApiError::Store(_) | ApiError::Pool(_) => {
+                tracing::warn!(error = %self, "api: store unavailable");
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
         };
-        if let ApiError::Unavailable(e) = &self {
-            tracing::warn!(error = %e, "api: store unavailable");
-        }
         (
             status,
             Json(json!({ "error": code, "message": self.to_string() })),
         )
             .into_response()
-    }
-}
-
-impl From<tokio_postgres::Error> for ApiError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        ApiError::Unavailable(crate::pg::connect::error_text(&e))
     }
 }
 
@@ -110,10 +108,7 @@ impl Api {
     }
 
     async fn client(&self) -> Result<deadpool::managed::Object<pool::StoreConnections>, ApiError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))
+        self.pool.get().await.map_err(ApiError::from)
     }
 
     fn current_epoch(&self) -> Option<EpochId> {
