@@ -9,33 +9,24 @@
 //! The module is pure (no I/O, no clock), so the same mapping serves the replication stream
 //! ([`Mapper::map`]) and the initial snapshot ([`Mapper::map_snapshot_row`]).
 
-use std::borrow::Cow;
-
-use rust_decimal::Decimal;
 use serde_json::{json, Map, Value as Json};
 
 use crate::changes::{Op, RowChange};
 use crate::dead_letter::Reason;
 use crate::identifier::TableName;
-use crate::pgoutput::{ColumnValue, Relation, TupleData};
+use crate::pgoutput::Relation;
 use crate::points::{Event, Position, PositionStatus, ReferralLink, Trade};
-use crate::value;
 
+mod rejected;
+mod row;
 mod settings;
 
+pub use rejected::{row_json, RowRejected};
+pub use row::MAX_KEY_BYTES;
 pub use settings::{Columns, Tables};
 
-/// How many characters of each value the dead-letter `row` JSON keeps, so one huge value
-/// cannot bloat the dead-letter table.
-const ROW_VALUE_CHARS: usize = 1_000;
-/// How many characters of an offending value a rejection's `detail` quotes.
-const DETAIL_VALUE_CHARS: usize = 200;
-/// The longest id or address (in bytes) a row may carry. Ids and addresses are keys of the
-/// store's B-tree indexes, and PostgreSQL refuses an index row above ~2,700 bytes: a longer
-/// value would fail the whole store transaction on every retry and wedge the stream. The
-/// referrer index holds two addresses, hence half that, rounded down. Real ids and addresses
-/// are under 100 bytes.
-pub const MAX_KEY_BYTES: usize = 1_024;
+use rejected::{reject_change, ROW_VALUE_CHARS};
+use row::{clip, key, Fault, Row, DETAIL_VALUE_CHARS};
 
 /// Which followed table a relation is; the engine's rules differ per table, and a truncate
 /// policy or a metric needs to say which one.
@@ -90,39 +81,6 @@ pub enum Mapped {
     Truncate(TableKind),
     /// A change of a table walpoints does not follow.
     Ignored,
-}
-
-/// A row that cannot be used: goes to the dead-letter table with its LSN, and the stream goes
-/// on. Carries everything an operator needs to fix and replay the row.
-///
-/// Reason codes (stable, for metrics labels):
-/// - `null_value`: a required column is NULL;
-/// - `bad_value`: a value does not parse (number, timestamp, UTF-8), is NaN or infinite, or
-///   arrived in binary format;
-/// - `negative_price`: a trade price or position entry price below zero;
-/// - `too_long`: an id or address longer than [`MAX_KEY_BYTES`] (the store could not index it);
-/// - `unknown_status`: a position status in neither `positions_open_values` nor
-///   `positions_closed_values`;
-/// - `missing_key`: a delete whose key and old row are absent or NULL in the key column;
-/// - `unchanged_toast`: an update left a needed large value unsent and no full old row has it;
-/// - `missing_column`: a mapped column is not in the row (normally caught earlier by
-///   [`Mapper::check_relation`]);
-/// - `missing_tuple`: an insert or update without its new row (a malformed change).
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{table} {op}: {detail}")]
-pub struct RowRejected {
-    /// The table, as `schema.name`.
-    pub table: String,
-    /// The operation ([`Op::as_str`]).
-    pub op: &'static str,
-    /// Why (see [`Reason`]).
-    pub reason: Reason,
-    /// Human detail naming the column and the offending value (values cut to ~200 chars).
-    pub detail: String,
-    /// The row as JSON: `{"new": {col: text|null}, "old": {...}, "key": {...}}` with only the
-    /// parts present; text values cut to 1,000 chars. A value that is neither text nor NULL is
-    /// shown as `{"unchanged_toast": true}` or `{"binary_bytes": n}`.
-    pub row: Json,
 }
 
 /// A followed table whose shape no longer fits the mapping: definite for the stream, because
@@ -462,247 +420,6 @@ impl Mapper {
     }
 }
 
-/// Why a row was rejected, before the table, op and row JSON are attached (those are only
-/// rendered when a row actually fails).
-struct Fault {
-    reason: Reason,
-    detail: String,
-}
-
-impl Fault {
-    fn new(reason: Reason, detail: String) -> Fault {
-        Fault { reason, detail }
-    }
-}
-
-fn bad_value(col: &str, e: value::ValueError) -> Fault {
-    // ValueError already quotes a bounded prefix of the value.
-    Fault::new(Reason::BadValue, format!("column {col:?}: {e}"))
-}
-
-/// One row image to read mapped columns from, by name.
-enum Row<'a> {
-    /// A pgoutput tuple; `fallback` (the full old row) supplies unchanged TOAST values.
-    Tuple {
-        rel: &'a Relation,
-        tuple: &'a TupleData,
-        fallback: Option<&'a TupleData>,
-    },
-    /// A snapshot row: `texts[i]` is the value of column `names[i]`.
-    Texts {
-        names: &'a [&'a str],
-        texts: &'a [Option<&'a str>],
-    },
-}
-
-impl<'a> Row<'a> {
-    /// The text bytes of `col`, `None` for NULL; anything unreadable is a fault.
-    fn get(&self, col: &str) -> Result<Option<&'a [u8]>, Fault> {
-        let missing = || {
-            Fault::new(
-                Reason::MissingColumn,
-                format!("column {col:?} is not in the row"),
-            )
-        };
-        match *self {
-            Row::Tuple {
-                rel,
-                tuple,
-                fallback,
-            } => {
-                let i = rel.column_index(col).ok_or_else(missing)?;
-                let mut v = tuple.get(i).ok_or_else(missing)?;
-                if let (ColumnValue::UnchangedToast, Some(old)) =
-                    (v, fallback.and_then(|f| f.get(i)))
-                {
-                    v = old;
-                }
-                match v {
-                    ColumnValue::Text(b) => Ok(Some(b)),
-                    ColumnValue::Null => Ok(None),
-                    ColumnValue::UnchangedToast => Err(Fault::new(
-                        Reason::UnchangedToast,
-                        format!(
-                            "column {col:?} is an unchanged TOAST value and no full old row \
-                             carries it (set REPLICA IDENTITY FULL on the table)"
-                        ),
-                    )),
-                    ColumnValue::Binary(_) => Err(Fault::new(
-                        Reason::BadValue,
-                        format!("column {col:?} arrived in binary format; walpoints reads text"),
-                    )),
-                }
-            }
-            Row::Texts { names, texts } => {
-                let i = names.iter().position(|n| *n == col).ok_or_else(missing)?;
-                Ok(texts.get(i).ok_or_else(missing)?.map(str::as_bytes))
-            }
-        }
-    }
-
-    fn required(&self, col: &str) -> Result<&'a [u8], Fault> {
-        self.get(col)?
-            .ok_or_else(|| Fault::new(Reason::NullValue, format!("column {col:?} is NULL")))
-    }
-
-    fn opt_string(&self, col: &str) -> Result<Option<String>, Fault> {
-        self.get(col)?
-            .map(|b| {
-                value::text(b)
-                    .map(str::to_owned)
-                    .map_err(|e| bad_value(col, e))
-            })
-            .transpose()
-    }
-
-    fn string(&self, col: &str) -> Result<String, Fault> {
-        let b = self.required(col)?;
-        value::text(b)
-            .map(str::to_owned)
-            .map_err(|e| bad_value(col, e))
-    }
-
-    /// An id or address: a required string of at most [`MAX_KEY_BYTES`].
-    fn key_string(&self, col: &str) -> Result<String, Fault> {
-        check_key_len(col, self.string(col)?)
-    }
-
-    fn opt_decimal(&self, col: &str) -> Result<Option<Decimal>, Fault> {
-        self.get(col)?
-            .map(|b| value::numeric(b).map_err(|e| bad_value(col, e)))
-            .transpose()
-    }
-
-    fn decimal(&self, col: &str) -> Result<Decimal, Fault> {
-        value::numeric(self.required(col)?).map_err(|e| bad_value(col, e))
-    }
-
-    fn timestamp(&self, col: &str) -> Result<i64, Fault> {
-        value::timestamp_micros(self.required(col)?).map_err(|e| bad_value(col, e))
-    }
-
-    /// A decimal that must not be negative.
-    fn price(&self, col: &str) -> Result<Decimal, Fault> {
-        let p = self.decimal(col)?;
-        if p.is_sign_negative() && !p.is_zero() {
-            return Err(Fault::new(
-                Reason::NegativePrice,
-                format!("column {col:?}: negative price {p}"),
-            ));
-        }
-        Ok(p)
-    }
-}
-
-/// The key of a deleted row: from the replica-identity key, else the full old row.
-fn key(change: &RowChange, col: &str) -> Result<String, Fault> {
-    let rel = &*change.relation;
-    for tuple in [change.key.as_ref(), change.old.as_ref()]
-        .into_iter()
-        .flatten()
-    {
-        let row = Row::Tuple {
-            rel,
-            tuple,
-            fallback: None,
-        };
-        if let Some(id) = row.opt_string(col)? {
-            return check_key_len(col, id);
-        }
-    }
-    Err(Fault::new(
-        Reason::MissingKey,
-        format!(
-            "delete carries no value for key column {col:?} (the table's replica identity \
-             must include it, or be FULL)"
-        ),
-    ))
-}
-
-/// `value` unless it is longer than [`MAX_KEY_BYTES`].
-fn check_key_len(col: &str, value: String) -> Result<String, Fault> {
-    if value.len() <= MAX_KEY_BYTES {
-        return Ok(value);
-    }
-    Err(Fault::new(
-        Reason::TooLong,
-        format!(
-            "column {col:?}: {} bytes, more than the {MAX_KEY_BYTES} an id or address may have: \
-             {:?}",
-            value.len(),
-            clip(&value, DETAIL_VALUE_CHARS)
-        ),
-    ))
-}
-
-fn reject_change(change: &RowChange, fault: Fault) -> RowRejected {
-    let rel = &*change.relation;
-    RowRejected {
-        table: format!("{}.{}", rel.schema(), rel.name),
-        op: change.op.as_str(),
-        reason: fault.reason,
-        detail: fault.detail,
-        row: row_json(change),
-    }
-}
-
-/// A change's row images as `{"new": {col: text|null}, "old": {...}, "key": {...}}` (only the
-/// parts present, values cut as in [`RowRejected::row`]), so a dead letter raised after mapping
-/// (e.g. by the engine) shows the row the same way as one rejected here.
-pub fn row_json(change: &RowChange) -> Json {
-    let rel = &*change.relation;
-    let mut row = Map::new();
-    for (part, tuple) in [
-        ("new", &change.new),
-        ("old", &change.old),
-        ("key", &change.key),
-    ] {
-        if let Some(t) = tuple {
-            row.insert(part.to_owned(), tuple_json(rel, t));
-        }
-    }
-    Json::Object(row)
-}
-
-/// A tuple as `{column: text|null}`; values past the relation's columns are named `$<index>`.
-fn tuple_json(rel: &Relation, tuple: &TupleData) -> Json {
-    let mut m = Map::new();
-    for (i, v) in tuple.iter().enumerate() {
-        let name = rel
-            .columns
-            .get(i)
-            .map_or_else(|| format!("${i}"), |c| c.name.clone());
-        let v = match v {
-            ColumnValue::Null => Json::Null,
-            ColumnValue::Text(b) => Json::String(clip_bytes(b, ROW_VALUE_CHARS)),
-            ColumnValue::UnchangedToast => json!({ "unchanged_toast": true }),
-            ColumnValue::Binary(b) => json!({ "binary_bytes": b.len() }),
-        };
-        m.insert(name, v);
-    }
-    Json::Object(m)
-}
-
-/// At most `max` characters of `s`, with `…` appended when cut.
-fn clip(s: &str, max: usize) -> Cow<'_, str> {
-    match s.char_indices().nth(max) {
-        Some((end, _)) => Cow::Owned(format!("{}…", &s[..end])),
-        None => Cow::Borrowed(s),
-    }
-}
-
-/// Like [`clip`] for bytes that should be UTF-8; decodes only a bounded prefix (at most 4 bytes
-/// per kept character, so a cut can only split a character beyond the kept ones).
-fn clip_bytes(b: &[u8], max: usize) -> String {
-    let head = b.get(..max.saturating_mul(4)).unwrap_or(b);
-    let lossy = String::from_utf8_lossy(head);
-    match lossy.char_indices().nth(max) {
-        Some((end, _)) => format!("{}…", &lossy[..end]),
-        None if head.len() < b.len() => format!("{lossy}…"),
-        None => lossy.into_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -711,7 +428,8 @@ mod tests {
 
     use super::*;
     use crate::lsn::Lsn;
-    use crate::pgoutput::{Column, ReplicaIdentity};
+    use crate::pgoutput::{Column, ColumnValue, ReplicaIdentity, TupleData};
+    use crate::value;
 
     const TRADE_COLS: &str = "id symbol price amount taker_address maker_address created_at memo";
     const POSITION_COLS: &str = "id user_address symbol size entry_price status realized_pnl";
@@ -1249,10 +967,6 @@ mod tests {
         let r = rejected(&m, &insert(&positions_rel(), row));
         assert_eq!(r.reason.as_str(), "unknown_status");
         assert!(r.detail.len() < 400, "{}", r.detail.len());
-        // Invalid UTF-8 is rendered lossily; a short value is kept whole.
-        assert_eq!(clip_bytes(b"ab\xff", 10), "ab\u{fffd}");
-        assert_eq!(clip_bytes(b"abcd", 4), "abcd");
-        assert_eq!(clip_bytes(b"abcde", 4), "abcd…");
         assert_eq!(clip("héllo", 2), "hé…");
     }
 
