@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::ConnUrl;
 use crate::pg::{ReplicationSource, StreamEvent};
 use crate::store::{Store, StoreError};
 use crate::telemetry::{Phase, Telemetry};
@@ -51,7 +51,8 @@ pub(super) enum Held {
 /// ends the stream) the session is released at once rather than holding the shutdown. It is
 /// released too after [`MAX_HOLD`], for a standby's sake.
 pub(super) async fn wait_for_store(
-    config: &Config,
+    store_url: &ConnUrl,
+    source_id: &str,
     stop: &mut watch::Receiver<bool>,
     telemetry: &Telemetry,
     source: &mut ReplicationSource,
@@ -97,7 +98,7 @@ pub(super) async fn wait_for_store(
             }
         }
         let probe = async {
-            let store = Store::connect(&config.store_url(), &config.source.id, false).await?;
+            let store = Store::connect(store_url, source_id, false).await?;
             store.checkpoint().await.map(|_| ())
         };
         match tokio::time::timeout(STORE_PROBE_TIMEOUT, probe).await {

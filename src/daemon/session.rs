@@ -172,7 +172,15 @@ async fn end(
             Ok(Ended::Stopped)
         }
         Err(BatchError::Store(e)) if e.is_transient() && !same_server(config) => {
-            let held = outage::wait_for_store(config, &mut stop, telemetry, &mut source, &e).await;
+            let held = outage::wait_for_store(
+                &config.store_url(),
+                &config.source.id,
+                &mut stop,
+                telemetry,
+                &mut source,
+                &e,
+            )
+            .await;
             // The evaluator's state ran ahead of the store, and the source has streamed past
             // the checkpoint: both start over from the store.
             drop(source);
