@@ -3,7 +3,7 @@
 //! a statement timeout.
 //!
 //! deadpool's generic managed pool is used rather than deadpool-postgres' manager because the
-//! latter builds connections with its own TLS connector, which would bypass pgconn's `sslmode`
+//! latter builds connections with its own TLS connector, which would bypass pg::connect's `sslmode`
 //! rules.
 
 use std::time::Duration;

@@ -1,7 +1,7 @@
-//! The store writer: writes batches while the pipeline already decodes and evaluates the next
+//! The store writer: writes batches while the batch loop already decodes and evaluates the next
 //! ones, so the store's CPU (the daemon's bottleneck) never waits for walpoints' own.
 //!
-//! The pipeline sends jobs in stream order over a bounded channel (backpressure keeps memory
+//! The batch loop sends jobs in stream order over a bounded channel (backpressure keeps memory
 //! bounded): [`Job::Part`]s of a batch's ledger rows, awards and dead letters as they
 //! accumulate, [`Job::Lookup`]s of trade awards, and finally the batch's [`Seal`] with its
 //! totals, rule state and end LSN. The writer opens one store transaction per batch at its
@@ -20,8 +20,8 @@ use super::{Batch, Store, StoreError};
 use crate::lsn::Lsn;
 use crate::points::Award;
 
-/// Jobs the pipeline may queue ahead of the writer. While the writer commits one batch, the
-/// next can only grow by this many parts (of the pipeline's `PART_ROWS` rows, a few MB each):
+/// Jobs the batch loop may queue ahead of the writer. While the writer commits one batch, the
+/// next can only grow by this many parts (of the batch loop's `PART_ROWS` rows, a few MB each):
 /// 8 lets a backlog batch reach ~10,000 trades, amortising the per-user upserts, for ~25 MB.
 const QUEUE: usize = 8;
 
@@ -34,7 +34,7 @@ enum Job {
     /// The rest of the batch; then commit.
     Seal(Box<Seal>),
     /// Nothing is open or in flight and the server has sent everything before this LSN:
-    /// move the checkpoint there alone, then commit (see `Pipeline::stream`).
+    /// move the checkpoint there alone, then commit (rule 5 of the batch loop).
     Idle(Lsn),
 }
 
@@ -55,7 +55,7 @@ pub struct Seal {
     pub rules_version: String,
 }
 
-/// The pipeline's end of the writer: queue parts, lookups and seals.
+/// The batch loop's end of the writer: queue parts, lookups and seals.
 #[derive(Debug, Clone)]
 pub struct StoreWriter {
     jobs: mpsc::Sender<Job>,
@@ -78,7 +78,7 @@ impl std::fmt::Debug for Job {
 }
 
 impl StoreWriter {
-    /// A writer queue: the pipeline keeps the [`StoreWriter`], [`write_batches`] drains the
+    /// A writer queue: the batch loop keeps the [`StoreWriter`], [`write_batches`] drains the
     /// [`WriterJobs`].
     pub fn channel() -> (StoreWriter, WriterJobs) {
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -155,7 +155,7 @@ pub async fn write_batches(
                     .await?;
                     tx.commit().await?;
                     from = seal.end_lsn;
-                    // The pipeline may have stopped listening (it is stopping); nothing to do.
+                    // The batch loop may have stopped listening (it is stopping); nothing to do.
                     let _ = committed.send(from);
                     break;
                 }
@@ -169,7 +169,7 @@ pub async fn write_batches(
             }
             match queue.jobs.recv().await {
                 Some(next) => job = next,
-                // The pipeline went away mid-batch: dropping the transaction rolls it back.
+                // The batch loop went away mid-batch: dropping the transaction rolls it back.
                 None => return Ok(()),
             }
         }
