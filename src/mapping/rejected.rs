@@ -21,7 +21,7 @@ pub(super) const ROW_VALUE_CHARS: usize = 1_000;
 pub struct RowRejected {
     /// The table, as `schema.name`.
     pub table: String,
-    /// The operation ([`Op::as_str`]).
+    /// The operation ([`crate::changes::Op::as_str`]).
     pub op: &'static str,
     /// Why (see [`Reason`]).
     pub reason: Reason,

@@ -2,7 +2,7 @@
 //! heartbeat, the API's pool.
 //!
 //! The change stream has its own connection ([`super::replication`]); everything else walpoints
-//! says to a server goes through [`connect`], with libpq's `sslmode` ([`super::tls`]) and a
+//! says to a server goes through [`connect`], with libpq's `sslmode` (`tls.rs`) and a
 //! timeout, and every failure comes back as a [`ConnectError`] that says what the caller must
 //! do: [`ConnectError::Unavailable`] retries with backoff, the others stop and tell the
 //! operator. Over a Unix socket there is no TLS, as with libpq. Passwords never appear in an

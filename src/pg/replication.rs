@@ -11,7 +11,7 @@
 //! - every failure is a [`SourceError`] that says whether reconnecting can help.
 //!
 //! Administrative commands (publication, slot, system identifier) run on a session of their
-//! own, [`super::AdminSession`], configured by the same [`replication_config`].
+//! own, [`super::AdminSession`], configured by the same `replication_config`.
 
 use std::collections::VecDeque;
 use std::time::Duration;

@@ -2,31 +2,31 @@
 //! acknowledgement. It holds no business logic ([`Evaluator`] drives the pure core); it decides
 //! when to commit, and keeps the exactly-once rules, each the job of one method of [`BatchLoop`]:
 //!
-//! 1. **Skip what the store has** ([`BatchLoop::on_begin`]): a transaction that commits below
+//! 1. **Skip what the store has** (`BatchLoop::on_begin`): a transaction that commits below
 //!    the checkpoint (its end LSN is then at or below it) is in the store; its changes are
 //!    dropped unread.
-//! 2. **Whole transactions, in commit order** ([`BatchLoop::on_change`],
-//!    [`BatchLoop::on_commit`]): changes are evaluated in the order they come, [`CHUNK`] at a
+//! 2. **Whole transactions, in commit order** (`BatchLoop::on_change`,
+//!    `BatchLoop::on_commit`): changes are evaluated in the order they come, [`CHUNK`] at a
 //!    time (pgoutput's Begin already carries the commit LSN and time, so a transaction of a
 //!    million rows is never held whole), and a transaction joins the open batch only at its
 //!    Commit; a batch ends only between transactions, so on stop the one in progress is
 //!    finished first.
-//! 3. **One store transaction per batch** ([`BatchLoop::seal`]): the batch's ledger rows,
+//! 3. **One store transaction per batch** (`BatchLoop::seal`): the batch's ledger rows,
 //!    totals, rule state, awards, dead letters and its end LSN as the new checkpoint are
 //!    committed together by the store writer. Rows go ahead in parts of [`PART_ROWS`] into the
-//!    batch's still-open store transaction ([`BatchLoop::send_part`]), so memory stays bounded
+//!    batch's still-open store transaction (`BatchLoop::send_part`), so memory stays bounded
 //!    whatever the batch's size; a batch is still all or nothing.
-//! 4. **Acknowledge only what is committed** ([`BatchLoop::on_committed`]): the slot hears an
+//! 4. **Acknowledge only what is committed** (`BatchLoop::on_committed`): the slot hears an
 //!    LSN only after the writer reported its commit, and only then is the batch reported to
 //!    the [`BatchObserver`].
-//! 5. **An idle stream confirms what the server sent** ([`BatchLoop::on_idle`]): with nothing
+//! 5. **An idle stream confirms what the server sent** (`BatchLoop::on_idle`): with nothing
 //!    open or in flight, the checkpoint moves to the server's sent position (a store write of
 //!    that LSN alone) and is acknowledged: at once when the server asks for a reply, else at
 //!    most every [`IDLE_ADVANCE_EVERY`]. PostgreSQL's shutdown waits until every walsender's
 //!    client has confirmed all it was sent; a consumer that confirms only its own
 //!    transactions would hold a fast shutdown forever.
 //!
-//! A batch closes ([`BatchLoop::ready_to_seal`]) when it holds `max_changes` row changes, when
+//! A batch closes (`BatchLoop::ready_to_seal`) when it holds `max_changes` row changes, when
 //! the store has committed everything before it and its first transaction is `max_delay` old
 //! (under a light load each transaction is visible as soon as the store can commit it; under a
 //! backlog batches grow while the store is busy, amortising the per-user writes), or on stop.
