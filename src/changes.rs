@@ -26,6 +26,19 @@ pub enum Op {
 }
 
 impl Op {
+    /// Every operation, in the order per-operation counts are kept.
+    pub const ALL: [Op; 4] = [Op::Insert, Op::Update, Op::Delete, Op::Truncate];
+
+    /// The position of this operation in [`Op::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Op::Insert => 0,
+            Op::Update => 1,
+            Op::Delete => 2,
+            Op::Truncate => 3,
+        }
+    }
+
     /// The lowercase name used in `tail` output and metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -103,6 +116,18 @@ impl Transaction {
             commit_time: begin.commit_time,
             changes: Vec::new(),
             messages: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_indexes_match_all() {
+        for (i, op) in Op::ALL.into_iter().enumerate() {
+            assert_eq!(op.index(), i, "{}", op.as_str());
         }
     }
 }

@@ -57,7 +57,8 @@ impl TableKind {
         }
     }
 
-    fn index(self) -> usize {
+    /// The position of this table in [`TableKind::ALL`], for per-table counts kept in arrays.
+    pub fn index(self) -> usize {
         match self {
             TableKind::Trades => 0,
             TableKind::Positions => 1,
@@ -579,6 +580,13 @@ mod tests {
         let r = rejected(m, &c);
         assert_eq!((r.reason.as_str(), r.op), (reason, c.op.as_str()), "{r}");
         assert!(r.detail.contains(detail), "{r}");
+    }
+
+    #[test]
+    fn table_indexes_match_all() {
+        for (i, table) in TableKind::ALL.into_iter().enumerate() {
+            assert_eq!(table.index(), i, "{}", table.as_str());
+        }
     }
 
     #[test]

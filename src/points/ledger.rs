@@ -71,6 +71,19 @@ impl EntryKind {
     pub fn is_referral(self) -> bool {
         matches!(self, EntryKind::ReferralL1 | EntryKind::ReferralL2)
     }
+
+    /// The position of this kind in [`EntryKind::ALL`], for per-kind sums kept in arrays on
+    /// the hot path.
+    pub fn index(self) -> usize {
+        match self {
+            EntryKind::TradingTaker => 0,
+            EntryKind::TradingMaker => 1,
+            EntryKind::ReferralL1 => 2,
+            EntryKind::ReferralL2 => 3,
+            EntryKind::Holding => 4,
+            EntryKind::Pnl => 5,
+        }
+    }
 }
 
 /// One row of the points ledger, carrying every input that produced it so
@@ -216,8 +229,9 @@ mod tests {
     }
 
     #[test]
-    fn kind_names_match_serde() {
-        for k in EntryKind::ALL {
+    fn kind_names_match_serde_and_indexes_match_all() {
+        for (i, k) in EntryKind::ALL.into_iter().enumerate() {
+            assert_eq!(k.index(), i);
             assert_eq!(
                 serde_json::to_string(&k).unwrap(),
                 format!("\"{}\"", k.as_str())

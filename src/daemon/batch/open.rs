@@ -78,10 +78,10 @@ impl OpenBatch {
 /// Counts of one batch for the observer, collected as it is built.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Tally {
-    /// Row changes by (table, op).
-    changes: BTreeMap<(TableKind, Op), u64>,
-    /// (awarded, reversed) points by entry kind.
-    points: BTreeMap<EntryKind, (Decimal, Decimal)>,
+    /// Row changes by [`TableKind::index`] and [`Op::index`].
+    changes: [[u64; Op::ALL.len()]; TableKind::ALL.len()],
+    /// (awarded, reversed) points by [`EntryKind::index`].
+    points: [(Decimal, Decimal); EntryKind::ALL.len()],
     pub(super) counters: Counters,
     /// Dead letters by reason (they may have gone to the store in parts already).
     dead: BTreeMap<Reason, u64>,
@@ -89,11 +89,11 @@ pub(super) struct Tally {
 
 impl Tally {
     pub(super) fn change(&mut self, table: TableKind, op: Op) {
-        *self.changes.entry((table, op)).or_default() += 1;
+        self.changes[table.index()][op.index()] += 1;
     }
 
     fn points(&mut self, kind: EntryKind, points: Decimal) {
-        let (plus, minus) = self.points.entry(kind).or_default();
+        let (plus, minus) = &mut self.points[kind.index()];
         if points.is_sign_negative() {
             *minus -= points;
         } else {
@@ -108,16 +108,17 @@ impl Tally {
             commit_time,
             transactions: open.transactions,
             changes: open.changes,
-            changes_by: self
-                .changes
-                .iter()
-                .map(|(&(t, op), &n)| (t, op, n))
+            changes_by: TableKind::ALL
+                .into_iter()
+                .flat_map(|t| Op::ALL.into_iter().map(move |op| (t, op)))
+                .map(|(t, op)| (t, op, self.changes[t.index()][op.index()]))
+                .filter(|&(_, _, n)| n > 0)
                 .collect(),
             // Every kind, zeros too, so each kind's series exists from the first batch on.
             points: EntryKind::ALL
                 .into_iter()
                 .map(|k| {
-                    let (plus, minus) = self.points.get(&k).copied().unwrap_or_default();
+                    let (plus, minus) = self.points[k.index()];
                     (k, plus, minus)
                 })
                 .collect(),
