@@ -2,15 +2,13 @@
 //! ledger the points rules predict, totals equal the ledger's sums, bad rows are dead-lettered
 //! without stopping the stream, and a clean stop and restart writes nothing twice.
 
-mod support;
-
 use std::time::Duration;
 
 use rust_decimal::Decimal;
 use walpoints::points::RuleSet;
 
-use support::daemon::{fence, reference_ledger, reference_slot, Walpoints};
-use support::TestDb;
+use crate::support::daemon::{fence, reference_ledger, reference_slot, Walpoints};
+use crate::support::TestDb;
 
 async fn points_of(
     store: &tokio_postgres::Client,

@@ -4,16 +4,14 @@
 //! Each test has a cluster of its own (unless `WALPOINTS_TEST_PG_URL` names a shared server,
 //! hence the distinct source ids).
 
-mod support;
-
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use walpoints::testing::PgCluster;
 
-use support::daemon::{fence, Walpoints};
-use support::{assert_mentions, connect, wait_failed, with_db, TestDb};
+use crate::support::daemon::{fence, Walpoints};
+use crate::support::{assert_mentions, connect, wait_failed, with_db, TestDb};
 
 /// Runs `cmd` to completion, killing it (by its own pid) and failing the test if it takes
 /// longer than `timeout`: a check that does not fire would otherwise leave `run` streaming.

@@ -4,18 +4,17 @@
 //! end with the same ledger as an undisturbed run over the same WAL: nothing lost, nothing
 //! counted twice. Connection faults and the other kills are in `tests/faults.rs`.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use walpoints::points::RuleSet;
 use walpoints::testing::StopMode;
 
-use support::daemon::{
+use crate::support::daemon::{
     assert_same_ledger, fence, reference_ledger, reference_slot, workload, Walpoints,
 };
-use support::workload::{assert_each_trade_once, assert_same_as_undisturbed, Lcg};
-use support::TestDb;
+use crate::support::rng::Lcg;
+use crate::support::workload::{assert_each_trade_once, assert_same_as_undisturbed};
+use crate::support::{eventually, TestDb};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_at_five_random_moments_changes_nothing_in_the_ledger() {
@@ -37,7 +36,7 @@ async fn sigkill_at_five_random_moments_changes_nothing_in_the_ledger() {
         // Each kill lands while the daemon makes progress (however loaded the machine), not
         // in a row of restarts that never get to commit.
         let before = last;
-        support::eventually(
+        eventually(
             "the killed daemon to commit",
             Duration::from_secs(120),
             || async { writer.is_finished() || killed.checkpoint().await > before },

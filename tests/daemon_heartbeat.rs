@@ -3,15 +3,13 @@
 //! the point where the load began, so the slot pins no WAL. Without the heartbeat the slot
 //! stays where it was under the same load, which is why the heartbeat exists.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use tokio_postgres::types::PgLsn;
 use walpoints::lsn::Lsn;
 
-use support::daemon::Walpoints;
-use support::TestDb;
+use crate::support::daemon::Walpoints;
+use crate::support::TestDb;
 
 /// The slot's (confirmed_flush_lsn, restart_lsn).
 async fn slot_position(client: &tokio_postgres::Client, slot: &str) -> (Lsn, Lsn) {

@@ -3,14 +3,12 @@
 //! snapshot, and the stream starts exactly where the snapshot ends: a writer committing trades
 //! throughout `setup` has each one awarded exactly once.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::daemon::{fence, Walpoints};
-use support::{connect, TestDb};
+use crate::support::daemon::{fence, Walpoints};
+use crate::support::{connect, TestDb};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_from_before_setup_are_in_the_snapshot_and_nothing_is_missed_or_doubled() {

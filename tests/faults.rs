@@ -5,8 +5,6 @@
 //! duplicate. While the store is away, the replication session stays open (same walsender,
 //! no `wal_sender_timeout`) and acknowledges nothing the store does not have.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use tokio_postgres::types::PgLsn;
@@ -14,13 +12,14 @@ use walpoints::lsn::Lsn;
 use walpoints::points::RuleSet;
 use walpoints::testing::PgCluster;
 
-use support::daemon::{
+use crate::support::daemon::{
     assert_same_ledger, fence, reference_ledger, reference_slot, workload, Walpoints,
 };
-use support::http::{get_json, http_addr};
-use support::proxy::Proxy;
-use support::workload::{assert_each_trade_once, assert_same_as_undisturbed, Lcg};
-use support::{connect, eventually, Running, TestDb};
+use crate::support::http::{get_json, http_addr};
+use crate::support::proxy::Proxy;
+use crate::support::rng::Lcg;
+use crate::support::workload::{assert_each_trade_once, assert_same_as_undisturbed};
+use crate::support::{connect, eventually, Running, TestDb};
 
 /// Short enough that a fault test sees the server give up on a silent client, long enough that
 /// a loaded machine does not trip it on a healthy one.

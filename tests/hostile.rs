@@ -8,16 +8,16 @@
 //! table allows. Where the rules accept a row, the store's ledger is compared field by field
 //! with the pure library replaying the same WAL (`reference_ledger`).
 
-mod support;
-
 use std::io::Write;
 use std::time::Duration;
 
 use walpoints::points::RuleSet;
 
-use support::daemon::{assert_same_ledger, fence, reference_ledger, reference_slot, Walpoints};
-use support::http::{get, http_addr};
-use support::{assert_mentions, eventually, wait_failed, Running, TestDb};
+use crate::support::daemon::{
+    assert_same_ledger, fence, reference_ledger, reference_slot, Walpoints,
+};
+use crate::support::http::{get, http_addr};
+use crate::support::{assert_mentions, eventually, wait_failed, Running, TestDb};
 
 /// Generous: two cores are shared by several test runs.
 const CATCH_UP: Duration = Duration::from_secs(90);

@@ -3,17 +3,15 @@
 //! takes over when the first dies, with the ledger of an undisturbed run; SIGTERM ends a
 //! waiting standby at once; `run --no-standby` refuses instead, naming the running instance.
 
-mod support;
-
 use std::time::Duration;
 
 use walpoints::points::RuleSet;
 
-use support::daemon::{
+use crate::support::daemon::{
     assert_same_ledger, fence, reference_ledger, reference_slot, workload, Walpoints,
 };
-use support::http::{get_json, http_addr};
-use support::{Running, TestDb};
+use crate::support::http::{get_json, http_addr};
+use crate::support::{Running, TestDb};
 
 /// What `walpoints status --json` says runs the source (the holder of its lock in the store).
 fn instance(wp: &Walpoints<'_>) -> serde_json::Value {

@@ -2,8 +2,6 @@
 //! counters match the store after a workload; `/healthz` answers while the process lives;
 //! `/readyz` turns 503 when the source PostgreSQL stops and 200 again when it returns.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -12,9 +10,9 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use walpoints::testing::StopMode;
 
-use support::daemon::{fence, Walpoints};
-use support::http::{get, get_json, http_addr};
-use support::{eventually, TestDb};
+use crate::support::daemon::{fence, Walpoints};
+use crate::support::http::{get, get_json, http_addr};
+use crate::support::{eventually, TestDb};
 
 fn with_http<'a>(wp: Walpoints<'a>) -> Walpoints<'a> {
     wp.env("WALPOINTS_HTTP_LISTEN", "127.0.0.1:0")

@@ -3,14 +3,12 @@
 
 use std::path::PathBuf;
 
-mod support;
-
 use walpoints::config::ConnUrl;
 use walpoints::pg::connect::{connect, is_transient, ConnectError};
 use walpoints::testing::PgCluster;
 
-use support::serve_tls;
-use support::tls::certificates;
+use crate::support::serve_tls;
+use crate::support::tls::certificates;
 
 /// The password of the role `pw` (scram-sha-256); it must never show in an error.
 const PASSWORD: &str = "Sekr3t-do-not-print";

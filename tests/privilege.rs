@@ -3,16 +3,14 @@
 //! with the ledger of the pure engine; that role cannot write the business tables; and the
 //! store needs a role of its own with no access to the source at all.
 
-mod support;
-
 use std::time::Duration;
 
 use walpoints::points::RuleSet;
 
-use support::daemon::{
+use crate::support::daemon::{
     assert_same_ledger, fence, reference_ledger, reference_slot, workload, Walpoints,
 };
-use support::{connect, with_db, TestDb};
+use crate::support::{connect, with_db, TestDb};
 
 /// The walpoints role's password; SCRAM-SHA-256 (the server's default password_encryption).
 const PASSWORD: &str = "least-Pr1v-pw";

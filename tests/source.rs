@@ -2,8 +2,6 @@
 //! transactions in commit order, acknowledgement only on the caller's word, and feedback that
 //! keeps flowing while the caller is busy.
 
-mod support;
-
 use std::time::Duration;
 
 use walpoints::changes::Op;
@@ -11,7 +9,7 @@ use walpoints::config::ConnUrl;
 use walpoints::lsn::Lsn;
 use walpoints::pg::{AdminSession, ReplicationSource, SourceError, SourceOptions};
 
-use support::TestDb;
+use crate::support::{eventually, TestDb};
 
 async fn confirmed_flush(client: &tokio_postgres::Client, slot: &str) -> Option<Lsn> {
     let row = client
@@ -114,7 +112,7 @@ async fn transactions_arrive_whole_in_commit_order_and_ack_moves_the_slot() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(confirmed_flush(&client, "wp_slot").await, Some(consistent));
     source.ack(t2.end_lsn);
-    support::eventually(
+    eventually(
         "the slot to reach the acknowledged LSN",
         Duration::from_secs(10),
         || async { confirmed_flush(&client, "wp_slot").await == Some(t2.end_lsn) },
@@ -138,7 +136,7 @@ async fn transactions_arrive_whole_in_commit_order_and_ack_moves_the_slot() {
     assert_eq!(again.commit_lsn, t3.commit_lsn);
     source.stop().await.unwrap();
 
-    support::eventually(
+    eventually(
         "the slot to be released",
         Duration::from_secs(10),
         || async {

@@ -2,14 +2,12 @@
 //! drops once it runs again, and an exit code that follows the thresholds (a cron or
 //! Kubernetes probe).
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::Value;
 
-use support::daemon::{fence, Walpoints};
-use support::{eventually, TestDb};
+use crate::support::daemon::{fence, Walpoints};
+use crate::support::{eventually, TestDb};
 
 /// `status --json ARGS` → (exit code, the report).
 fn status(wp: &Walpoints<'_>, args: &[&str]) -> (i32, Value) {

@@ -1,11 +1,10 @@
 //! `walpoints tail` against a real PostgreSQL: what the decoder and source see, end to end.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{start_tail, TestDb};
+
+use crate::support::{eventually, start_tail, TestDb};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -358,7 +357,7 @@ async fn own_objects(db: &TestDb) -> (i64, i64) {
 }
 
 async fn assert_nothing_left(db: &TestDb) {
-    support::eventually(
+    eventually(
         "tail's slot and publication to go",
         Duration::from_secs(10),
         || async { own_objects(db).await == (0, 0) },

@@ -1,13 +1,11 @@
 //! The source URL's `sslmode=verify-full`: the change stream runs over TLS with the right CA and
 //! host name, and refuses a wrong CA or a wrong host name.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
-use support::tls::certificates;
-use support::{serve_tls, wait_for_active_tail_slot, Running, TestDb};
+use crate::support::tls::certificates;
+use crate::support::{serve_tls, wait_for_active_tail_slot, Running, TestDb};
 
 /// Installs `name`.crt/.key as the server's certificate and restarts the server.
 /// Serves `name.crt`/`name.key` from `dir`: the role `tls` may only come in over TLS,

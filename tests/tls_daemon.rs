@@ -4,19 +4,17 @@
 //! a certificate error; and the password or the full URL shows nowhere: not in logs (text or
 //! JSON, at debug level), errors, `status` or the HTTP server's answers.
 
-mod support;
-
 use std::process::Output;
 use std::time::Duration;
 
 use walpoints::points::RuleSet;
 
-use support::daemon::{
+use crate::support::daemon::{
     assert_same_ledger, fence, reference_ledger, reference_slot, workload, Walpoints,
 };
-use support::http::{get, http_addr};
-use support::tls::certificates;
-use support::{serve_tls, with_db, Running, TestDb};
+use crate::support::http::{get, http_addr};
+use crate::support::tls::certificates;
+use crate::support::{serve_tls, with_db, Running, TestDb};
 
 /// The role `wp`'s password on both servers: distinctive, so a leak is found by grep.
 const PASSWORD: &str = "S3cr3t-pa55-XYZ";

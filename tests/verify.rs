@@ -3,14 +3,12 @@
 //! tampered with it names the user, the epoch and what differs (exit 1). Each test has a
 //! cluster, a source and a store of its own; verify runs while the daemon streams.
 
-mod support;
-
 use std::io::Write;
 use std::process::Output;
 use std::time::Duration;
 
-use support::daemon::{fence, Walpoints};
-use support::{Running, TestDb};
+use crate::support::daemon::{fence, Walpoints};
+use crate::support::{Running, TestDb};
 
 /// Rules that make the workload exercise every eligibility rule verify recomputes.
 const RULES: &str = "excluded_addresses = [\"0xLIQ\"]\n";

@@ -1,6 +1,5 @@
 //! Shared harness for the integration tests: a throwaway PostgreSQL per test (or the server that
 //! `WALPOINTS_TEST_PG_URL` names), a database of the test's own, and the `walpoints` binary.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -12,6 +11,7 @@ use walpoints::testing::PgCluster;
 pub mod daemon;
 pub mod http;
 pub mod proxy;
+pub mod rng;
 pub mod tls;
 pub mod workload;
 
