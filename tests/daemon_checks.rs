@@ -1,17 +1,15 @@
 //! Every startup check of the daemon fires, with the message that tells the operator what
 //! happened and what to do: a dropped, advanced or invalidated slot, a different cluster, a
 //! missing table or column, `run` before `setup`; TRUNCATE under each policy, and `teardown`.
-//! Each test has a cluster of its own (unless `WALPOINTS_TEST_PG_URL` names a shared server,
-//! hence the distinct source ids).
+//! Each test has a database of its own, on a cluster of its own unless `WALPOINTS_TEST_PG_URL`
+//! names a shared server (hence the distinct source ids).
 
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use walpoints::testing::PgCluster;
-
 use crate::support::daemon::{fence, Walpoints};
-use crate::support::{assert_mentions, connect, wait_failed, with_db, TestDb};
+use crate::support::{assert_mentions, wait_failed, TestDb};
 
 /// Runs `cmd` to completion, killing it (by its own pid) and failing the test if it takes
 /// longer than `timeout`: a check that does not fire would otherwise leave `run` streaming.
@@ -123,29 +121,10 @@ async fn a_slot_confirmed_past_the_checkpoint_refuses_to_run() {
     );
 }
 
-/// A throwaway cluster of the test's own with `extra` settings, whatever
-/// `WALPOINTS_TEST_PG_URL` says: these settings must not touch a shared server.
-async fn own_cluster(name: &str, extra: &[(&str, &str)]) -> TestDb {
-    let cluster = PgCluster::start(extra).expect("start a throwaway PostgreSQL");
-    let admin_url = cluster.url("postgres");
-    let name = format!("{name}_{}", std::process::id());
-    connect(&admin_url)
-        .await
-        .simple_query(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create the test database");
-    let url = with_db(&admin_url, &name);
-    TestDb {
-        cluster: Some(cluster),
-        admin_url,
-        name,
-        url,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_invalidated_slot_refuses_to_run() {
-    let db = own_cluster("chk_slot_lost", &[("max_slot_wal_keep_size", "1MB")]).await;
+    // A cluster of its own: the setting must not touch a shared server.
+    let db = TestDb::own_cluster("chk_slot_lost", &[("max_slot_wal_keep_size", "1MB")]).await;
     db.exchange().await;
     let wp = Walpoints::new(&db, "chk_lost");
     // walpoints streams a while, then is stopped cleanly.

@@ -63,11 +63,8 @@ async fn sigkill_at_five_random_moments_changes_nothing_in_the_ledger() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_source_restart_mid_stream_loses_and_doubles_nothing() {
-    let db = TestDb::new("crash_restart").await;
-    let Some(cluster) = db.cluster.as_ref() else {
-        eprintln!("skipped: WALPOINTS_TEST_PG_URL names a server this test cannot restart");
-        return;
-    };
+    let db = TestDb::own_cluster("crash_restart", &[]).await;
+    let cluster = db.cluster();
     db.exchange().await;
     reference_slot(&db, "wp_ref").await;
     let wp = Walpoints::new(&db, "restart");
@@ -112,11 +109,8 @@ async fn a_store_crash_mid_stream_loses_and_doubles_nothing() {
 /// the source keeps trading, then started again.
 async fn store_restart_mid_stream(mode: StopMode, name: &str) {
     let db = TestDb::new(name).await;
-    let store_db = TestDb::new(&format!("{name}_server")).await;
-    let Some(store_cluster) = store_db.cluster.as_ref() else {
-        eprintln!("skipped: WALPOINTS_TEST_PG_URL names a server this test cannot restart");
-        return;
-    };
+    let store_db = TestDb::own_cluster(&format!("{name}_server"), &[]).await;
+    let store_cluster = store_db.cluster();
     db.exchange().await;
     reference_slot(&db, "wp_ref").await;
     let wp = Walpoints::new(&db, "store_restart").store_on(&store_db);
@@ -145,11 +139,8 @@ async fn store_restart_mid_stream(mode: StopMode, name: &str) {
 /// shutdown; and nothing may be lost or doubled across it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fast_shutdown_of_the_source_is_not_held_up_by_an_idle_walpoints() {
-    let db = TestDb::new("crash_shutdown").await;
-    let Some(cluster) = db.cluster.as_ref() else {
-        eprintln!("skipped: WALPOINTS_TEST_PG_URL names a server this test cannot restart");
-        return;
-    };
+    let db = TestDb::own_cluster("crash_shutdown", &[]).await;
+    let cluster = db.cluster();
     db.exchange().await;
     reference_slot(&db, "wp_ref").await;
     let wp = Walpoints::new(&db, "shutdown");

@@ -126,7 +126,7 @@ async fn faulted_run(db: &TestDb, wp: &Walpoints<'_>, proxy: &Proxy, side: &str)
 
 #[tokio::test(flavor = "multi_thread")]
 async fn source_connection_faults_at_random_moments_lose_and_double_nothing() {
-    let db = TestDb::with_settings(
+    let db = TestDb::own_cluster(
         "fault_source",
         &[("wal_sender_timeout", WAL_SENDER_TIMEOUT)],
     )
@@ -141,7 +141,7 @@ async fn source_connection_faults_at_random_moments_lose_and_double_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn store_connection_faults_at_random_moments_lose_and_double_nothing() {
     let db =
-        TestDb::with_settings("fault_store", &[("wal_sender_timeout", WAL_SENDER_TIMEOUT)]).await;
+        TestDb::own_cluster("fault_store", &[("wal_sender_timeout", WAL_SENDER_TIMEOUT)]).await;
     let store_db = TestDb::new("fault_store_server").await;
     db.exchange().await;
     reference_slot(&db, "wp_ref").await;
@@ -161,11 +161,7 @@ async fn store_outage_holds_the_slot(
     restore: impl Fn(&Proxy),
     expect_in_log: &str,
 ) {
-    let db = TestDb::with_settings(name, &[("wal_sender_timeout", WAL_SENDER_TIMEOUT)]).await;
-    let Some(cluster) = db.cluster.as_ref() else {
-        eprintln!("skipped: WALPOINTS_TEST_PG_URL names a server whose settings this test needs");
-        return;
-    };
+    let db = TestDb::own_cluster(name, &[("wal_sender_timeout", WAL_SENDER_TIMEOUT)]).await;
     let store_db = TestDb::new(&format!("{name}_store")).await;
     db.exchange().await;
     reference_slot(&db, "wp_ref").await;
@@ -216,7 +212,7 @@ async fn store_outage_holds_the_slot(
     restore(&proxy);
     writer.await.unwrap();
     assert_complete(&db, &wp, &running, "wp_ref", 6_000).await;
-    let log = server_log(cluster);
+    let log = server_log(db.cluster());
     assert!(
         !log.contains(REPLICATION_TIMEOUT),
         "the walsender timed out:\n{log}"
@@ -397,11 +393,8 @@ async fn sigkill_during_the_initial_snapshot_then_setup_again_starts_over_cleanl
 /// shutdown; and nothing is lost across both outages.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_source_shutdown_during_a_store_outage_is_not_held_up() {
-    let db = TestDb::new("fault_both").await;
-    let Some(cluster) = db.cluster.as_ref() else {
-        eprintln!("skipped: WALPOINTS_TEST_PG_URL names a server this test cannot restart");
-        return;
-    };
+    let db = TestDb::own_cluster("fault_both", &[]).await;
+    let cluster = db.cluster();
     let store_db = TestDb::new("fault_both_store").await;
     db.exchange().await;
     reference_slot(&db, "wp_ref").await;

@@ -152,14 +152,8 @@ async fn transactions_arrive_whole_in_commit_order_and_ack_moves_the_slot() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_busy_caller_does_not_trip_wal_sender_timeout() {
-    let db = TestDb::new("source_busy").await;
-    if let Some(cluster) = &db.cluster {
-        cluster
-            .configure(&[("wal_sender_timeout", "'3s'")])
-            .unwrap();
-        cluster.stop(walpoints::testing::StopMode::Fast).unwrap();
-        cluster.start_again().unwrap();
-    }
+    // A cluster of its own: the setting must not touch a shared server.
+    let db = TestDb::own_cluster("source_busy", &[("wal_sender_timeout", "'3s'")]).await;
     let client = db.client().await;
     client
         .batch_execute("CREATE TABLE a (id int)")
@@ -195,15 +189,11 @@ async fn a_busy_caller_does_not_trip_wal_sender_timeout() {
             Ok(Some(walpoints::pg::StreamEvent::Change(_))) => changes += 1,
             Ok(Some(walpoints::pg::StreamEvent::Commit(_))) => break,
             Ok(_) => {}
-            Err(e) => panic!("{e}\n{}", db.cluster.as_ref().unwrap().log_tail()),
+            Err(e) => panic!("{e}\n{}", db.cluster().log_tail()),
         }
     }
     assert_eq!(changes, 30_000);
-    let log = db
-        .cluster
-        .as_ref()
-        .map(|c| c.log_tail())
-        .unwrap_or_default();
+    let log = db.cluster().log_tail();
     assert!(
         !log.contains("terminating walsender process due to replication timeout"),
         "{log}"

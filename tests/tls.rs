@@ -22,12 +22,9 @@ fn install_certificate(cluster: &walpoints::testing::PgCluster, dir: &Path, name
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_full_streams_over_tls_and_refuses_wrong_ca_or_host() {
-    if std::env::var_os("WALPOINTS_TEST_PG_URL").is_some() {
-        eprintln!("skipped: needs a cluster of its own to configure TLS");
-        return;
-    }
-    let db = TestDb::new("tls").await;
-    let cluster = db.cluster.as_ref().unwrap();
+    // A cluster of its own to configure TLS on.
+    let db = TestDb::own_cluster("tls", &[]).await;
+    let cluster = db.cluster();
     let dir = tempfile::tempdir().unwrap();
     certificates(
         dir.path(),

@@ -17,27 +17,6 @@ use walpoints::points::{Engine, LedgerEntry, MemoryAwardBook, RuleSet, State, Tx
 use super::{connect, with_db, Running, TestDb};
 
 impl TestDb {
-    /// Another database on the same server (a second exchange shard), created empty.
-    pub async fn sibling(&self, suffix: &str) -> TestDb {
-        let name = format!("{}_{suffix}", self.name);
-        let admin = connect(&self.admin_url).await;
-        for sql in [
-            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            format!("CREATE DATABASE {name}"),
-        ] {
-            admin
-                .simple_query(&sql)
-                .await
-                .expect("create a sibling database");
-        }
-        TestDb {
-            cluster: None,
-            admin_url: self.admin_url.clone(),
-            url: with_db(&self.url, &name),
-            name,
-        }
-    }
-
     /// Creates the seed's business tables in the test database.
     pub async fn exchange(&self) {
         self.client()
