@@ -227,7 +227,10 @@ async fn a_checkpoint_of_another_slot_refuses_to_run() {
     let stderr = fails(&other, &["run"]);
     assert_mentions(
         &stderr,
-        &["set up with the slot \"wp_chk_renamed_slot\"", "wp_other"],
+        &[
+            &format!("set up with the slot \"{}\"", wp.slot()),
+            "wp_other",
+        ],
     );
 }
 

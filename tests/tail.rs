@@ -339,7 +339,8 @@ async fn own_objects(db: &TestDb) -> (i64, i64) {
     let client = db.client().await;
     let slots: i64 = client
         .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'walpoints_tail%'",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'walpoints_tail%' \
+             AND database = current_database()",
             &[],
         )
         .await

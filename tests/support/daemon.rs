@@ -63,13 +63,15 @@ impl<'a> Walpoints<'a> {
 
     /// Keeps the store on another server (`db`'s), in a database named after this source.
     pub fn store_on(mut self, db: &TestDb) -> Self {
-        self.store_url = with_db(&db.url, &format!("store_{}", self.id));
+        let name = format!("{}_store_{}", self.db.name, self.id);
+        self.store_url = with_db(&db.url, &name);
         self
     }
 
-    /// The slot's name.
+    /// The slot's name: slots are the server's, not a database's, so it names the test database
+    /// too (two scenarios on one shared server may use the same source id).
     pub fn slot(&self) -> String {
-        format!("wp_{}", self.id)
+        format!("wp_{}_{}", self.id, self.db.name)
     }
 
     /// Sets (or overrides) an environment variable of every command.
@@ -405,6 +407,11 @@ fn line_of(commit_lsn: Lsn, e: &LedgerEntry) -> String {
     .to_string()
 }
 
+/// The server's name of `db`'s reference slot `name` (slots are the server's, not a database's).
+fn reference_slot_name(db: &TestDb, name: &str) -> String {
+    format!("{name}_{}", db.name)
+}
+
 /// A slot for [`reference_ledger`], created now (so it sees what commits from here on).
 pub async fn reference_slot(db: &TestDb, name: &str) {
     let url: ConnUrl = db.url.parse().unwrap();
@@ -416,7 +423,10 @@ pub async fn reference_slot(db: &TestDb, name: &str) {
         .ensure_publication("wp_ref_pub", &tables)
         .await
         .unwrap();
-    admin.create_slot(name).await.unwrap();
+    admin
+        .create_slot(&reference_slot_name(db, name))
+        .await
+        .unwrap();
 }
 
 /// The ledger the pure library computes from the WAL on `slot` (created before the workload,
@@ -425,7 +435,7 @@ pub async fn reference_ledger(db: &TestDb, slot: &str, rules: RuleSet, until: Ls
     let url: ConnUrl = db.url.parse().unwrap();
     let mut source = ReplicationSource::start(&SourceOptions {
         url,
-        slot: slot.to_owned(),
+        slot: reference_slot_name(db, slot),
         publication: "wp_ref_pub".into(),
         start_lsn: Lsn::ZERO,
         durable_lsn: Lsn::ZERO,

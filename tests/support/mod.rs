@@ -94,6 +94,11 @@ impl TestDb {
         );
         let admin = connect(&admin_url).await;
         for sql in [
+            // An earlier run's slots (on a shared server) would keep its database.
+            format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE database = '{name}' AND NOT active"
+            ),
             format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
             format!("CREATE DATABASE {name}"),
         ] {
