@@ -47,8 +47,9 @@ struct Api {
     _running: Running,
 }
 
+/// Source `api` on `db` (an exchange) with `liq` excluded and its HTTP server on, once the
+/// module's workload is in its store.
 async fn start(db: &TestDb) -> (Walpoints<'_>, Api) {
-    db.exchange().await;
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(config.path(), "excluded_addresses = [\"LIQ\"]\n").unwrap();
     let path = config.into_temp_path().keep().unwrap();
@@ -84,7 +85,7 @@ async fn start(db: &TestDb) -> (Walpoints<'_>, Api) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_endpoint_answers_the_known_workload() {
-    let db = TestDb::new("api_known").await;
+    let db = TestDb::exchange("api_known").await;
     let (wp, api) = start(&db).await;
     let epoch = current_epoch();
     let store = wp.store().await;
@@ -330,7 +331,7 @@ async fn each_endpoint_answers_the_known_workload() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gets_400_with_a_json_error() {
-    let db = TestDb::new("api_bad").await;
+    let db = TestDb::exchange("api_bad").await;
     let (_wp, api) = start(&db).await;
     let long = "a".repeat(200);
     let foreign = hex::encode("B\u{1f}1.0\u{1f}alice");

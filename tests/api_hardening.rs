@@ -198,8 +198,9 @@ async fn send(addr: &str, request: &[u8]) -> Option<u16> {
         .and_then(|code| code.parse().ok())
 }
 
+/// Source `hard` on `db` (an exchange) with its HTTP server on, once 500 trades are in its
+/// store; returns the server's address too.
 async fn start(db: &TestDb) -> (Walpoints<'_>, Running, String) {
-    db.exchange().await;
     let wp = Walpoints::new(db, "hard").env("WALPOINTS_HTTP_LISTEN", "127.0.0.1:0");
     let running = wp.setup_and_stream().await;
     let ex = db.client().await;
@@ -218,7 +219,7 @@ async fn start(db: &TestDb) -> (Walpoints<'_>, Running, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn thousands_of_malformed_requests_get_4xx_and_never_5xx() {
-    let db = TestDb::new("api_hard_fuzz").await;
+    let db = TestDb::exchange("api_hard_fuzz").await;
     let (_wp, mut running, addr) = start(&db).await;
 
     const REQUESTS: usize = 3_000;
@@ -282,7 +283,7 @@ async fn thousands_of_malformed_requests_get_4xx_and_never_5xx() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_and_idle_clients_are_cut_off_and_connections_are_capped() {
-    let db = TestDb::new("api_hard_slow").await;
+    let db = TestDb::exchange("api_hard_slow").await;
     let (_wp, mut running, addr) = start(&db).await;
 
     // A slowloris: half a request head, then silence. The server closes it after the header
@@ -355,7 +356,7 @@ async fn the_server_binds_loopback_by_default_and_changes_nothing() {
     let listen = config.http_listen().expect("the server is on by default");
     assert!(listen.ip().is_loopback(), "{listen}");
 
-    let db = TestDb::new("api_hard_ro").await;
+    let db = TestDb::exchange("api_hard_ro").await;
     let (wp, mut running, addr) = start(&db).await;
     let before = wp.ledger().await;
     for method in ["POST", "PUT", "DELETE", "PATCH"] {

@@ -18,8 +18,7 @@ use crate::support::{eventually, TestDb};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_at_five_random_moments_changes_nothing_in_the_ledger() {
-    let db = TestDb::new("crash_kill").await;
-    db.exchange().await;
+    let db = TestDb::exchange("crash_kill").await;
     let steady = Walpoints::new(&db, "steady");
     let killed = Walpoints::new(&db, "killed");
     steady.setup();
@@ -63,12 +62,10 @@ async fn sigkill_at_five_random_moments_changes_nothing_in_the_ledger() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_source_restart_mid_stream_loses_and_doubles_nothing() {
-    let db = TestDb::own_cluster("crash_restart", &[]).await;
+    let db = TestDb::own_exchange("crash_restart", &[]).await;
     let cluster = db.cluster();
-    db.exchange().await;
     reference_slot(&db, "wp_ref").await;
-    let wp = Walpoints::new(&db, "restart");
-    wp.setup();
+    let wp = Walpoints::set_up(&db, "restart");
     let running = wp.start();
 
     workload(db.url.clone(), 1, 20_000, 200).await;
@@ -108,10 +105,9 @@ async fn a_store_crash_mid_stream_loses_and_doubles_nothing() {
 /// The store, on a server of its own, stopped in `mode` while walpoints drains a backlog and
 /// the source keeps trading, then started again.
 async fn store_restart_mid_stream(mode: StopMode, name: &str) {
-    let db = TestDb::new(name).await;
+    let db = TestDb::exchange(name).await;
     let store_db = TestDb::own_cluster(&format!("{name}_server"), &[]).await;
     let store_cluster = store_db.cluster();
-    db.exchange().await;
     reference_slot(&db, "wp_ref").await;
     let wp = Walpoints::new(&db, "store_restart").store_on(&store_db);
     wp.setup();
@@ -139,9 +135,8 @@ async fn store_restart_mid_stream(mode: StopMode, name: &str) {
 /// shutdown; and nothing may be lost or doubled across it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fast_shutdown_of_the_source_is_not_held_up_by_an_idle_walpoints() {
-    let db = TestDb::own_cluster("crash_shutdown", &[]).await;
+    let db = TestDb::own_exchange("crash_shutdown", &[]).await;
     let cluster = db.cluster();
-    db.exchange().await;
     reference_slot(&db, "wp_ref").await;
     let wp = Walpoints::new(&db, "shutdown");
     let running = wp.setup_and_stream().await;

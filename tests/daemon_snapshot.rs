@@ -12,8 +12,7 @@ use crate::support::{connect, TestDb};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_from_before_setup_are_in_the_snapshot_and_nothing_is_missed_or_doubled() {
-    let db = TestDb::new("snapshot").await;
-    db.exchange().await;
+    let db = TestDb::exchange("snapshot").await;
     let ex = db.client().await;
     ex.batch_execute(
         "INSERT INTO referral_relations VALUES ('0xref1', '0xboss'), ('0xref2', '0xboss');

@@ -44,8 +44,7 @@ fn close(a: f64, b: f64) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_parse_and_match_the_store_after_a_workload() {
-    let db = TestDb::new("http_metrics").await;
-    db.exchange().await;
+    let db = TestDb::exchange("http_metrics").await;
     let wp = with_http(Walpoints::new(&db, "metrics"));
     let running = wp.setup_and_stream().await;
     let addr = http_addr(&running).await;
@@ -240,9 +239,8 @@ async fn metrics_parse_and_match_the_store_after_a_workload() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_fails_while_the_source_is_down_and_recovers() {
-    let db = TestDb::own_cluster("http_ready", &[]).await;
+    let db = TestDb::own_exchange("http_ready", &[]).await;
     let cluster = db.cluster();
-    db.exchange().await;
     let wp = with_http(Walpoints::new(&db, "ready"));
     let running = wp.setup_and_stream().await;
     let addr = http_addr(&running).await;

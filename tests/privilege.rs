@@ -20,7 +20,7 @@ const PASSWORD: &str = "least-Pr1v-pw";
 /// an operator would (the role's password set to [`PASSWORD`]). A cluster of its own, whatever
 /// `WALPOINTS_TEST_PG_URL` says: a shared server's roles and authentication must not change.
 async fn exchange_with_sql_role(name: &str) -> TestDb {
-    let db = TestDb::own_cluster(name, &[]).await;
+    let db = TestDb::own_exchange(name, &[]).await;
     db.cluster()
         .write_data_file(
             "pg_hba.conf",
@@ -29,7 +29,6 @@ async fn exchange_with_sql_role(name: &str) -> TestDb {
             0o600,
         )
         .unwrap();
-    db.exchange().await;
     let admin = db.client().await;
     admin.execute("SELECT pg_reload_conf()", &[]).await.unwrap();
     let role = include_str!("../sql/role.sql").replace("'change-me'", &format!("'{PASSWORD}'"));

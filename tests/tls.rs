@@ -4,8 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::tail::wait_for_active_tail_slot;
 use crate::support::tls::certificates;
-use crate::support::{serve_tls, wait_for_active_tail_slot, Running, TestDb};
+use crate::support::{serve_tls, Running, TestDb};
 
 /// Installs `name`.crt/.key as the server's certificate and restarts the server.
 /// Serves `name.crt`/`name.key` from `dir`: the role `tls` may only come in over TLS,

@@ -14,7 +14,7 @@ use crate::support::daemon::{
 };
 use crate::support::http::{get, http_addr};
 use crate::support::tls::certificates;
-use crate::support::{serve_tls, with_db, Running, TestDb};
+use crate::support::{error_line, serve_tls, with_db, Running, TestDb};
 
 /// The role `wp`'s password on both servers: distinctive, so a leak is found by grep.
 const PASSWORD: &str = "S3cr3t-pa55-XYZ";
@@ -39,7 +39,7 @@ impl Servers {
         let certs = tempfile::tempdir().unwrap();
         certificates(certs.path(), &[("server", "DNS:localhost")]);
         let read = |f: &str| std::fs::read(certs.path().join(f)).unwrap();
-        let source = TestDb::own_cluster(&format!("{name}_src"), &[]).await;
+        let source = TestDb::own_exchange(&format!("{name}_src"), &[]).await;
         let store = TestDb::own_cluster(&format!("{name}_store"), &[]).await;
         for db in [&source, &store] {
             serve_tls(
@@ -50,7 +50,6 @@ impl Servers {
                   host all wp 127.0.0.1/32 reject\nhost all postgres 127.0.0.1/32 trust\n",
             );
         }
-        source.exchange().await;
         source
             .client()
             .await
@@ -148,12 +147,7 @@ fn run_fails(wp: &Walpoints<'_>, env: &[(&str, &str)]) -> String {
     let status = running.wait(Duration::from_secs(60));
     assert!(!status.success(), "run succeeded with {env:?}");
     let stderr = running.wait_for_stderr("walpoints: ", Duration::from_secs(5));
-    stderr
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("walpoints: "))
-        .unwrap()
-        .to_owned()
+    error_line(&stderr).to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,5 +1,5 @@
 //! Driving the walpoints daemon in tests: one source id, slot, publication and store database per
-//! instance, the exchange's seed schema, fences in the WAL, and a reference replay of the same
+//! instance, fences in the WAL, and a reference replay of the same
 //! WAL through the pure library (decoder → mapping → engine in memory) to compare with the store.
 
 use std::process::{Command, Output};
@@ -15,17 +15,6 @@ use walpoints::pg::{AdminSession, ReplicationSource, SourceOptions};
 use walpoints::points::{Engine, LedgerEntry, MemoryAwardBook, RuleSet, State, TxEvents};
 
 use super::{connect, with_db, Running, TestDb};
-
-impl TestDb {
-    /// Creates the seed's business tables in the test database.
-    pub async fn exchange(&self) {
-        self.client()
-            .await
-            .batch_execute(walpoints::testing::EXCHANGE_SCHEMA)
-            .await
-            .expect("create the exchange schema");
-    }
-}
 
 /// One walpoints source on the test database with a store database of its own.
 pub struct Walpoints<'a> {
@@ -53,6 +42,13 @@ impl<'a> Walpoints<'a> {
                 ("WALPOINTS_HTTP_LISTEN".into(), String::new()),
             ],
         }
+    }
+
+    /// A source named `id` on `db` as [`Walpoints::new`] makes it, with `walpoints setup` done.
+    pub fn set_up(db: &'a TestDb, id: &str) -> Walpoints<'a> {
+        let wp = Walpoints::new(db, id);
+        wp.setup();
+        wp
     }
 
     /// Writes into `other`'s store instead of a store of its own (several sources, one store).

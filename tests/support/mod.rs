@@ -1,6 +1,6 @@
 //! Shared harness for the integration tests: a database of the test's own on a throwaway
 //! PostgreSQL (or on the server that `WALPOINTS_TEST_PG_URL` names, for the tests that leave
-//! their server as they found it), and the `walpoints` binary.
+//! their server as they found it), the exchange's seed schema, and the `walpoints` binary.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod http;
 pub mod proxy;
 pub mod rng;
+pub mod tail;
 pub mod tls;
 pub mod workload;
 
@@ -75,6 +76,20 @@ impl TestDb {
         TestDb::create(Server::Own(cluster), admin_url, name).await
     }
 
+    /// [`TestDb::new`] with the exchange's seed schema (`walpoints::testing::EXCHANGE_SCHEMA`).
+    pub async fn exchange(name: &str) -> TestDb {
+        let db = TestDb::new(name).await;
+        db.create_exchange_schema().await;
+        db
+    }
+
+    /// [`TestDb::own_cluster`] with the exchange's seed schema.
+    pub async fn own_exchange(name: &str, settings: &[(&str, &str)]) -> TestDb {
+        let db = TestDb::own_cluster(name, settings).await;
+        db.create_exchange_schema().await;
+        db
+    }
+
     /// Another database on the same server (a second exchange shard), created empty.
     pub async fn sibling(&self, suffix: &str) -> TestDb {
         let name = format!("{}_{suffix}", self.name);
@@ -127,6 +142,15 @@ impl TestDb {
                 self.name
             ),
         }
+    }
+
+    /// Creates the seed's business tables in the test database.
+    pub async fn create_exchange_schema(&self) {
+        self.client()
+            .await
+            .batch_execute(walpoints::testing::EXCHANGE_SCHEMA)
+            .await
+            .expect("create the exchange schema");
     }
 
     /// A SQL session on the test database, in UTC with ISO dates.
@@ -350,32 +374,6 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Waits until a walpoints tail slot is streaming on the test database.
-pub async fn wait_for_active_tail_slot(db: &TestDb) {
-    let client = db.client().await;
-    eventually("tail's slot to become active", Duration::from_secs(30), || async {
-        client
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'walpoints_tail%' AND active AND database = current_database()",
-                &[],
-            )
-            .await
-            .map(|r| r.get::<_, i64>(0) > 0)
-            .unwrap_or(false)
-    })
-    .await;
-}
-
-/// Starts `walpoints tail ARGS` on the test database and waits until its slot streams, so every
-/// change committed afterwards is seen.
-pub async fn start_tail(db: &TestDb, args: &[&str]) -> Running {
-    let mut cmd = db.walpoints();
-    cmd.arg("tail").args(args);
-    let running = Running::spawn(cmd);
-    wait_for_active_tail_slot(db).await;
-    running
 }
 
 /// The error line `main` prints (`walpoints: {error}`), for a tighter assertion than the whole
