@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod rng;
 pub mod tail;
 pub mod tls;
+pub mod totals;
 pub mod workload;
 
 /// A database of the test's own.
