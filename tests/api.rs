@@ -14,16 +14,14 @@
 //!
 //! Totals: alice 15, carol 11.5, bob 5, eve 5, frank 2.5: ranks 1, 2, 3, 3, 5.
 
-mod support;
-
 use std::time::Duration;
 
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
-use support::daemon::{fence, Walpoints};
-use support::http::{get_json, http_addr};
-use support::TestDb;
+use crate::support::daemon::{fence, Walpoints};
+use crate::support::http::{get_json, http_addr, raw};
+use crate::support::{Running, TestDb};
 
 fn dec(v: &Value) -> Decimal {
     v.as_str()
@@ -46,11 +44,12 @@ fn current_epoch() -> u64 {
 
 struct Api {
     addr: String,
-    _running: support::Running,
+    _running: Running,
 }
 
+/// Source `api` on `db` (an exchange) with `liq` excluded and its HTTP server on, once the
+/// module's workload is in its store.
 async fn start(db: &TestDb) -> (Walpoints<'_>, Api) {
-    db.exchange().await;
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(config.path(), "excluded_addresses = [\"LIQ\"]\n").unwrap();
     let path = config.into_temp_path().keep().unwrap();
@@ -86,7 +85,7 @@ async fn start(db: &TestDb) -> (Walpoints<'_>, Api) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_endpoint_answers_the_known_workload() {
-    let db = TestDb::new("api_known").await;
+    let db = TestDb::exchange("api_known").await;
     let (wp, api) = start(&db).await;
     let epoch = current_epoch();
     let store = wp.store().await;
@@ -332,7 +331,7 @@ async fn each_endpoint_answers_the_known_workload() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gets_400_with_a_json_error() {
-    let db = TestDb::new("api_bad").await;
+    let db = TestDb::exchange("api_bad").await;
     let (_wp, api) = start(&db).await;
     let long = "a".repeat(200);
     let foreign = hex::encode("B\u{1f}1.0\u{1f}alice");
@@ -378,7 +377,7 @@ async fn bad_input_gets_400_with_a_json_error() {
     let (status, body) = get_json(&api.addr, "/v1/nothing").await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
     // The API is read-only: writes are refused whatever the path.
-    let (status, _) = support::http::raw(
+    let (status, _) = raw(
         &api.addr,
         format!(
             "POST /v1/leaderboard HTTP/1.1\r\nHost: {}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}",

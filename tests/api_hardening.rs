@@ -3,45 +3,15 @@
 //! never a 5xx; a client that trickles its request head is cut off; a flood of idle connections
 //! is capped; and through all of it the daemon stays up and keeps answering real requests.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use support::daemon::{fence, Walpoints};
-use support::http::{get, http_addr};
-use support::TestDb;
-
-/// A small deterministic generator, so a failing run can be repeated from its printed seed.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 33) % n as u64) as usize
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
-    }
-
-    /// 1 to `max` pieces drawn from `alphabet`.
-    fn text(&mut self, alphabet: &[&str], max: usize) -> String {
-        let len = 1 + self.below(max);
-        (0..len).map(|_| self.pick(alphabet)).collect()
-    }
-
-    /// 1 to `max` random bytes.
-    fn bytes(&mut self, max: usize) -> Vec<u8> {
-        let len = 1 + self.below(max);
-        (0..len).map(|_| self.below(256) as u8).collect()
-    }
-}
+use crate::support::daemon::{fence, Walpoints};
+use crate::support::http::{get, http_addr};
+use crate::support::rng::Lcg;
+use crate::support::{Running, TestDb};
 
 /// Pieces of URLs that parsers trip on: escapes (valid, invalid, NUL, non-UTF-8), dots,
 /// slashes, separators, non-ASCII.
@@ -89,7 +59,7 @@ fn forged_cursor(rng: &mut Lcg) -> String {
         &["B"],
         &[""],
     ];
-    let chosen = parts[rng.below(parts.len())];
+    let chosen = parts[rng.index(parts.len())];
     hex::encode(chosen.join("\u{1f}"))
 }
 
@@ -109,8 +79,8 @@ fn malformed(rng: &mut Lcg, kind: usize, host: &str) -> (Vec<u8>, bool) {
         }
         // Malformed addresses.
         1 => {
-            let address = match rng.below(4) {
-                0 => "a".repeat(129 + rng.below(2000)),
+            let address = match rng.index(4) {
+                0 => "a".repeat(129 + rng.index(2000)),
                 1 => format!(
                     "0x{}",
                     rng.pick(&["%00", "%20", "%ff", "%0a", "%09", "%7f"])
@@ -132,7 +102,7 @@ fn malformed(rng: &mut Lcg, kind: usize, host: &str) -> (Vec<u8>, bool) {
                 "/v1/users/0xabc",
                 "/v1/epochs",
             ]);
-            let query = match rng.below(6) {
+            let query = match rng.index(6) {
                 0 => format!("{}={}", rng.text(URL_BITS, 8), rng.pick(BAD_VALUES)),
                 1 => "limit=1&limit=2".to_owned(),
                 2 => format!("epoch={}", rng.pick(BAD_VALUES)),
@@ -141,7 +111,7 @@ fn malformed(rng: &mut Lcg, kind: usize, host: &str) -> (Vec<u8>, bool) {
                     format!("limit={}", rng.pick(&["0", value]))
                 }
                 4 => format!("cursor={}", forged_cursor(rng)),
-                _ => format!("cursor={}", "ab".repeat(1100 + rng.below(500))),
+                _ => format!("cursor={}", "ab".repeat(1100 + rng.index(500))),
             };
             // /v1/epochs and /v1/users/{address} take no limit or cursor: also a 400.
             (req("GET", &format!("{route}?{query}"), ""), false)
@@ -162,10 +132,10 @@ fn malformed(rng: &mut Lcg, kind: usize, host: &str) -> (Vec<u8>, bool) {
         }
         // Heads too large: one long header, or very many.
         4 => {
-            let extra = if rng.below(2) == 0 {
-                format!("X-Long: {}\r\n", "v".repeat(MAX_HEAD + rng.below(MAX_HEAD)))
+            let extra = if rng.index(2) == 0 {
+                format!("X-Long: {}\r\n", "v".repeat(MAX_HEAD + rng.index(MAX_HEAD)))
             } else {
-                (0..120 + rng.below(400))
+                (0..120 + rng.index(400))
                     .map(|i| format!("X-H{i}: {i}\r\n"))
                     .collect()
             };
@@ -173,8 +143,8 @@ fn malformed(rng: &mut Lcg, kind: usize, host: &str) -> (Vec<u8>, bool) {
         }
         // Bodies: declared too large, or a chunked body with broken framing.
         5 => {
-            let extra = match rng.below(3) {
-                0 => format!("Content-Length: {}\r\n", 2_000 + rng.below(1 << 30)),
+            let extra = match rng.index(3) {
+                0 => format!("Content-Length: {}\r\n", 2_000 + rng.index(1 << 30)),
                 1 => "Content-Length: nope\r\n".to_owned(),
                 _ => "Transfer-Encoding: chunked\r\n".to_owned(),
             };
@@ -184,7 +154,7 @@ fn malformed(rng: &mut Lcg, kind: usize, host: &str) -> (Vec<u8>, bool) {
         }
         // A long request target.
         6 => {
-            let target = format!("/v1/users/{}", "a".repeat(MAX_HEAD + rng.below(4096)));
+            let target = format!("/v1/users/{}", "a".repeat(MAX_HEAD + rng.index(4096)));
             (req("GET", &target, ""), false)
         }
         // Header names and values that are not HTTP.
@@ -228,8 +198,9 @@ async fn send(addr: &str, request: &[u8]) -> Option<u16> {
         .and_then(|code| code.parse().ok())
 }
 
-async fn start(db: &TestDb) -> (Walpoints<'_>, support::Running, String) {
-    db.exchange().await;
+/// Source `hard` on `db` (an exchange) with its HTTP server on, once 500 trades are in its
+/// store; returns the server's address too.
+async fn start(db: &TestDb) -> (Walpoints<'_>, Running, String) {
     let wp = Walpoints::new(db, "hard").env("WALPOINTS_HTTP_LISTEN", "127.0.0.1:0");
     let running = wp.setup_and_stream().await;
     let ex = db.client().await;
@@ -248,13 +219,13 @@ async fn start(db: &TestDb) -> (Walpoints<'_>, support::Running, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn thousands_of_malformed_requests_get_4xx_and_never_5xx() {
-    let db = TestDb::new("api_hard_fuzz").await;
+    let db = TestDb::exchange("api_hard_fuzz").await;
     let (_wp, mut running, addr) = start(&db).await;
-    let seed = support::workload::Lcg::seeded("requests").0;
 
     const REQUESTS: usize = 3_000;
     const PARALLEL: usize = 16;
-    let mut rng = Lcg(seed);
+    let mut rng = Lcg::seeded("requests");
+    let seed = rng.0;
     let requests: Vec<(usize, Vec<u8>, bool)> = (0..REQUESTS)
         .map(|i| {
             let kind = i % KINDS;
@@ -312,7 +283,7 @@ async fn thousands_of_malformed_requests_get_4xx_and_never_5xx() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_and_idle_clients_are_cut_off_and_connections_are_capped() {
-    let db = TestDb::new("api_hard_slow").await;
+    let db = TestDb::exchange("api_hard_slow").await;
     let (_wp, mut running, addr) = start(&db).await;
 
     // A slowloris: half a request head, then silence. The server closes it after the header
@@ -385,7 +356,7 @@ async fn the_server_binds_loopback_by_default_and_changes_nothing() {
     let listen = config.http_listen().expect("the server is on by default");
     assert!(listen.ip().is_loopback(), "{listen}");
 
-    let db = TestDb::new("api_hard_ro").await;
+    let db = TestDb::exchange("api_hard_ro").await;
     let (wp, mut running, addr) = start(&db).await;
     let before = wp.ledger().await;
     for method in ["POST", "PUT", "DELETE", "PATCH"] {

@@ -2,15 +2,13 @@
 //! ledger the points rules predict, totals equal the ledger's sums, bad rows are dead-lettered
 //! without stopping the stream, and a clean stop and restart writes nothing twice.
 
-mod support;
-
 use std::time::Duration;
 
 use rust_decimal::Decimal;
 use walpoints::points::RuleSet;
 
-use support::daemon::{fence, reference_ledger, reference_slot, Walpoints};
-use support::TestDb;
+use crate::support::daemon::{fence, reference_ledger, reference_slot, Walpoints};
+use crate::support::TestDb;
 
 async fn points_of(
     store: &tokio_postgres::Client,
@@ -35,8 +33,7 @@ async fn points_of(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_scripted_workload_gives_the_predicted_ledger_and_totals() {
-    let db = TestDb::new("daemon_workload").await;
-    db.exchange().await;
+    let db = TestDb::exchange("daemon_workload").await;
     reference_slot(&db, "wp_ref").await;
     let wp = Walpoints::new(&db, "main");
     let out = wp.setup();
@@ -156,10 +153,8 @@ async fn a_scripted_workload_gives_the_predicted_ledger_and_totals() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_row_is_dead_lettered_and_the_rows_after_it_are_processed() {
-    let db = TestDb::new("daemon_dead_letter").await;
-    db.exchange().await;
-    let wp = Walpoints::new(&db, "dl");
-    wp.setup();
+    let db = TestDb::exchange("daemon_dead_letter").await;
+    let wp = Walpoints::set_up(&db, "dl");
     let running = wp.start();
     let ex = db.client().await;
     ex.batch_execute(
@@ -216,10 +211,9 @@ async fn a_bad_row_is_dead_lettered_and_the_rows_after_it_are_processed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_exchange_shards_share_one_store() {
-    let east = TestDb::new("daemon_shards").await;
+    let east = TestDb::exchange("daemon_shards").await;
     let west = east.sibling("west").await;
-    east.exchange().await;
-    west.exchange().await;
+    west.create_exchange_schema().await;
     let a = Walpoints::new(&east, "east");
     let b = Walpoints::new(&west, "west").sharing_store_of(&a);
     a.setup();
@@ -271,11 +265,9 @@ async fn two_exchange_shards_share_one_store() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn updates_that_move_a_key_move_its_points_too() {
-    let db = TestDb::new("daemon_key_moves").await;
-    db.exchange().await;
+    let db = TestDb::exchange("daemon_key_moves").await;
     reference_slot(&db, "wp_ref").await;
-    let wp = Walpoints::new(&db, "keys");
-    wp.setup();
+    let wp = Walpoints::set_up(&db, "keys");
     let running = wp.start();
     let ex = db.client().await;
     ex.batch_execute(

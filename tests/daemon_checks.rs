@@ -1,19 +1,15 @@
 //! Every startup check of the daemon fires, with the message that tells the operator what
 //! happened and what to do: a dropped, advanced or invalidated slot, a different cluster, a
 //! missing table or column, `run` before `setup`; TRUNCATE under each policy, and `teardown`.
-//! Each test has a cluster of its own (unless `WALPOINTS_TEST_PG_URL` names a shared server,
-//! hence the distinct source ids).
-
-mod support;
+//! Each test has a database of its own, on a cluster of its own unless `WALPOINTS_TEST_PG_URL`
+//! names a shared server (hence the distinct source ids).
 
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use walpoints::testing::PgCluster;
-
-use support::daemon::{fence, Walpoints};
-use support::{assert_mentions, connect, wait_failed, with_db, TestDb};
+use crate::support::daemon::{fence, Walpoints};
+use crate::support::{assert_mentions, wait_failed, TestDb};
 
 /// Runs `cmd` to completion, killing it (by its own pid) and failing the test if it takes
 /// longer than `timeout`: a check that does not fire would otherwise leave `run` streaming.
@@ -80,10 +76,8 @@ async fn insert_trade(client: &tokio_postgres::Client, id: i64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dropped_slot_with_a_checkpoint_refuses_to_run() {
-    let db = TestDb::new("chk_slot_missing").await;
-    db.exchange().await;
-    let wp = Walpoints::new(&db, "chk_gone");
-    wp.setup();
+    let db = TestDb::exchange("chk_slot_missing").await;
+    let wp = Walpoints::set_up(&db, "chk_gone");
     db.client()
         .await
         .execute("SELECT pg_drop_replication_slot($1)", &[&wp.slot()])
@@ -101,10 +95,8 @@ async fn a_dropped_slot_with_a_checkpoint_refuses_to_run() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slot_confirmed_past_the_checkpoint_refuses_to_run() {
-    let db = TestDb::new("chk_slot_ahead").await;
-    db.exchange().await;
-    let wp = Walpoints::new(&db, "chk_ahead");
-    wp.setup();
+    let db = TestDb::exchange("chk_slot_ahead").await;
+    let wp = Walpoints::set_up(&db, "chk_ahead");
     let ex = db.client().await;
     for id in 1..=3 {
         insert_trade(&ex, id).await;
@@ -125,30 +117,10 @@ async fn a_slot_confirmed_past_the_checkpoint_refuses_to_run() {
     );
 }
 
-/// A throwaway cluster of the test's own with `extra` settings, whatever
-/// `WALPOINTS_TEST_PG_URL` says: these settings must not touch a shared server.
-async fn own_cluster(name: &str, extra: &[(&str, &str)]) -> TestDb {
-    let cluster = PgCluster::start(extra).expect("start a throwaway PostgreSQL");
-    let admin_url = cluster.url("postgres");
-    let name = format!("{name}_{}", std::process::id());
-    connect(&admin_url)
-        .await
-        .simple_query(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create the test database");
-    let url = with_db(&admin_url, &name);
-    TestDb {
-        cluster: Some(cluster),
-        admin_url,
-        name,
-        url,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_invalidated_slot_refuses_to_run() {
-    let db = own_cluster("chk_slot_lost", &[("max_slot_wal_keep_size", "1MB")]).await;
-    db.exchange().await;
+    // A cluster of its own: the setting must not touch a shared server.
+    let db = TestDb::own_exchange("chk_slot_lost", &[("max_slot_wal_keep_size", "1MB")]).await;
     let wp = Walpoints::new(&db, "chk_lost");
     // walpoints streams a while, then is stopped cleanly.
     let mut running = wp.setup_and_stream().await;
@@ -222,10 +194,8 @@ async fn an_invalidated_slot_refuses_to_run() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_different_cluster_refuses_to_run() {
-    let db = TestDb::new("chk_system_id").await;
-    db.exchange().await;
-    let wp = Walpoints::new(&db, "chk_sysid");
-    wp.setup();
+    let db = TestDb::exchange("chk_system_id").await;
+    let wp = Walpoints::set_up(&db, "chk_sysid");
     let n = wp
         .store()
         .await
@@ -242,22 +212,22 @@ async fn a_different_cluster_refuses_to_run() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_checkpoint_of_another_slot_refuses_to_run() {
-    let db = TestDb::new("chk_slot_renamed").await;
-    db.exchange().await;
-    let wp = Walpoints::new(&db, "chk_renamed_slot");
-    wp.setup();
+    let db = TestDb::exchange("chk_slot_renamed").await;
+    let wp = Walpoints::set_up(&db, "chk_renamed_slot");
     let other = Walpoints::new(&db, "chk_renamed_slot").env("WALPOINTS_SOURCE_SLOT", "wp_other");
     let stderr = fails(&other, &["run"]);
     assert_mentions(
         &stderr,
-        &["set up with the slot \"wp_chk_renamed_slot\"", "wp_other"],
+        &[
+            &format!("set up with the slot \"{}\"", wp.slot()),
+            "wp_other",
+        ],
     );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_table_fails_setup() {
-    let db = TestDb::new("chk_table_missing").await;
-    db.exchange().await;
+    let db = TestDb::exchange("chk_table_missing").await;
     let wp = Walpoints::new(&db, "chk_notable").env("WALPOINTS_TABLES_TRADES", "public.nope");
     let stderr = fails(&wp, &["setup"]);
     assert_mentions(
@@ -280,8 +250,7 @@ async fn a_missing_table_fails_setup() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_mapped_column_fails_setup_and_run() {
-    let db = TestDb::new("chk_column_missing").await;
-    db.exchange().await;
+    let db = TestDb::exchange("chk_column_missing").await;
 
     // Misconfigured: trades has no column px.
     let bad = Walpoints::new(&db, "chk_nocol").env("WALPOINTS_COLUMNS_TRADES_PRICE", "px");
@@ -289,8 +258,7 @@ async fn a_missing_mapped_column_fails_setup_and_run() {
     assert_mentions(&stderr, &["trades", "no column px"]);
 
     // Set up fine, then the column is renamed under it: run refuses at startup.
-    let wp = Walpoints::new(&db, "chk_renamed");
-    wp.setup();
+    let wp = Walpoints::set_up(&db, "chk_renamed");
     let ex = db.client().await;
     ex.batch_execute("ALTER TABLE trades RENAME COLUMN price TO px")
         .await
@@ -301,8 +269,7 @@ async fn a_missing_mapped_column_fails_setup_and_run() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_column_dropped_while_streaming_stops_the_daemon() {
-    let db = TestDb::new("chk_column_dropped").await;
-    db.exchange().await;
+    let db = TestDb::exchange("chk_column_dropped").await;
     let wp = Walpoints::new(&db, "chk_dropcol");
     let mut running = wp.setup_and_stream().await;
     let ex = db.client().await;
@@ -340,21 +307,17 @@ async fn a_column_dropped_while_streaming_stops_the_daemon() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn run_before_setup_on_a_shared_store_says_to_run_setup() {
-    let db = TestDb::new("chk_not_set_up").await;
-    db.exchange().await;
+    let db = TestDb::exchange("chk_not_set_up").await;
     // A store that already serves another source, but not this one.
-    let other = Walpoints::new(&db, "chk_other");
-    other.setup();
-    let mut wp = Walpoints::new(&db, "chk_fresh");
-    wp.store_url = other.store_url.clone();
+    let other = Walpoints::set_up(&db, "chk_other");
+    let wp = Walpoints::new(&db, "chk_fresh").sharing_store_of(&other);
     let stderr = fails(&wp, &["run"]);
     assert_mentions(&stderr, &["chk_fresh", "run `walpoints setup` first"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn run_before_setup_without_a_store_database_says_to_run_setup() {
-    let db = TestDb::new("chk_no_store").await;
-    db.exchange().await;
+    let db = TestDb::exchange("chk_no_store").await;
     // The store database does not exist yet (setup creates it): that is "not set up" too, not
     // a connection failure.
     let wp = Walpoints::new(&db, "chk_nostore");
@@ -364,8 +327,7 @@ async fn run_before_setup_without_a_store_database_says_to_run_setup() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn truncate_stops_the_daemon_by_default() {
-    let db = TestDb::new("chk_truncate_stop").await;
-    db.exchange().await;
+    let db = TestDb::exchange("chk_truncate_stop").await;
     let wp = Walpoints::new(&db, "chk_trstop");
     let mut running = wp.setup_and_stream().await;
     let ex = db.client().await;
@@ -393,8 +355,7 @@ async fn truncate_stops_the_daemon_by_default() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn truncate_is_ignored_when_the_policy_says_so() {
-    let db = TestDb::new("chk_truncate_ignore").await;
-    db.exchange().await;
+    let db = TestDb::exchange("chk_truncate_ignore").await;
     let wp = Walpoints::new(&db, "chk_trignore").env("WALPOINTS_TRUNCATE_POLICY", "ignore");
     let mut running = wp.setup_and_stream().await;
     let ex = db.client().await;
@@ -442,10 +403,8 @@ async fn truncate_is_ignored_when_the_policy_says_so() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn teardown_needs_yes_and_drops_slot_publication_and_store() {
-    let db = TestDb::new("chk_teardown").await;
-    db.exchange().await;
-    let wp = Walpoints::new(&db, "chk_td");
-    wp.setup();
+    let db = TestDb::exchange("chk_teardown").await;
+    let wp = Walpoints::set_up(&db, "chk_td");
     let src = db.client().await;
     let publication = format!("wp_pub_{}", wp.id);
     let objects = || async {

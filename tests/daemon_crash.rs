@@ -4,23 +4,21 @@
 //! end with the same ledger as an undisturbed run over the same WAL: nothing lost, nothing
 //! counted twice. Connection faults and the other kills are in `tests/faults.rs`.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use walpoints::points::RuleSet;
 use walpoints::testing::StopMode;
 
-use support::daemon::{
+use crate::support::daemon::{
     assert_same_ledger, fence, reference_ledger, reference_slot, workload, Walpoints,
 };
-use support::workload::{assert_each_trade_once, assert_same_as_undisturbed, Lcg};
-use support::TestDb;
+use crate::support::rng::Lcg;
+use crate::support::workload::{assert_each_trade_once, assert_same_as_undisturbed};
+use crate::support::{eventually, TestDb};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_at_five_random_moments_changes_nothing_in_the_ledger() {
-    let db = TestDb::new("crash_kill").await;
-    db.exchange().await;
+    let db = TestDb::exchange("crash_kill").await;
     let steady = Walpoints::new(&db, "steady");
     let killed = Walpoints::new(&db, "killed");
     steady.setup();
@@ -37,7 +35,7 @@ async fn sigkill_at_five_random_moments_changes_nothing_in_the_ledger() {
         // Each kill lands while the daemon makes progress (however loaded the machine), not
         // in a row of restarts that never get to commit.
         let before = last;
-        support::eventually(
+        eventually(
             "the killed daemon to commit",
             Duration::from_secs(120),
             || async { writer.is_finished() || killed.checkpoint().await > before },
@@ -64,15 +62,10 @@ async fn sigkill_at_five_random_moments_changes_nothing_in_the_ledger() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_source_restart_mid_stream_loses_and_doubles_nothing() {
-    let db = TestDb::new("crash_restart").await;
-    let Some(cluster) = db.cluster.as_ref() else {
-        eprintln!("skipped: WALPOINTS_TEST_PG_URL names a server this test cannot restart");
-        return;
-    };
-    db.exchange().await;
+    let db = TestDb::own_exchange("crash_restart", &[]).await;
+    let cluster = db.cluster();
     reference_slot(&db, "wp_ref").await;
-    let wp = Walpoints::new(&db, "restart");
-    wp.setup();
+    let wp = Walpoints::set_up(&db, "restart");
     let running = wp.start();
 
     workload(db.url.clone(), 1, 20_000, 200).await;
@@ -112,13 +105,9 @@ async fn a_store_crash_mid_stream_loses_and_doubles_nothing() {
 /// The store, on a server of its own, stopped in `mode` while walpoints drains a backlog and
 /// the source keeps trading, then started again.
 async fn store_restart_mid_stream(mode: StopMode, name: &str) {
-    let db = TestDb::new(name).await;
-    let store_db = TestDb::new(&format!("{name}_server")).await;
-    let Some(store_cluster) = store_db.cluster.as_ref() else {
-        eprintln!("skipped: WALPOINTS_TEST_PG_URL names a server this test cannot restart");
-        return;
-    };
-    db.exchange().await;
+    let db = TestDb::exchange(name).await;
+    let store_db = TestDb::own_cluster(&format!("{name}_server"), &[]).await;
+    let store_cluster = store_db.cluster();
     reference_slot(&db, "wp_ref").await;
     let wp = Walpoints::new(&db, "store_restart").store_on(&store_db);
     wp.setup();
@@ -146,12 +135,8 @@ async fn store_restart_mid_stream(mode: StopMode, name: &str) {
 /// shutdown; and nothing may be lost or doubled across it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fast_shutdown_of_the_source_is_not_held_up_by_an_idle_walpoints() {
-    let db = TestDb::new("crash_shutdown").await;
-    let Some(cluster) = db.cluster.as_ref() else {
-        eprintln!("skipped: WALPOINTS_TEST_PG_URL names a server this test cannot restart");
-        return;
-    };
-    db.exchange().await;
+    let db = TestDb::own_exchange("crash_shutdown", &[]).await;
+    let cluster = db.cluster();
     reference_slot(&db, "wp_ref").await;
     let wp = Walpoints::new(&db, "shutdown");
     let running = wp.setup_and_stream().await;

@@ -3,15 +3,13 @@
 //! the point where the load began, so the slot pins no WAL. Without the heartbeat the slot
 //! stays where it was under the same load, which is why the heartbeat exists.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use tokio_postgres::types::PgLsn;
 use walpoints::lsn::Lsn;
 
-use support::daemon::Walpoints;
-use support::TestDb;
+use crate::support::daemon::Walpoints;
+use crate::support::TestDb;
 
 /// The slot's (confirmed_flush_lsn, restart_lsn).
 async fn slot_position(client: &tokio_postgres::Client, slot: &str) -> (Lsn, Lsn) {
@@ -58,8 +56,7 @@ async fn unfollowed_load(client: &tokio_postgres::Client, how_long: Duration) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_heartbeat_moves_the_slot_past_unfollowed_writes() {
-    let db = TestDb::new("heartbeat_on").await;
-    db.exchange().await;
+    let db = TestDb::exchange("heartbeat_on").await;
     let wp = Walpoints::new(&db, "hb_on").env("WALPOINTS_HEARTBEAT_INTERVAL", "200ms");
     wp.setup();
     let src = db.client().await;
@@ -123,11 +120,9 @@ async fn the_heartbeat_moves_the_slot_past_unfollowed_writes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_heartbeat_the_slot_stays_put_under_unfollowed_writes() {
-    let db = TestDb::new("heartbeat_off").await;
-    db.exchange().await;
+    let db = TestDb::exchange("heartbeat_off").await;
     // The harness's default: heartbeat.interval = "0s".
-    let wp = Walpoints::new(&db, "hb_off");
-    wp.setup();
+    let wp = Walpoints::set_up(&db, "hb_off");
     let src = db.client().await;
     src.batch_execute("CREATE TABLE noise (x int)")
         .await

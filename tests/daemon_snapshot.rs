@@ -3,19 +3,16 @@
 //! snapshot, and the stream starts exactly where the snapshot ends: a writer committing trades
 //! throughout `setup` has each one awarded exactly once.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::daemon::{fence, Walpoints};
-use support::{connect, TestDb};
+use crate::support::daemon::{fence, Walpoints};
+use crate::support::{connect, TestDb};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_from_before_setup_are_in_the_snapshot_and_nothing_is_missed_or_doubled() {
-    let db = TestDb::new("snapshot").await;
-    db.exchange().await;
+    let db = TestDb::exchange("snapshot").await;
     let ex = db.client().await;
     ex.batch_execute(
         "INSERT INTO referral_relations VALUES ('0xref1', '0xboss'), ('0xref2', '0xboss');

@@ -3,12 +3,10 @@
 //! test checks every printed row against the store, then stops it with Ctrl-C (SIGINT) and
 //! checks that the cluster is gone.
 
-mod support;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{connect, Running};
+use crate::support::{connect, Running};
 
 /// One leaderboard row as printed: rank, user, total, trading, referral, holding, pnl, volume.
 type Row = Vec<String>;

@@ -5,8 +5,6 @@
 //! duplicate. While the store is away, the replication session stays open (same walsender,
 //! no `wal_sender_timeout`) and acknowledges nothing the store does not have.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use tokio_postgres::types::PgLsn;
@@ -14,13 +12,14 @@ use walpoints::lsn::Lsn;
 use walpoints::points::RuleSet;
 use walpoints::testing::PgCluster;
 
-use support::daemon::{
+use crate::support::daemon::{
     assert_same_ledger, fence, reference_ledger, reference_slot, workload, Walpoints,
 };
-use support::http::{get_json, http_addr};
-use support::proxy::Proxy;
-use support::workload::{assert_each_trade_once, assert_same_as_undisturbed, Lcg};
-use support::{connect, eventually, Running, TestDb};
+use crate::support::http::{get_json, http_addr};
+use crate::support::proxy::Proxy;
+use crate::support::rng::Lcg;
+use crate::support::workload::{assert_each_trade_once, assert_same_as_undisturbed};
+use crate::support::{connect, eventually, Running, TestDb};
 
 /// Short enough that a fault test sees the server give up on a silent client, long enough that
 /// a loaded machine does not trip it on a healthy one.
@@ -127,12 +126,11 @@ async fn faulted_run(db: &TestDb, wp: &Walpoints<'_>, proxy: &Proxy, side: &str)
 
 #[tokio::test(flavor = "multi_thread")]
 async fn source_connection_faults_at_random_moments_lose_and_double_nothing() {
-    let db = TestDb::with_settings(
+    let db = TestDb::own_exchange(
         "fault_source",
         &[("wal_sender_timeout", WAL_SENDER_TIMEOUT)],
     )
     .await;
-    db.exchange().await;
     reference_slot(&db, "wp_ref").await;
     let (proxy, url) = Proxy::in_front_of(&db.url).await;
     let wp = Walpoints::new(&db, "src_faults").env("WALPOINTS_SOURCE_URL", &url);
@@ -142,9 +140,8 @@ async fn source_connection_faults_at_random_moments_lose_and_double_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn store_connection_faults_at_random_moments_lose_and_double_nothing() {
     let db =
-        TestDb::with_settings("fault_store", &[("wal_sender_timeout", WAL_SENDER_TIMEOUT)]).await;
+        TestDb::own_exchange("fault_store", &[("wal_sender_timeout", WAL_SENDER_TIMEOUT)]).await;
     let store_db = TestDb::new("fault_store_server").await;
-    db.exchange().await;
     reference_slot(&db, "wp_ref").await;
     let direct = Walpoints::new(&db, "store_faults").store_on(&store_db);
     let (proxy, url) = Proxy::in_front_of(&direct.store_url).await;
@@ -162,13 +159,8 @@ async fn store_outage_holds_the_slot(
     restore: impl Fn(&Proxy),
     expect_in_log: &str,
 ) {
-    let db = TestDb::with_settings(name, &[("wal_sender_timeout", WAL_SENDER_TIMEOUT)]).await;
-    let Some(cluster) = db.cluster.as_ref() else {
-        eprintln!("skipped: WALPOINTS_TEST_PG_URL names a server whose settings this test needs");
-        return;
-    };
+    let db = TestDb::own_exchange(name, &[("wal_sender_timeout", WAL_SENDER_TIMEOUT)]).await;
     let store_db = TestDb::new(&format!("{name}_store")).await;
-    db.exchange().await;
     reference_slot(&db, "wp_ref").await;
     let direct = Walpoints::new(&db, "held").store_on(&store_db);
     let (proxy, url) = Proxy::in_front_of(&direct.store_url).await;
@@ -217,7 +209,7 @@ async fn store_outage_holds_the_slot(
     restore(&proxy);
     writer.await.unwrap();
     assert_complete(&db, &wp, &running, "wp_ref", 6_000).await;
-    let log = server_log(cluster);
+    let log = server_log(db.cluster());
     assert!(
         !log.contains(REPLICATION_TIMEOUT),
         "the walsender timed out:\n{log}"
@@ -259,8 +251,7 @@ async fn a_black_holed_store_holds_the_slot_and_acknowledges_nothing_until_it_re
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_between_store_commit_and_slot_acknowledgement_changes_nothing() {
-    let db = TestDb::new("fault_unacked").await;
-    db.exchange().await;
+    let db = TestDb::exchange("fault_unacked").await;
     reference_slot(&db, "wp_ref").await;
     let (proxy, url) = Proxy::in_front_of(&db.url).await;
     let wp = Walpoints::new(&db, "unacked").env("WALPOINTS_SOURCE_URL", &url);
@@ -322,8 +313,7 @@ fn backfill(wp: Walpoints<'_>) -> Walpoints<'_> {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_during_the_initial_snapshot_then_setup_again_starts_over_cleanly() {
     const BEFORE: i64 = 20_000;
-    let db = TestDb::new("fault_snapshot").await;
-    db.exchange().await;
+    let db = TestDb::exchange("fault_snapshot").await;
     // History before setup, all backfilled by the snapshot; no open position, so the snapshot's
     // own time (which differs between two setups) earns nothing.
     let ex = db.client().await;
@@ -398,13 +388,9 @@ async fn sigkill_during_the_initial_snapshot_then_setup_again_starts_over_cleanl
 /// shutdown; and nothing is lost across both outages.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_source_shutdown_during_a_store_outage_is_not_held_up() {
-    let db = TestDb::new("fault_both").await;
-    let Some(cluster) = db.cluster.as_ref() else {
-        eprintln!("skipped: WALPOINTS_TEST_PG_URL names a server this test cannot restart");
-        return;
-    };
+    let db = TestDb::own_exchange("fault_both", &[]).await;
+    let cluster = db.cluster();
     let store_db = TestDb::new("fault_both_store").await;
-    db.exchange().await;
     reference_slot(&db, "wp_ref").await;
     let direct = Walpoints::new(&db, "both").store_on(&store_db);
     let (proxy, url) = Proxy::in_front_of(&direct.store_url).await;

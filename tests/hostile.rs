@@ -8,16 +8,16 @@
 //! table allows. Where the rules accept a row, the store's ledger is compared field by field
 //! with the pure library replaying the same WAL (`reference_ledger`).
 
-mod support;
-
 use std::io::Write;
 use std::time::Duration;
 
 use walpoints::points::RuleSet;
 
-use support::daemon::{assert_same_ledger, fence, reference_ledger, reference_slot, Walpoints};
-use support::http::{get, http_addr};
-use support::{assert_mentions, eventually, wait_failed, Running, TestDb};
+use crate::support::daemon::{
+    assert_same_ledger, fence, reference_ledger, reference_slot, Walpoints,
+};
+use crate::support::http::{get, http_addr};
+use crate::support::{assert_mentions, eventually, wait_failed, Running, TestDb};
 
 /// Generous: two cores are shared by several test runs.
 const CATCH_UP: Duration = Duration::from_secs(90);
@@ -25,8 +25,7 @@ const CATCH_UP: Duration = Duration::from_secs(90);
 /// A test database with the seed schema, loosened by `alter` (run before anything streams), and
 /// a reference slot named `reference` that sees everything from here on.
 async fn exchange(name: &str, alter: &str, reference: &str) -> TestDb {
-    let db = TestDb::new(name).await;
-    db.exchange().await;
+    let db = TestDb::exchange(name).await;
     if !alter.is_empty() {
         db.client().await.batch_execute(alter).await.unwrap();
     }
@@ -651,8 +650,7 @@ async fn a_transaction_mixing_followed_and_unrelated_tables_is_processed() {
         "ref_mixed",
     )
     .await;
-    let wp = Walpoints::new(&db, "h_mixed");
-    wp.setup();
+    let wp = Walpoints::set_up(&db, "h_mixed");
     // A careless operator adds an unrelated table to walpoints' publication.
     db.client()
         .await

@@ -3,17 +3,15 @@
 //! takes over when the first dies, with the ledger of an undisturbed run; SIGTERM ends a
 //! waiting standby at once; `run --no-standby` refuses instead, naming the running instance.
 
-mod support;
-
 use std::time::Duration;
 
 use walpoints::points::RuleSet;
 
-use support::daemon::{
+use crate::support::daemon::{
     assert_same_ledger, fence, reference_ledger, reference_slot, workload, Walpoints,
 };
-use support::http::{get_json, http_addr};
-use support::{Running, TestDb};
+use crate::support::http::{get_json, http_addr};
+use crate::support::{error_line, Running, TestDb};
 
 /// What `walpoints status --json` says runs the source (the holder of its lock in the store).
 fn instance(wp: &Walpoints<'_>) -> serde_json::Value {
@@ -34,8 +32,7 @@ fn named(running: &Running) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_processes_nothing_then_takes_over_when_the_first_is_killed() {
-    let db = TestDb::new("inst_takeover").await;
-    db.exchange().await;
+    let db = TestDb::exchange("inst_takeover").await;
     reference_slot(&db, "wp_ref").await;
     let wp = Walpoints::new(&db, "takeover");
     let mut first = wp.setup_and_stream().await;
@@ -98,8 +95,7 @@ async fn a_standby_processes_nothing_then_takes_over_when_the_first_is_killed() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_ends_a_waiting_standby_at_once_and_readyz_says_standby() {
-    let db = TestDb::new("inst_sigterm").await;
-    db.exchange().await;
+    let db = TestDb::exchange("inst_sigterm").await;
     let wp = Walpoints::new(&db, "sigterm");
     let first = wp.setup_and_stream().await;
     let mut standby = Walpoints::new(&db, "sigterm")
@@ -143,18 +139,14 @@ async fn sigterm_ends_a_waiting_standby_at_once_and_readyz_says_standby() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_standby_refuses_and_names_the_running_instance() {
-    let db = TestDb::new("inst_refuse").await;
-    db.exchange().await;
+    let db = TestDb::exchange("inst_refuse").await;
     let wp = Walpoints::new(&db, "refuse");
     let first = wp.setup_and_stream().await;
     let mut second = Running::spawn(wp.cmd(&["run", "--no-standby"]));
     let status = second.wait(Duration::from_secs(60));
     assert_eq!(status.code(), Some(1), "{}", second.stderr());
     let stderr = second.wait_for_stderr("walpoints: ", Duration::from_secs(5));
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("walpoints: "))
-        .unwrap();
+    let line = error_line(&stderr);
     for needle in [
         "another walpoints instance is already running source \"refuse\"",
         &named(&first),
@@ -186,8 +178,7 @@ async fn cut_lock_session(wp: &Walpoints<'_>, running: &Running) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn losing_the_lock_session_mid_stream_hands_over_without_a_double_count() {
-    let db = TestDb::new("inst_cut").await;
-    db.exchange().await;
+    let db = TestDb::exchange("inst_cut").await;
     reference_slot(&db, "wp_ref").await;
     let wp = Walpoints::new(&db, "cut");
     let mut first = wp.setup_and_stream().await;

@@ -2,8 +2,6 @@
 //! counters match the store after a workload; `/healthz` answers while the process lives;
 //! `/readyz` turns 503 when the source PostgreSQL stops and 200 again when it returns.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -12,9 +10,9 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use walpoints::testing::StopMode;
 
-use support::daemon::{fence, Walpoints};
-use support::http::{get, get_json, http_addr};
-use support::{eventually, TestDb};
+use crate::support::daemon::{fence, Walpoints};
+use crate::support::http::{get, get_json, http_addr};
+use crate::support::{eventually, TestDb};
 
 fn with_http<'a>(wp: Walpoints<'a>) -> Walpoints<'a> {
     wp.env("WALPOINTS_HTTP_LISTEN", "127.0.0.1:0")
@@ -46,8 +44,7 @@ fn close(a: f64, b: f64) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_parse_and_match_the_store_after_a_workload() {
-    let db = TestDb::new("http_metrics").await;
-    db.exchange().await;
+    let db = TestDb::exchange("http_metrics").await;
     let wp = with_http(Walpoints::new(&db, "metrics"));
     let running = wp.setup_and_stream().await;
     let addr = http_addr(&running).await;
@@ -242,12 +239,8 @@ async fn metrics_parse_and_match_the_store_after_a_workload() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_fails_while_the_source_is_down_and_recovers() {
-    let db = TestDb::new("http_ready").await;
-    let Some(cluster) = db.cluster.as_ref() else {
-        eprintln!("skipped: WALPOINTS_TEST_PG_URL names a server this test cannot restart");
-        return;
-    };
-    db.exchange().await;
+    let db = TestDb::own_exchange("http_ready", &[]).await;
+    let cluster = db.cluster();
     let wp = with_http(Walpoints::new(&db, "ready"));
     let running = wp.setup_and_stream().await;
     let addr = http_addr(&running).await;

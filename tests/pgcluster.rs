@@ -1,11 +1,11 @@
 //! The throwaway-cluster harness itself: start, stop, kill -9, restart, clean up.
 
-mod support;
-
 use walpoints::testing::{PgCluster, StopMode};
 
+use crate::support::connect;
+
 async fn count(url: &str) -> i64 {
-    support::connect(url)
+    connect(url)
         .await
         .query_one("SELECT count(*) FROM t", &[])
         .await
@@ -17,7 +17,7 @@ async fn count(url: &str) -> i64 {
 async fn cluster_survives_stop_kill9_and_restart_then_vanishes() {
     let cluster = PgCluster::start(&[]).unwrap();
     let url = cluster.url("postgres");
-    let client = support::connect(&url).await;
+    let client = connect(&url).await;
     let level: String = client
         .query_one("SHOW wal_level", &[])
         .await
@@ -36,7 +36,7 @@ async fn cluster_survives_stop_kill9_and_restart_then_vanishes() {
     assert_eq!(count(&url).await, 1);
 
     let pid = cluster.postmaster_pid().expect("running");
-    support::connect(&url)
+    connect(&url)
         .await
         .batch_execute("INSERT INTO t VALUES (2)")
         .await

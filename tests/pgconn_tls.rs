@@ -3,37 +3,31 @@
 
 use std::path::PathBuf;
 
-mod support;
-
 use walpoints::config::ConnUrl;
 use walpoints::pg::connect::{connect, is_transient, ConnectError};
 use walpoints::testing::PgCluster;
 
-use support::serve_tls;
-use support::tls::certificates;
+use crate::support::tls::certificates;
+use crate::support::{serve_tls, throwaway_cluster};
 
 /// The password of the role `pw` (scram-sha-256); it must never show in an error.
 const PASSWORD: &str = "Sekr3t-do-not-print";
 
 /// A throwaway cluster serving TLS with a certificate for `sans`; the role `pw` logs in with
-/// [`PASSWORD`], everyone else is trusted. `None` (skip) when the tests run against a server
-/// of the environment's (`WALPOINTS_TEST_PG_URL`), which this cannot configure.
+/// [`PASSWORD`], everyone else is trusted. Always a cluster of its own, whatever
+/// `WALPOINTS_TEST_PG_URL` says: a shared server's TLS and authentication must not change.
 struct TlsServer {
     cluster: PgCluster,
     dir: tempfile::TempDir,
 }
 
 impl TlsServer {
-    async fn start(sans: &str) -> Option<TlsServer> {
-        if std::env::var_os("WALPOINTS_TEST_PG_URL").is_some() {
-            eprintln!("skipped: needs a cluster of its own to configure TLS");
-            return None;
-        }
+    async fn start(sans: &str) -> TlsServer {
         let dir = tempfile::tempdir().unwrap();
         certificates(dir.path(), &[("server", sans)]);
         // The certificate files go into the data directory, which exists only once the cluster
         // has started: start plain, then restart with TLS on.
-        let cluster = PgCluster::start(&[]).expect("start a throwaway PostgreSQL");
+        let cluster = throwaway_cluster(&[]);
         let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
         serve_tls(
             &cluster,
@@ -52,7 +46,7 @@ impl TlsServer {
             .batch_execute(&format!("CREATE ROLE pw LOGIN PASSWORD '{PASSWORD}'"))
             .await
             .unwrap();
-        Some(server)
+        server
     }
 
     /// `user` (with [`PASSWORD`] for `pw`) at `host` with `sslmode`, and `ca` (a file in the
@@ -101,9 +95,7 @@ async fn refused(url: &ConnUrl, why: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_full_with_the_right_ca_connects_over_tls_by_name_or_ip() {
-    let Some(server) = TlsServer::start("DNS:localhost,IP:127.0.0.1").await else {
-        return;
-    };
+    let server = TlsServer::start("DNS:localhost,IP:127.0.0.1").await;
     for host in ["localhost", "127.0.0.1"] {
         let url = server.url("postgres", host, "verify-full", Some("ca.crt"));
         let client = connect(&url, "pgconn_test")
@@ -124,9 +116,7 @@ async fn verify_full_with_the_right_ca_connects_over_tls_by_name_or_ip() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_full_refuses_a_wrong_ca_or_host_name() {
-    let Some(server) = TlsServer::start("DNS:localhost").await else {
-        return;
-    };
+    let server = TlsServer::start("DNS:localhost").await;
     // The right CA and name connect, so the refusals below are for the CA and the name.
     let good = server.url("postgres", "localhost", "verify-full", Some("ca.crt"));
     assert!(uses_tls(&connect(&good, "pgconn_test").await.unwrap()).await);
@@ -146,9 +136,7 @@ async fn verify_full_refuses_a_wrong_ca_or_host_name() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_ca_checks_the_chain_but_not_the_host_name() {
-    let Some(server) = TlsServer::start("DNS:elsewhere.invalid").await else {
-        return;
-    };
+    let server = TlsServer::start("DNS:elsewhere.invalid").await;
     // The certificate names another host: verify-ca (and require with a root certificate, as
     // libpq) accept it for its chain...
     for mode in ["verify-ca", "require"] {
@@ -171,9 +159,7 @@ async fn verify_ca_checks_the_chain_but_not_the_host_name() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn require_uses_tls_without_a_ca_and_disable_does_not() {
-    let Some(server) = TlsServer::start("DNS:elsewhere.invalid").await else {
-        return;
-    };
+    let server = TlsServer::start("DNS:elsewhere.invalid").await;
     for (mode, tls) in [("require", true), ("prefer", true), ("disable", false)] {
         let url = server.url("postgres", "127.0.0.1", mode, None);
         let client = connect(&url, "pgconn_test")
@@ -185,9 +171,7 @@ async fn require_uses_tls_without_a_ca_and_disable_does_not() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_password_or_database_is_definite_and_a_closed_port_transient() {
-    let Some(server) = TlsServer::start("DNS:localhost").await else {
-        return;
-    };
+    let server = TlsServer::start("DNS:localhost").await;
     // The role's password works (over TLS, with SCRAM channel binding)...
     let good = server.url("pw", "localhost", "verify-full", Some("ca.crt"));
     connect(&good, "pgconn_test").await.unwrap();
@@ -234,9 +218,7 @@ async fn bad_password_or_database_is_definite_and_a_closed_port_transient() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_terminated_session_is_transient_and_a_sql_error_definite() {
-    let Some(server) = TlsServer::start("DNS:localhost").await else {
-        return;
-    };
+    let server = TlsServer::start("DNS:localhost").await;
     let url = server.url("postgres", "localhost", "verify-full", Some("ca.crt"));
     let victim = connect(&url, "pgconn_victim").await.unwrap();
     let killer = connect(&url, "pgconn_test").await.unwrap();

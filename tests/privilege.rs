@@ -3,32 +3,25 @@
 //! with the ledger of the pure engine; that role cannot write the business tables; and the
 //! store needs a role of its own with no access to the source at all.
 
-mod support;
-
 use std::time::Duration;
 
 use walpoints::points::RuleSet;
 
-use support::daemon::{
+use crate::support::daemon::{
     assert_same_ledger, fence, reference_ledger, reference_slot, workload, Walpoints,
 };
-use support::{connect, with_db, TestDb};
+use crate::support::{connect, with_db, TestDb};
 
 /// The walpoints role's password; SCRAM-SHA-256 (the server's default password_encryption).
 const PASSWORD: &str = "least-Pr1v-pw";
 
 /// A throwaway cluster with the exchange's tables, where only `postgres` is trusted and every
 /// other role logs in with a SCRAM password, and the role and publication of `sql/` created as
-/// an operator would (the role's password set to [`PASSWORD`]). `None` (skip) against a server
-/// of the environment's, whose authentication this must not change.
-async fn exchange_with_sql_role(name: &str) -> Option<TestDb> {
-    if std::env::var_os("WALPOINTS_TEST_PG_URL").is_some() {
-        eprintln!("skipped: needs a cluster of its own to create roles and change pg_hba.conf");
-        return None;
-    }
-    let db = TestDb::new(name).await;
-    let cluster = db.cluster.as_ref().unwrap();
-    cluster
+/// an operator would (the role's password set to [`PASSWORD`]). A cluster of its own, whatever
+/// `WALPOINTS_TEST_PG_URL` says: a shared server's roles and authentication must not change.
+async fn exchange_with_sql_role(name: &str) -> TestDb {
+    let db = TestDb::own_exchange(name, &[]).await;
+    db.cluster()
         .write_data_file(
             "pg_hba.conf",
             b"local all all trust\nhost all postgres 127.0.0.1/32 trust\n\
@@ -36,13 +29,12 @@ async fn exchange_with_sql_role(name: &str) -> Option<TestDb> {
             0o600,
         )
         .unwrap();
-    db.exchange().await;
     let admin = db.client().await;
     admin.execute("SELECT pg_reload_conf()", &[]).await.unwrap();
     let role = include_str!("../sql/role.sql").replace("'change-me'", &format!("'{PASSWORD}'"));
     run_sql_file(&admin, &role).await;
     run_sql_file(&admin, include_str!("../sql/publication.sql")).await;
-    Some(db)
+    db
 }
 
 /// Runs each statement of a `sql/` file on its own (CREATE DATABASE may not share a
@@ -92,9 +84,7 @@ async fn stream_and_compare(db: &TestDb, wp: &Walpoints<'_>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_role_from_sql_runs_walpoints_and_cannot_write_the_business_tables() {
-    let Some(db) = exchange_with_sql_role("priv_role").await else {
-        return;
-    };
+    let db = exchange_with_sql_role("priv_role").await;
     reference_slot(&db, "wp_ref").await;
     // The password is checked, and stored as a SCRAM-SHA-256 verifier.
     let scram: bool = db
@@ -170,9 +160,7 @@ async fn the_role_from_sql_runs_walpoints_and_cannot_write_the_business_tables()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_store_role_needs_no_access_to_the_source() {
-    let Some(db) = exchange_with_sql_role("priv_store").await else {
-        return;
-    };
+    let db = exchange_with_sql_role("priv_store").await;
     reference_slot(&db, "wp_ref").await;
     // The source database admits the walpoints role (and the superuser) only; the store is
     // a database of its own, owned by a role with no grant on the source.

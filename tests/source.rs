@@ -2,8 +2,6 @@
 //! transactions in commit order, acknowledgement only on the caller's word, and feedback that
 //! keeps flowing while the caller is busy.
 
-mod support;
-
 use std::time::Duration;
 
 use walpoints::changes::Op;
@@ -11,7 +9,7 @@ use walpoints::config::ConnUrl;
 use walpoints::lsn::Lsn;
 use walpoints::pg::{AdminSession, ReplicationSource, SourceError, SourceOptions};
 
-use support::TestDb;
+use crate::support::{eventually, TestDb};
 
 async fn confirmed_flush(client: &tokio_postgres::Client, slot: &str) -> Option<Lsn> {
     let row = client
@@ -114,7 +112,7 @@ async fn transactions_arrive_whole_in_commit_order_and_ack_moves_the_slot() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(confirmed_flush(&client, "wp_slot").await, Some(consistent));
     source.ack(t2.end_lsn);
-    support::eventually(
+    eventually(
         "the slot to reach the acknowledged LSN",
         Duration::from_secs(10),
         || async { confirmed_flush(&client, "wp_slot").await == Some(t2.end_lsn) },
@@ -138,7 +136,7 @@ async fn transactions_arrive_whole_in_commit_order_and_ack_moves_the_slot() {
     assert_eq!(again.commit_lsn, t3.commit_lsn);
     source.stop().await.unwrap();
 
-    support::eventually(
+    eventually(
         "the slot to be released",
         Duration::from_secs(10),
         || async {
@@ -154,14 +152,8 @@ async fn transactions_arrive_whole_in_commit_order_and_ack_moves_the_slot() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_busy_caller_does_not_trip_wal_sender_timeout() {
-    let db = TestDb::new("source_busy").await;
-    if let Some(cluster) = &db.cluster {
-        cluster
-            .configure(&[("wal_sender_timeout", "'3s'")])
-            .unwrap();
-        cluster.stop(walpoints::testing::StopMode::Fast).unwrap();
-        cluster.start_again().unwrap();
-    }
+    // A cluster of its own: the setting must not touch a shared server.
+    let db = TestDb::own_cluster("source_busy", &[("wal_sender_timeout", "'3s'")]).await;
     let client = db.client().await;
     client
         .batch_execute("CREATE TABLE a (id int)")
@@ -197,15 +189,11 @@ async fn a_busy_caller_does_not_trip_wal_sender_timeout() {
             Ok(Some(walpoints::pg::StreamEvent::Change(_))) => changes += 1,
             Ok(Some(walpoints::pg::StreamEvent::Commit(_))) => break,
             Ok(_) => {}
-            Err(e) => panic!("{e}\n{}", db.cluster.as_ref().unwrap().log_tail()),
+            Err(e) => panic!("{e}\n{}", db.cluster().log_tail()),
         }
     }
     assert_eq!(changes, 30_000);
-    let log = db
-        .cluster
-        .as_ref()
-        .map(|c| c.log_tail())
-        .unwrap_or_default();
+    let log = db.cluster().log_tail();
     assert!(
         !log.contains("terminating walsender process due to replication timeout"),
         "{log}"

@@ -2,14 +2,12 @@
 //! drops once it runs again, and an exit code that follows the thresholds (a cron or
 //! Kubernetes probe).
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::Value;
 
-use support::daemon::{fence, Walpoints};
-use support::{eventually, TestDb};
+use crate::support::daemon::{fence, Walpoints};
+use crate::support::{eventually, TestDb};
 
 /// `status --json ARGS` → (exit code, the report).
 fn status(wp: &Walpoints<'_>, args: &[&str]) -> (i32, Value) {
@@ -46,8 +44,7 @@ async fn trade(db: &TestDb, n: i64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lag_grows_while_stopped_and_drops_after_a_restart() {
-    let db = TestDb::new("status_lag").await;
-    db.exchange().await;
+    let db = TestDb::exchange("status_lag").await;
     let wp = Walpoints::new(&db, "status_lag");
     let mut running = wp.setup_and_stream().await;
     trade(&db, 100).await;
@@ -140,8 +137,7 @@ async fn lag_grows_while_stopped_and_drops_after_a_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_slot_or_store_makes_status_fail() {
-    let db = TestDb::new("status_missing").await;
-    db.exchange().await;
+    let db = TestDb::exchange("status_missing").await;
     let wp = Walpoints::new(&db, "status_missing");
 
     // Before setup: no slot, no store.

@@ -1,11 +1,11 @@
 //! `walpoints tail` against a real PostgreSQL: what the decoder and source see, end to end.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{start_tail, TestDb};
+
+use crate::support::tail::{start_tail, TailedTable};
+use crate::support::{eventually, TestDb};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -185,14 +185,9 @@ async fn values_come_through_exactly_as_postgres_prints_them() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn added_column_shows_up_in_later_rows() {
-    let db = TestDb::new("tail_add_column").await;
-    let client = db.client().await;
-    client
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, a text)")
-        .await
-        .unwrap();
-    let mut tail = start_tail(&db, &["--table", "public.t", "--limit", "3"]).await;
-    client
+    let t = TailedTable::create("tail_add_column", "id int PRIMARY KEY, a text").await;
+    let mut tail = t.tail(&["--limit", "3"]).await;
+    t.client
         .batch_execute(
             "INSERT INTO t VALUES (1, 'one');
              ALTER TABLE t ADD COLUMN extra numeric DEFAULT 1.5;
@@ -216,15 +211,10 @@ async fn added_column_shows_up_in_later_rows() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hundred_thousand_rows_arrive_in_commit_order_once() {
-    let db = TestDb::new("tail_bulk").await;
-    let client = db.client().await;
-    client
-        .batch_execute("CREATE TABLE t (id bigint PRIMARY KEY, note text)")
-        .await
-        .unwrap();
-    let mut tail = start_tail(&db, &["--table", "public.t", "--limit", "100000"]).await;
+    let t = TailedTable::create("tail_bulk", "id bigint PRIMARY KEY, note text").await;
+    let mut tail = t.tail(&["--limit", "100000"]).await;
     for tx in 0..100i64 {
-        client
+        t.client
             .execute(
                 "INSERT INTO t SELECT g, 'row ' || g FROM generate_series($1::bigint, $2::bigint) g",
                 &[&(tx * 1000 + 1), &(tx * 1000 + 1000)],
@@ -340,7 +330,8 @@ async fn own_objects(db: &TestDb) -> (i64, i64) {
     let client = db.client().await;
     let slots: i64 = client
         .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'walpoints_tail%'",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'walpoints_tail%' \
+             AND database = current_database()",
             &[],
         )
         .await
@@ -358,7 +349,7 @@ async fn own_objects(db: &TestDb) -> (i64, i64) {
 }
 
 async fn assert_nothing_left(db: &TestDb) {
-    support::eventually(
+    eventually(
         "tail's slot and publication to go",
         Duration::from_secs(10),
         || async { own_objects(db).await == (0, 0) },
@@ -368,23 +359,18 @@ async fn assert_nothing_left(db: &TestDb) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nothing_is_left_behind_after_a_normal_exit_or_sigint() {
-    let db = TestDb::new("tail_cleanup").await;
-    let client = db.client().await;
-    client
-        .batch_execute("CREATE TABLE t (id int)")
-        .await
-        .unwrap();
+    let t = TailedTable::create("tail_cleanup", "id int").await;
 
-    let mut tail = start_tail(&db, &["--table", "public.t", "--limit", "1"]).await;
-    client
+    let mut tail = t.tail(&["--limit", "1"]).await;
+    t.client
         .execute("INSERT INTO t VALUES (1)", &[])
         .await
         .unwrap();
     assert!(tail.wait(WAIT).success());
-    assert_nothing_left(&db).await;
+    assert_nothing_left(&t.db).await;
 
-    let mut tail = start_tail(&db, &["--table", "public.t"]).await;
-    client
+    let mut tail = t.tail(&[]).await;
+    t.client
         .execute("INSERT INTO t VALUES (2)", &[])
         .await
         .unwrap();
@@ -396,7 +382,7 @@ async fn nothing_is_left_behind_after_a_normal_exit_or_sigint() {
         "SIGINT is a clean exit: {status:?} {}",
         tail.stderr()
     );
-    assert_nothing_left(&db).await;
+    assert_nothing_left(&t.db).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,13 +1,12 @@
 //! The source URL's `sslmode=verify-full`: the change stream runs over TLS with the right CA and
 //! host name, and refuses a wrong CA or a wrong host name.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
-use support::tls::certificates;
-use support::{serve_tls, wait_for_active_tail_slot, Running, TestDb};
+use crate::support::tail::wait_for_active_tail_slot;
+use crate::support::tls::certificates;
+use crate::support::{serve_tls, Running, TestDb};
 
 /// Installs `name`.crt/.key as the server's certificate and restarts the server.
 /// Serves `name.crt`/`name.key` from `dir`: the role `tls` may only come in over TLS,
@@ -24,12 +23,9 @@ fn install_certificate(cluster: &walpoints::testing::PgCluster, dir: &Path, name
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_full_streams_over_tls_and_refuses_wrong_ca_or_host() {
-    if std::env::var_os("WALPOINTS_TEST_PG_URL").is_some() {
-        eprintln!("skipped: needs a cluster of its own to configure TLS");
-        return;
-    }
-    let db = TestDb::new("tls").await;
-    let cluster = db.cluster.as_ref().unwrap();
+    // A cluster of its own to configure TLS on.
+    let db = TestDb::own_cluster("tls", &[]).await;
+    let cluster = db.cluster();
     let dir = tempfile::tempdir().unwrap();
     certificates(
         dir.path(),

@@ -4,19 +4,17 @@
 //! a certificate error; and the password or the full URL shows nowhere: not in logs (text or
 //! JSON, at debug level), errors, `status` or the HTTP server's answers.
 
-mod support;
-
 use std::process::Output;
 use std::time::Duration;
 
 use walpoints::points::RuleSet;
 
-use support::daemon::{
+use crate::support::daemon::{
     assert_same_ledger, fence, reference_ledger, reference_slot, workload, Walpoints,
 };
-use support::http::{get, http_addr};
-use support::tls::certificates;
-use support::{serve_tls, with_db, Running, TestDb};
+use crate::support::http::{get, http_addr};
+use crate::support::tls::certificates;
+use crate::support::{error_line, serve_tls, with_db, Running, TestDb};
 
 /// The role `wp`'s password on both servers: distinctive, so a leak is found by grep.
 const PASSWORD: &str = "S3cr3t-pa55-XYZ";
@@ -35,27 +33,23 @@ struct Servers {
 }
 
 impl Servers {
-    /// `None` (skip) against a server of the environment's, which this cannot configure.
-    async fn start(name: &str) -> Option<Servers> {
-        if std::env::var_os("WALPOINTS_TEST_PG_URL").is_some() {
-            eprintln!("skipped: needs clusters of its own to configure TLS");
-            return None;
-        }
+    /// Two clusters of its own, whatever `WALPOINTS_TEST_PG_URL` says: a shared server's TLS
+    /// and authentication must not change.
+    async fn start(name: &str) -> Servers {
         let certs = tempfile::tempdir().unwrap();
         certificates(certs.path(), &[("server", "DNS:localhost")]);
         let read = |f: &str| std::fs::read(certs.path().join(f)).unwrap();
-        let source = TestDb::new(&format!("{name}_src")).await;
-        let store = TestDb::new(&format!("{name}_store")).await;
+        let source = TestDb::own_exchange(&format!("{name}_src"), &[]).await;
+        let store = TestDb::own_cluster(&format!("{name}_store"), &[]).await;
         for db in [&source, &store] {
             serve_tls(
-                db.cluster.as_ref().unwrap(),
+                db.cluster(),
                 &read("server.crt"),
                 &read("server.key"),
                 b"local all all trust\nhostssl all wp 127.0.0.1/32 scram-sha-256\n\
                   host all wp 127.0.0.1/32 reject\nhost all postgres 127.0.0.1/32 trust\n",
             );
         }
-        source.exchange().await;
         source
             .client()
             .await
@@ -78,18 +72,18 @@ impl Servers {
             .batch_execute(&format!("CREATE DATABASE {STORE_DB} OWNER wp"))
             .await
             .unwrap();
-        Some(Servers {
+        Servers {
             source,
             store,
             certs,
-        })
+        }
     }
 
     /// `wp` with `password` at `host` on `db`'s server, verify-full against `ca`.
     fn url(&self, db: &TestDb, dbname: &str, host: &str, ca: &str, password: &str) -> String {
         format!(
             "postgres://wp:{password}@{host}:{}/{dbname}?sslmode=verify-full&sslrootcert={}",
-            db.cluster.as_ref().unwrap().port(),
+            db.cluster().port(),
             self.certs.path().join(ca).display()
         )
     }
@@ -153,19 +147,12 @@ fn run_fails(wp: &Walpoints<'_>, env: &[(&str, &str)]) -> String {
     let status = running.wait(Duration::from_secs(60));
     assert!(!status.success(), "run succeeded with {env:?}");
     let stderr = running.wait_for_stderr("walpoints: ", Duration::from_secs(5));
-    stderr
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("walpoints: "))
-        .unwrap()
-        .to_owned()
+    error_line(&stderr).to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn setup_and_run_stream_over_verify_full_with_scram_passwords() {
-    let Some(servers) = Servers::start("tlsd_ok").await else {
-        return;
-    };
+    let servers = Servers::start("tlsd_ok").await;
     reference_slot(&servers.source, "wp_ref").await;
     servers.publish("tls_ok").await;
     let wp = servers.walpoints("tls_ok");
@@ -202,9 +189,7 @@ async fn setup_and_run_stream_over_verify_full_with_scram_passwords() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_ca_or_host_name_on_either_side_stops_run_with_a_certificate_error() {
-    let Some(servers) = Servers::start("tlsd_bad").await else {
-        return;
-    };
+    let servers = Servers::start("tlsd_bad").await;
     servers.publish("tls_bad").await;
     let wp = servers.walpoints("tls_bad");
     wp.setup();
@@ -251,9 +236,7 @@ async fn a_wrong_ca_or_host_name_on_either_side_stops_run_with_a_certificate_err
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_password_or_url_shows_in_logs_errors_status_or_http() {
-    let Some(servers) = Servers::start("tlsd_secret").await else {
-        return;
-    };
+    let servers = Servers::start("tlsd_secret").await;
     servers.publish("tls_secret").await;
     let wp = servers
         .walpoints("tls_secret")

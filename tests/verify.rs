@@ -3,14 +3,12 @@
 //! tampered with it names the user, the epoch and what differs (exit 1). Each test has a
 //! cluster, a source and a store of its own; verify runs while the daemon streams.
 
-mod support;
-
 use std::io::Write;
 use std::process::Output;
 use std::time::Duration;
 
-use support::daemon::{fence, Walpoints};
-use support::{Running, TestDb};
+use crate::support::daemon::{fence, Walpoints};
+use crate::support::{Running, TestDb};
 
 /// Rules that make the workload exercise every eligibility rule verify recomputes.
 const RULES: &str = "excluded_addresses = [\"0xLIQ\"]\n";
@@ -43,8 +41,9 @@ async fn stream(wp: &Walpoints<'_>, db: &TestDb) -> Running {
     running
 }
 
+/// Source `id` on `db` (which has the exchange's tables) with `env` and the config file of
+/// [`RULES`], [`stream`]ed.
 async fn streamed<'a>(db: &'a TestDb, id: &str, env: &[(&str, &str)]) -> Streamed<'a> {
-    db.exchange().await;
     let config = rules_file();
     let mut wp = Walpoints::new(db, id).env("WALPOINTS_CONFIG", config.path().to_str().unwrap());
     for (k, v) in env {
@@ -123,7 +122,7 @@ fn row_of<'s>(stdout: &'s str, user: &str) -> Vec<&'s str> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn after_a_workload_the_store_matches_the_business_tables() {
-    let db = TestDb::new("verify_clean").await;
+    let db = TestDb::exchange("verify_clean").await;
     let s = streamed(&db, "vclean", &[]).await;
     let (out, stdout) = verify(&s.wp);
     assert!(
@@ -146,7 +145,7 @@ async fn after_a_workload_the_store_matches_the_business_tables() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tampered_volume_is_named_with_its_user_and_epoch() {
-    let db = TestDb::new("verify_volume").await;
+    let db = TestDb::exchange("verify_volume").await;
     let s = streamed(&db, "vvolume", &[]).await;
     let epoch = the_epoch(&s.wp).await;
     let changed =
@@ -182,7 +181,7 @@ async fn a_tampered_volume_is_named_with_its_user_and_epoch() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_pnl_entry_is_named_with_its_user_and_epoch() {
-    let db = TestDb::new("verify_pnl").await;
+    let db = TestDb::exchange("verify_pnl").await;
     let s = streamed(&db, "vpnl", &[]).await;
     let epoch = the_epoch(&s.wp).await;
     let deleted =
@@ -210,7 +209,7 @@ async fn a_missing_pnl_entry_is_named_with_its_user_and_epoch() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_a_trade_time_column_the_trading_checks_are_skipped_and_said_so() {
-    let db = TestDb::new("verify_no_time").await;
+    let db = TestDb::exchange("verify_no_time").await;
     let s = streamed(&db, "vnotime", &[("WALPOINTS_COLUMNS_TRADES_TIME", "")]).await;
     let (out, stdout) = verify(&s.wp);
     assert!(out.status.success(), "{stdout}");
@@ -226,10 +225,9 @@ async fn without_a_trade_time_column_the_trading_checks_are_skipped_and_said_so(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shards_sharing_a_store_each_verify_their_own_share() {
-    let db = TestDb::new("verify_shards").await;
+    let db = TestDb::exchange("verify_shards").await;
     let db_b = db.sibling("b").await;
-    db.exchange().await;
-    db_b.exchange().await;
+    db_b.create_exchange_schema().await;
     let config = rules_file();
     let path = config.path().to_str().unwrap().to_owned();
     let a = Walpoints::new(&db, "sha").env("WALPOINTS_CONFIG", &path);

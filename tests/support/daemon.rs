@@ -1,5 +1,5 @@
 //! Driving the walpoints daemon in tests: one source id, slot, publication and store database per
-//! instance, the exchange's seed schema, fences in the WAL, and a reference replay of the same
+//! instance, fences in the WAL, and a reference replay of the same
 //! WAL through the pure library (decoder → mapping → engine in memory) to compare with the store.
 
 use std::process::{Command, Output};
@@ -14,39 +14,7 @@ use walpoints::mapping::{Mapped, Mapper};
 use walpoints::pg::{AdminSession, ReplicationSource, SourceOptions};
 use walpoints::points::{Engine, LedgerEntry, MemoryAwardBook, RuleSet, State, TxEvents};
 
-use super::{connect, with_db, Running, TestDb};
-
-impl TestDb {
-    /// Another database on the same server (a second exchange shard), created empty.
-    pub async fn sibling(&self, suffix: &str) -> TestDb {
-        let name = format!("{}_{suffix}", self.name);
-        let admin = connect(&self.admin_url).await;
-        for sql in [
-            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            format!("CREATE DATABASE {name}"),
-        ] {
-            admin
-                .simple_query(&sql)
-                .await
-                .expect("create a sibling database");
-        }
-        TestDb {
-            cluster: None,
-            admin_url: self.admin_url.clone(),
-            url: with_db(&self.url, &name),
-            name,
-        }
-    }
-
-    /// Creates the seed's business tables in the test database.
-    pub async fn exchange(&self) {
-        self.client()
-            .await
-            .batch_execute(walpoints::testing::EXCHANGE_SCHEMA)
-            .await
-            .expect("create the exchange schema");
-    }
-}
+use super::{connect, totals, with_db, Running, TestDb};
 
 /// One walpoints source on the test database with a store database of its own.
 pub struct Walpoints<'a> {
@@ -76,6 +44,13 @@ impl<'a> Walpoints<'a> {
         }
     }
 
+    /// A source named `id` on `db` as [`Walpoints::new`] makes it, with `walpoints setup` done.
+    pub fn set_up(db: &'a TestDb, id: &str) -> Walpoints<'a> {
+        let wp = Walpoints::new(db, id);
+        wp.setup();
+        wp
+    }
+
     /// Writes into `other`'s store instead of a store of its own (several sources, one store).
     pub fn sharing_store_of(mut self, other: &Walpoints<'_>) -> Self {
         self.store_url = other.store_url.clone();
@@ -84,13 +59,15 @@ impl<'a> Walpoints<'a> {
 
     /// Keeps the store on another server (`db`'s), in a database named after this source.
     pub fn store_on(mut self, db: &TestDb) -> Self {
-        self.store_url = with_db(&db.url, &format!("store_{}", self.id));
+        let name = format!("{}_store_{}", self.db.name, self.id);
+        self.store_url = with_db(&db.url, &name);
         self
     }
 
-    /// The slot's name.
+    /// The slot's name: slots are the server's, not a database's, so it names the test database
+    /// too (two scenarios on one shared server may use the same source id).
     pub fn slot(&self) -> String {
-        format!("wp_{}", self.id)
+        format!("wp_{}_{}", self.id, self.db.name)
     }
 
     /// Sets (or overrides) an environment variable of every command.
@@ -249,39 +226,25 @@ impl<'a> Walpoints<'a> {
             .collect()
     }
 
-    /// Whether `user_epoch_points` equals the ledger's sums, per (user, epoch); returns the
-    /// number of (user, epoch) rows.
+    /// Whether `user_epoch_points` equals the sums of the ledger per (user, epoch), by kind: the
+    /// ledger of every source in the store (sources sharing a store share its totals), summed by
+    /// [`totals`](super::totals) in the test, not by walpoints' code or SQL; a (user, epoch) on
+    /// one side only is compared with zeros. Returns the number of `user_epoch_points` rows.
     pub async fn assert_totals_match_ledger(&self) -> usize {
-        let store = self.store().await;
-        let mismatches = store
-            .query(
-                "WITH sums AS (
-                   SELECT user_address, epoch,
-                     coalesce(sum(points) FILTER (WHERE kind LIKE 'trading%'), 0) AS tp,
-                     coalesce(sum(points) FILTER (WHERE kind LIKE 'referral%'), 0) AS rp,
-                     coalesce(sum(points) FILTER (WHERE kind = 'holding'), 0) AS hp,
-                     coalesce(sum(points) FILTER (WHERE kind = 'pnl'), 0) AS pp,
-                     sum(points) AS total,
-                     coalesce(sum(basis) FILTER (WHERE kind LIKE 'trading%'), 0) AS vol
-                   FROM walpoints.ledger GROUP BY 1, 2)
-                 SELECT coalesce(s.user_address, u.user_address)::text
-                 FROM sums s FULL JOIN walpoints.user_epoch_points u
-                   ON u.user_address = s.user_address AND u.epoch = s.epoch
-                 WHERE s.user_address IS NULL OR u.user_address IS NULL
-                   OR s.tp <> u.trading_points OR s.rp <> u.referral_points
-                   OR s.hp <> u.holding_points OR s.pp <> u.pnl_points
-                   OR s.total <> u.total_points OR s.vol <> u.trading_volume",
-                &[],
-            )
+        let mut store = self.store().await;
+        // One snapshot for both reads: the daemon may be committing batches meanwhile.
+        let tx = store
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
             .await
-            .expect("compare totals");
-        let bad: Vec<String> = mismatches.iter().map(|r| r.get(0)).collect();
-        assert!(bad.is_empty(), "totals differ from the ledger for {bad:?}");
-        store
-            .query_one("SELECT count(*) FROM walpoints.user_epoch_points", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0) as usize
+            .expect("begin a snapshot of the store");
+        let ledger = totals::ledger_sums(&tx).await;
+        let stored = totals::stored_totals(&tx).await;
+        tx.commit().await.expect("end the snapshot");
+        totals::assert_same_totals(&stored, &ledger);
+        stored.len()
     }
 }
 
@@ -426,6 +389,11 @@ fn line_of(commit_lsn: Lsn, e: &LedgerEntry) -> String {
     .to_string()
 }
 
+/// The server's name of `db`'s reference slot `name` (slots are the server's, not a database's).
+fn reference_slot_name(db: &TestDb, name: &str) -> String {
+    format!("{name}_{}", db.name)
+}
+
 /// A slot for [`reference_ledger`], created now (so it sees what commits from here on).
 pub async fn reference_slot(db: &TestDb, name: &str) {
     let url: ConnUrl = db.url.parse().unwrap();
@@ -437,7 +405,10 @@ pub async fn reference_slot(db: &TestDb, name: &str) {
         .ensure_publication("wp_ref_pub", &tables)
         .await
         .unwrap();
-    admin.create_slot(name).await.unwrap();
+    admin
+        .create_slot(&reference_slot_name(db, name))
+        .await
+        .unwrap();
 }
 
 /// The ledger the pure library computes from the WAL on `slot` (created before the workload,
@@ -446,7 +417,7 @@ pub async fn reference_ledger(db: &TestDb, slot: &str, rules: RuleSet, until: Ls
     let url: ConnUrl = db.url.parse().unwrap();
     let mut source = ReplicationSource::start(&SourceOptions {
         url,
-        slot: slot.to_owned(),
+        slot: reference_slot_name(db, slot),
         publication: "wp_ref_pub".into(),
         start_lsn: Lsn::ZERO,
         durable_lsn: Lsn::ZERO,

@@ -1,10 +1,11 @@
-//! Shared harness for the integration tests: a throwaway PostgreSQL per test (or the server that
-//! `WALPOINTS_TEST_PG_URL` names), a database of the test's own, and the `walpoints` binary.
-#![allow(dead_code)]
+//! Shared harness for the integration tests: a database of the test's own on a throwaway
+//! PostgreSQL (or on the server that `WALPOINTS_TEST_PG_URL` names, for the tests that leave
+//! their server as they found it), the exchange's seed schema, and the `walpoints` binary.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use walpoints::testing::PgCluster;
@@ -12,13 +13,15 @@ use walpoints::testing::PgCluster;
 pub mod daemon;
 pub mod http;
 pub mod proxy;
+pub mod rng;
+pub mod tail;
 pub mod tls;
+pub mod totals;
 pub mod workload;
 
-/// A database of the test's own on a throwaway cluster (or on `WALPOINTS_TEST_PG_URL`).
+/// A database of the test's own.
 pub struct TestDb {
-    /// The cluster, when the test started one (None with `WALPOINTS_TEST_PG_URL`).
-    pub cluster: Option<PgCluster>,
+    server: Server,
     /// Superuser URL of the database `postgres`.
     pub admin_url: String,
     /// This test's database.
@@ -27,26 +30,91 @@ pub struct TestDb {
     pub url: String,
 }
 
+/// The server a [`TestDb`] is on.
+enum Server {
+    /// A throwaway cluster the test asked for ([`TestDb::own_cluster`]): it may stop, restart
+    /// and reconfigure it.
+    Own(PgCluster),
+    /// A throwaway cluster standing in for a shared server ([`TestDb::new`]), kept to be stopped
+    /// and removed with the database.
+    Throwaway { _cluster: PgCluster },
+    /// The server `WALPOINTS_TEST_PG_URL` names, or one that another `TestDb` holds.
+    Elsewhere,
+}
+
+/// Every test database name this process has created: all tests run in one process (one pid
+/// suffix), so two scenarios must not pick the same name.
+static NAMES: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Starts a throwaway cluster with `settings` (`postgresql.conf` lines), failing the test with
+/// the reason (no PostgreSQL binaries on the machine, ...) when it cannot.
+pub fn throwaway_cluster(settings: &[(&str, &str)]) -> PgCluster {
+    PgCluster::start(settings).unwrap_or_else(|e| panic!("start a throwaway PostgreSQL: {e}"))
+}
+
 impl TestDb {
-    /// Starts a cluster (unless the environment names one) and creates database `name_<n>`.
+    /// Database `name_<pid>` on the server `WALPOINTS_TEST_PG_URL` names, else on a throwaway
+    /// cluster: for a test that leaves its server as it is.
     pub async fn new(name: &str) -> TestDb {
-        TestDb::with_settings(name, &[]).await
+        match std::env::var("WALPOINTS_TEST_PG_URL") {
+            Ok(admin_url) => TestDb::create(Server::Elsewhere, admin_url, name).await,
+            Err(_) => {
+                let cluster = throwaway_cluster(&[]);
+                let admin_url = cluster.url("postgres");
+                let server = Server::Throwaway { _cluster: cluster };
+                TestDb::create(server, admin_url, name).await
+            }
+        }
     }
 
-    /// [`TestDb::new`] on a cluster started with `settings` (`postgresql.conf` lines); on the
-    /// server `WALPOINTS_TEST_PG_URL` names they are not applied (check `cluster`).
-    pub async fn with_settings(name: &str, settings: &[(&str, &str)]) -> TestDb {
-        let (cluster, admin_url) = match std::env::var("WALPOINTS_TEST_PG_URL") {
-            Ok(url) => (None, url),
-            Err(_) => {
-                let cluster = PgCluster::start(settings).expect("start a throwaway PostgreSQL");
-                let url = cluster.url("postgres");
-                (Some(cluster), url)
-            }
-        };
+    /// Database `name_<pid>` on a throwaway cluster of the test's own, started with `settings`
+    /// (`postgresql.conf` lines), whatever `WALPOINTS_TEST_PG_URL` says: for a test that stops
+    /// or restarts its server, or changes its settings, TLS, roles or `pg_hba.conf`, none of
+    /// which it may do to a shared one. [`TestDb::cluster`] is that cluster.
+    pub async fn own_cluster(name: &str, settings: &[(&str, &str)]) -> TestDb {
+        let cluster = throwaway_cluster(settings);
+        let admin_url = cluster.url("postgres");
+        TestDb::create(Server::Own(cluster), admin_url, name).await
+    }
+
+    /// [`TestDb::new`] with the exchange's seed schema (`walpoints::testing::EXCHANGE_SCHEMA`).
+    pub async fn exchange(name: &str) -> TestDb {
+        let db = TestDb::new(name).await;
+        db.create_exchange_schema().await;
+        db
+    }
+
+    /// [`TestDb::own_cluster`] with the exchange's seed schema.
+    pub async fn own_exchange(name: &str, settings: &[(&str, &str)]) -> TestDb {
+        let db = TestDb::own_cluster(name, settings).await;
+        db.create_exchange_schema().await;
+        db
+    }
+
+    /// Another database on the same server (a second exchange shard), created empty.
+    pub async fn sibling(&self, suffix: &str) -> TestDb {
+        let name = format!("{}_{suffix}", self.name);
+        TestDb::create(Server::Elsewhere, self.admin_url.clone(), &name).await
+    }
+
+    /// Creates database `name_<pid>` on `server` (dropping a leftover of an earlier run).
+    async fn create(server: Server, admin_url: String, name: &str) -> TestDb {
         let name = format!("{name}_{}", std::process::id());
+        let fresh = NAMES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.clone());
+        assert!(
+            fresh,
+            "two tests use the database name {name}: each scenario needs a name of its own"
+        );
         let admin = connect(&admin_url).await;
         for sql in [
+            // An earlier run's slots (on a shared server) would keep its database.
+            format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE database = '{name}' AND NOT active"
+            ),
             format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
             format!("CREATE DATABASE {name}"),
         ] {
@@ -57,11 +125,33 @@ impl TestDb {
         }
         let url = with_db(&admin_url, &name);
         TestDb {
-            cluster,
+            server,
             admin_url,
             name,
             url,
         }
+    }
+
+    /// The cluster of a database that [`TestDb::own_cluster`] made (a test that restarts or
+    /// reconfigures its server asks for one of its own: any other database may be on a shared
+    /// server).
+    pub fn cluster(&self) -> &PgCluster {
+        match &self.server {
+            Server::Own(cluster) => cluster,
+            _ => panic!(
+                "{} is not on a cluster of the test's own: make it with TestDb::own_cluster",
+                self.name
+            ),
+        }
+    }
+
+    /// Creates the seed's business tables in the test database.
+    pub async fn create_exchange_schema(&self) {
+        self.client()
+            .await
+            .batch_execute(walpoints::testing::EXCHANGE_SCHEMA)
+            .await
+            .expect("create the exchange schema");
     }
 
     /// A SQL session on the test database, in UTC with ISO dates.
@@ -285,32 +375,6 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Waits until a walpoints tail slot is streaming on the test database.
-pub async fn wait_for_active_tail_slot(db: &TestDb) {
-    let client = db.client().await;
-    eventually("tail's slot to become active", Duration::from_secs(30), || async {
-        client
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'walpoints_tail%' AND active AND database = current_database()",
-                &[],
-            )
-            .await
-            .map(|r| r.get::<_, i64>(0) > 0)
-            .unwrap_or(false)
-    })
-    .await;
-}
-
-/// Starts `walpoints tail ARGS` on the test database and waits until its slot streams, so every
-/// change committed afterwards is seen.
-pub async fn start_tail(db: &TestDb, args: &[&str]) -> Running {
-    let mut cmd = db.walpoints();
-    cmd.arg("tail").args(args);
-    let running = Running::spawn(cmd);
-    wait_for_active_tail_slot(db).await;
-    running
 }
 
 /// The error line `main` prints (`walpoints: {error}`), for a tighter assertion than the whole

@@ -1,39 +1,10 @@
-//! For the fault tests: a seeded generator for their random moments, and the checks every
-//! faulted run of [`super::daemon::workload`] must pass besides ledger equality.
+//! For the fault tests: the checks every faulted run of [`super::daemon::workload`] must pass
+//! besides ledger equality.
 
 use std::time::Duration;
 
 use super::daemon::{assert_same_ledger, fence, Walpoints};
 use super::{Running, TestDb};
-
-/// A small deterministic generator, so a failing run can be repeated from its printed seed.
-pub struct Lcg(pub u64);
-
-impl Lcg {
-    /// From `WALPOINTS_TEST_SEED`, else the clock; prints which, for `what`.
-    pub fn seeded(what: &str) -> Lcg {
-        let seed = std::env::var("WALPOINTS_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
-        eprintln!("{what} from WALPOINTS_TEST_SEED={seed}");
-        Lcg(seed)
-    }
-
-    /// A number in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
-}
 
 /// No gap and no duplicate: every trade id in `1..=trades` of [`super::daemon::workload`] that is not a
 /// self-trade has exactly one taker award in `wp`'s store, and the totals equal the ledger's
