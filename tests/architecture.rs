@@ -550,3 +550,30 @@ fn readme_layout_lists_every_file_of_src() {
         "README \"Layout\" does not list {missing:?} (each as `src/…` in backticks)"
     );
 }
+
+#[test]
+fn every_test_file_is_a_module_of_the_one_binary() {
+    // With `autotests = false`, a file of `tests/` that `tests/main.rs` does not declare is
+    // never compiled: its tests would silently not exist.
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let main = std::fs::read_to_string(tests.join("main.rs")).unwrap();
+    let declared: BTreeSet<&str> = main
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("mod "))
+        .filter_map(|l| l.strip_suffix(';'))
+        .collect();
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(&tests).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let is_module =
+            path.extension().is_some_and(|e| e == "rs") || path.join("mod.rs").is_file();
+        if is_module && name != "main" && !declared.contains(name.as_str()) {
+            missing.push(name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "tests/main.rs does not declare {missing:?}"
+    );
+}

@@ -11,6 +11,7 @@
 
 mod api;
 mod api_hardening;
+mod architecture;
 mod daemon;
 mod daemon_checks;
 mod daemon_crash;

@@ -1,10 +1,13 @@
 //! The README stays true to the code: every `README.md#anchor` that a message of walpoints
 //! points an operator to (and every `(#anchor)` link inside the README) names a heading of the
-//! README, and the README's annotated `walpoints.toml` is `walpoints.example.toml` word for
-//! word.
+//! README, the README's annotated `walpoints.toml` is `walpoints.example.toml` word for
+//! word, and its lists of dead-letter reasons and rejections are the code's.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+
+use walpoints::dead_letter::Reason;
+use walpoints::points::Rejection;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -83,4 +86,43 @@ fn the_readme_shows_the_example_config_word_for_word() {
         readme.contains(&format!("```toml\n{example}```\n")),
         "README.md's annotated walpoints.toml differs from walpoints.example.toml"
     );
+}
+
+/// The backticked codes in the first column of the Markdown table that follows `header`.
+fn table_codes<'a>(readme: &'a str, header: &str) -> Vec<&'a str> {
+    let start = readme
+        .find(header)
+        .unwrap_or_else(|| panic!("README.md has no table headed {header:?}"));
+    readme[start..]
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| l.split('`').nth(1))
+        .collect()
+}
+
+#[test]
+fn the_dead_letter_table_lists_every_reason_in_order() {
+    let readme = read(&root().join("README.md"));
+    let expected: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(table_codes(&readme, "| reason | the row |"), expected);
+}
+
+#[test]
+fn the_metrics_table_lists_every_rejection_in_order() {
+    let readme = read(&root().join("README.md"));
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with("| `walpoints_rejected_total{reason}`"))
+        .expect("README.md's metrics table has walpoints_rejected_total");
+    let listed: Vec<&str> = row
+        .rsplit(": ")
+        .next()
+        .unwrap_or("")
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .collect();
+    let expected: Vec<&str> = Rejection::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(listed, expected);
 }
