@@ -72,7 +72,7 @@ pub fn floor_hour(t: i64) -> i64 {
 }
 
 /// Whether `year` (proleptic Gregorian) has a 29 February.
-pub fn is_leap_year(year: i64) -> bool {
+fn is_leap_year(year: i64) -> bool {
     year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
 }
 

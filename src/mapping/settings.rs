@@ -99,19 +99,15 @@ impl Default for Columns {
 }
 
 impl Tables {
-    /// The configured name of a followed table, as written.
-    pub fn get(&self, table: TableKind) -> &str {
+    /// The configured name of a followed table, parsed (the configuration refuses a name that
+    /// does not parse when it is loaded).
+    pub fn name_of(&self, table: TableKind) -> Result<TableName, BadTableName> {
         match table {
             TableKind::Trades => &self.trades,
             TableKind::Positions => &self.positions,
             TableKind::Referrals => &self.referral_relations,
         }
-    }
-
-    /// The configured name of a followed table, parsed (the configuration refuses a name that
-    /// does not parse when it is loaded).
-    pub fn name_of(&self, table: TableKind) -> Result<TableName, BadTableName> {
-        self.get(table).parse()
+        .parse()
     }
 
     /// The configured tables in a fixed order, for building a publication.

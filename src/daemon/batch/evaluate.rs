@@ -99,10 +99,6 @@ impl Evaluator {
         &self.progress
     }
 
-    pub(super) fn progress_mut(&mut self) -> &mut Progress {
-        &mut self.progress
-    }
-
     /// Maps and evaluates the changes `t` has collected so far and adds the outcome to the open
     /// batch; the first call also begins the transaction in the engine (stream time, hourly
     /// settlement). Awards the rules will look up are fetched through `writer` first.
@@ -267,18 +263,13 @@ impl Evaluator {
         Ok(next)
     }
 
-    /// The open batch with the rule state it changed, for the snapshot, which writes it into
-    /// its own store transaction.
+    /// The open batch's rows with the rule state and awards it changed: what the batch loop
+    /// seals, and what the snapshot writes into its own store transaction.
     pub fn take_batch(&mut self, open: &mut OpenBatch) -> Batch {
         let mut batch = std::mem::take(&mut open.batch);
         batch.state = self.state.drain_delta();
         batch.awards = open.awards.take_changes();
         batch
-    }
-
-    /// The rule state changed since the last call, for the batch being sealed.
-    pub(super) fn drain_state(&mut self) -> crate::points::StateDelta {
-        self.state.drain_delta()
     }
 
     /// Checks a relation against the mapping the first time it (or a new shape of it) is

@@ -164,6 +164,8 @@ pub struct BatchLoop<'o> {
     /// The source transaction being applied; `skip` is set when the store has it (rule 1).
     current: Option<(InTx, bool)>,
     in_flight: VecDeque<InFlight>,
+    /// Batches committed since the loop started, for the progress line.
+    batches: u64,
     stopping: bool,
     last_idle_advance: Instant,
     last_log: Instant,
@@ -186,6 +188,7 @@ impl<'o> BatchLoop<'o> {
             open: OpenBatch::default(),
             current: None,
             in_flight: VecDeque::new(),
+            batches: 0,
             stopping: false,
             last_idle_advance: Instant::now(),
             last_log: Instant::now(),
@@ -340,11 +343,9 @@ impl<'o> BatchLoop<'o> {
             return Ok(());
         };
         let report = done.tally.report(end_lsn, commit_time, &done);
-        done.batch.state = self.evaluator.drain_state();
-        done.batch.awards = done.awards.take_changes();
         writer
             .seal(Seal {
-                batch: done.batch,
+                batch: self.evaluator.take_batch(&mut done),
                 end_lsn,
                 commit_time,
                 stream_time: self.evaluator.state().stream_time(),
@@ -374,7 +375,7 @@ impl<'o> BatchLoop<'o> {
         self.checkpoint = lsn;
         match self.in_flight.pop_front() {
             Some(InFlight::Batch(mut report, sealed)) => {
-                self.evaluator.progress_mut().batches += 1;
+                self.batches += 1;
                 self.checkpoint_commit_time = Some(report.commit_time);
                 report.write = sealed.elapsed();
                 tracing::debug!(changes = report.changes, commit_ms = report.write.as_millis() as u64, %lsn, "batch committed");
@@ -428,7 +429,7 @@ impl<'o> BatchLoop<'o> {
             entries = p.entries,
             points = %p.points,
             dead_letters = p.dead_letters,
-            batches = p.batches,
+            batches = self.batches,
             lag_seconds = lag_seconds.map(|s| format!("{s:.1}")).unwrap_or_default(),
             "progress"
         );

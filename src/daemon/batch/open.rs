@@ -164,8 +164,6 @@ pub struct Progress {
     pub entries: u64,
     /// Rows dead-lettered.
     pub dead_letters: u64,
-    /// Store commits.
-    pub batches: u64,
     /// Net points written.
     pub points: Decimal,
 }
