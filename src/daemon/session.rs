@@ -111,8 +111,21 @@ async fn open_store(
         return Ok(None);
     }
     let cp = store.checkpoint().await?.ok_or_else(not_set_up)?;
+    store.use_rules(&config.rules).await?;
+    let stream_epoch = config
+        .rules
+        .calendar()?
+        .epoch_of(cp.stream_time.unwrap_or(cp.commit_time))
+        .and_then(|e| i32::try_from(e).ok())
+        .unwrap_or(0);
+    store
+        .create_partitions_ahead(stream_epoch, PARTITIONS_AHEAD)
+        .await?;
     Ok(Some((store, cp)))
 }
+
+/// Epochs past the stream's whose journal and ledger partitions `run` creates at start.
+const PARTITIONS_AHEAD: i32 = 2;
 
 /// Phase 2: the source is the cluster the store was set up against, its slot can continue
 /// from the checkpoint, and its tables and publication are what the mapping expects.

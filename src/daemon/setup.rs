@@ -77,6 +77,7 @@ pub async fn setup(config: &Config) -> Result<SetupReport, DaemonError> {
     }
     let mut store = Store::connect(&config.store_url(), &config.source.id, true).await?;
     store.migrate().await?;
+    store.use_rules(&config.rules).await?;
     let mut admin = AdminSession::connect(&config.source.url, "walpoints-setup").await?;
     let system_id = admin.system_id().await?;
     let mut source_db = connect::connect(&config.source.url, "walpoints-setup").await?;

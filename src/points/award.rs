@@ -103,6 +103,65 @@ pub struct Award {
     pub entries: Vec<AwardedEntry>,
 }
 
+/// One change of a trade's award, in the order the engine made it: what the compact ledger
+/// stores as one row per fill (an award written, or the award a correction or delete undid),
+/// instead of one row per entry. [`FillRecord::entries`] gives back exactly the entries the
+/// engine wrote for it, which is what lets the store keep one row and still answer per entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FillRecord {
+    /// Position among the transaction's award changes (0..n): with the commit LSN it
+    /// identifies the row forever.
+    pub ordinal: u32,
+    /// The trade whose award changed.
+    pub trade_id: String,
+    /// True when `award` is the award being undone (its entries are written negated).
+    pub reversal: bool,
+    /// Epoch of the fill's time (`None` before genesis: then the award is empty).
+    pub epoch: Option<EpochId>,
+    /// The award written, or the one undone.
+    pub award: Award,
+    /// Ordinal of the first of its entries in the transaction (the next entry's ordinal when
+    /// it has none).
+    pub first_entry: u32,
+    /// Event time of its entries: the fill's time for an award, the stream time of the
+    /// correction for a reversal.
+    pub event_time: i64,
+}
+
+impl FillRecord {
+    /// The ledger entries this record stands for, exactly as the engine wrote them.
+    pub fn entries(&self, rules_version: &std::sync::Arc<str>) -> Vec<LedgerEntry> {
+        let sign = if self.reversal {
+            Decimal::NEGATIVE_ONE
+        } else {
+            Decimal::ONE
+        };
+        self.award
+            .entries
+            .iter()
+            .zip(self.first_entry..)
+            .map(|(a, ordinal)| LedgerEntry {
+                ordinal,
+                user: a.user.clone(),
+                epoch: a.epoch,
+                kind: a.kind,
+                reversal: self.reversal,
+                points: a.points * sign,
+                basis: a.basis * sign,
+                multiplier: a.multiplier,
+                rate: a.rate,
+                position_notional: None,
+                trade_id: Some(self.trade_id.clone()),
+                position_id: None,
+                referee: a.referee.clone(),
+                segment_start: None,
+                event_time: self.event_time,
+                rules_version: rules_version.clone(),
+            })
+            .collect()
+    }
+}
+
 /// Storage for the latest award of each trade id. Implementations must
 /// return exactly what was last `put` for an id (until `remove`d), or the
 /// reversal would not bring the trade's contribution to zero.

@@ -27,6 +27,7 @@ use rust_decimal::Decimal;
 use crate::time::{floor_hour, MICROS_PER_HOUR};
 
 mod award;
+mod compact;
 mod counters;
 mod epoch;
 mod error;
@@ -45,7 +46,10 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-pub use award::{AddedVolume, Award, AwardBook, AwardedEntry, MemoryAwardBook, TradeFacts};
+pub use award::{
+    AddedVolume, Award, AwardBook, AwardedEntry, FillRecord, MemoryAwardBook, TradeFacts,
+};
+pub use compact::{CompactAward, CompactSide, ShapeError};
 pub use counters::{Counters, Rejection};
 pub use epoch::{EpochCalendar, EpochId};
 pub use error::{EventError, StreamError};
@@ -98,6 +102,9 @@ pub struct TxOutcome {
     /// Entries with ordinals 0..n in this order: holding settlements first
     /// (by hour boundary, then position id), then each event's entries.
     pub entries: Vec<LedgerEntry>,
+    /// Every change of a trade's award, in order; its trading and referral entries are among
+    /// `entries` too, from [`FillRecord::first_entry`] on.
+    pub fills: Vec<FillRecord>,
     /// Decision counts for metrics.
     pub counters: Counters,
     /// Events to dead-letter; they contributed nothing.
@@ -122,6 +129,9 @@ pub(crate) struct Ctx<'a> {
     /// position and referral event, and of reversals.
     pub(crate) now: i64,
     pub(crate) counters: Counters,
+    /// Award changes so far; `first_entry` holds the index into the call's entries until the
+    /// cursor numbers them.
+    pub(crate) fills: Vec<FillRecord>,
 }
 
 impl Ctx<'_> {
@@ -213,6 +223,7 @@ impl Engine {
             self.begin_transaction(state, tx.commit_lsn, tx.commit_time)?;
         let events = self.apply_events(&mut cursor, state, book, &tx.events);
         outcome.entries.extend(events.entries);
+        outcome.fills.extend(events.fills);
         outcome.counters.merge(&events.counters);
         outcome.errors.extend(events.errors);
         Ok(outcome)
@@ -261,6 +272,7 @@ impl Engine {
             commit_lsn,
             now,
             next_ordinal: 0,
+            next_fill: 0,
         };
         cursor.number(&mut entries);
         Ok((
@@ -268,6 +280,7 @@ impl Engine {
             TxOutcome {
                 commit_lsn,
                 entries,
+                fills: Vec::new(),
                 counters: cx.counters,
                 errors,
             },
@@ -289,6 +302,7 @@ impl Engine {
         let mut errors = Vec::new();
         for (i, ev) in events.iter().enumerate() {
             let mark = entries.len();
+            let fills_mark = cx.fills.len();
             let saved = cx.counters;
             let r = match ev {
                 Event::TradeInserted { new } => {
@@ -320,6 +334,7 @@ impl Engine {
             };
             if let Err(error) = r {
                 entries.truncate(mark);
+                cx.fills.truncate(fills_mark);
                 cx.counters = saved;
                 cx.counters.events_failed += 1;
                 errors.push(EventFailure {
@@ -328,10 +343,18 @@ impl Engine {
                 });
             }
         }
+        let base = cursor.next_ordinal;
         cursor.number(&mut entries);
+        let mut fills = std::mem::take(&mut cx.fills);
+        for f in &mut fills {
+            f.first_entry = base.saturating_add(f.first_entry);
+            f.ordinal = cursor.next_fill;
+            cursor.next_fill = cursor.next_fill.saturating_add(1);
+        }
         TxOutcome {
             commit_lsn: cursor.commit_lsn,
             entries,
+            fills,
             counters: cx.counters,
             errors,
         }
@@ -344,6 +367,7 @@ impl Engine {
             version: &self.version,
             now,
             counters: Counters::default(),
+            fills: Vec::new(),
         }
     }
 }
@@ -355,9 +379,21 @@ pub struct TxCursor {
     commit_lsn: u64,
     now: i64,
     next_ordinal: u32,
+    next_fill: u32,
 }
 
 impl TxCursor {
+    /// The transaction's stream time: max(stream time before it, its commit time). The
+    /// journal files the transaction's inputs under this time's epoch.
+    pub fn now(&self) -> i64 {
+        self.now
+    }
+
+    /// How many entries the transaction has produced so far.
+    pub fn entries(&self) -> u32 {
+        self.next_ordinal
+    }
+
     /// Numbers `entries` on from the last one numbered.
     fn number(&mut self, entries: &mut [LedgerEntry]) {
         for e in entries {

@@ -449,6 +449,41 @@ proptest! {
     }
 }
 
+proptest! {
+    /// The compact ledger's promise: a transaction's fill records expand to exactly its
+    /// trading and referral entries (same order, ordinals and values), and every other entry
+    /// is a holding or PnL entry.
+    #[test]
+    fn fill_records_expand_to_the_trading_entries(specs in txs()) {
+        let txs = build(&specs);
+        let engine = engine();
+        let version: std::sync::Arc<str> = engine.version().into();
+        let mut state = State::new();
+        let mut book = MemoryAwardBook::new();
+        for tx in &txs {
+            let out = engine.apply_transaction(&mut state, &mut book, tx).unwrap();
+            let expanded: Vec<LedgerEntry> =
+                out.fills.iter().flat_map(|f| f.entries(&version)).collect();
+            let trading: Vec<LedgerEntry> = out
+                .entries
+                .iter()
+                .filter(|e| e.kind.is_trading() || e.kind.is_referral())
+                .cloned()
+                .collect();
+            prop_assert_eq!(expanded, trading);
+            for f in &out.fills {
+                let compact = crate::points::CompactAward::of(&f.award);
+                prop_assert!(compact.is_ok(), "{:?}", compact);
+                let back = compact
+                    .unwrap()
+                    .map(|c| c.entries(&f.award.trade.taker, &f.award.trade.maker))
+                    .unwrap_or_default();
+                prop_assert_eq!(&back, &f.award.entries);
+            }
+        }
+    }
+}
+
 fn any_decimal() -> impl Strategy<Value = Decimal> {
     (
         any::<u32>(),

@@ -891,6 +891,7 @@ fn a_transaction_in_chunks_equals_it_whole() {
                 .engine
                 .apply_events(&mut cursor, &mut h.state, &mut h.book, part);
             got.entries.extend(out.entries);
+            got.fills.extend(out.fills);
             got.counters.merge(&out.counters);
             got.errors.extend(out.errors.into_iter().map(|mut f| {
                 f.index = f.index.map(|i| i + k * chunk);

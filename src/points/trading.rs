@@ -23,7 +23,7 @@
 
 use rust_decimal::Decimal;
 
-use super::award::{AddedVolume, Award, AwardBook, AwardedEntry, TradeFacts};
+use super::award::{AddedVolume, Award, AwardBook, AwardedEntry, FillRecord, TradeFacts};
 use super::epoch::EpochId;
 use super::error::EventError;
 use super::event::{relevant_change, Trade};
@@ -218,6 +218,25 @@ fn plan_reversal(
     Ok(())
 }
 
+/// Notes one award change for the compact ledger; `start` is the index of its first entry in
+/// this call's output.
+fn record(cx: &mut Ctx<'_>, trade_id: &str, reversal: bool, award: &Award, start: usize, time: i64) {
+    let epoch = award
+        .volume
+        .as_ref()
+        .map(|v| v.epoch)
+        .or_else(|| cx.epoch_of(award.trade.time));
+    cx.fills.push(FillRecord {
+        ordinal: 0,
+        trade_id: trade_id.to_owned(),
+        reversal,
+        epoch,
+        award: award.clone(),
+        first_entry: u32::try_from(start).unwrap_or(u32::MAX),
+        event_time: time,
+    });
+}
+
 /// A new fill.
 pub(crate) fn on_insert<B: AwardBook + ?Sized>(
     cx: &mut Ctx<'_>,
@@ -228,8 +247,10 @@ pub(crate) fn on_insert<B: AwardBook + ?Sized>(
 ) -> Result<(), EventError> {
     let facts = facts_of(t, cx.now)?;
     let mut overlay = Overlay::default();
+    let start = out.len();
     let award = plan_award(cx, state, &mut overlay, &t.id, facts, out)?;
     overlay.commit(state);
+    record(cx, &t.id, false, &award, start, award.trade.time);
     book.put(&t.id, award);
     Ok(())
 }
@@ -261,9 +282,14 @@ pub(crate) fn on_update<B: AwardBook + ?Sized>(
         return Ok(());
     }
     let mut overlay = Overlay::default();
+    let reversed_from = out.len();
     plan_reversal(cx, state, &mut overlay, prev_id, &prev, out)?;
+    let awarded_from = out.len();
     let award = plan_award(cx, state, &mut overlay, &new.id, facts, out)?;
     overlay.commit(state);
+    let now = cx.now;
+    record(cx, prev_id, true, &prev, reversed_from, now);
+    record(cx, &new.id, false, &award, awarded_from, award.trade.time);
     if prev_id != new.id {
         book.remove(prev_id);
     }
@@ -285,8 +311,11 @@ pub(crate) fn on_delete<B: AwardBook + ?Sized>(
         return Ok(());
     };
     let mut overlay = Overlay::default();
+    let start = out.len();
     plan_reversal(cx, state, &mut overlay, id, &prev, out)?;
     overlay.commit(state);
+    let now = cx.now;
+    record(cx, id, true, &prev, start, now);
     book.remove(id);
     cx.counters.trade_deletes += 1;
     Ok(())

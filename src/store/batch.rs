@@ -1,45 +1,70 @@
 //! What one store transaction writes: the batch the batch loop builds, and the trade awards the
-//! engine reads and changes while it builds it.
+//! engine reads and changes while it builds it (they are written as `ledger_fill` rows).
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::StoreError;
+use super::{FillRow, JournalChunk, StoreError};
 use crate::dead_letter::DeadLetter;
 use crate::lsn::Lsn;
-use crate::points::{Award, AwardBook, EpochId, LedgerEntry, StateDelta, Totals};
+use crate::points::{Award, AwardBook, EpochId, FillRecord, LedgerEntry, StateDelta, Totals};
 
 /// Everything one store transaction writes besides the checkpoint.
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// Ledger rows with their transaction's commit LSN and commit time.
+    /// The inputs, for the journal.
+    pub journal: Vec<JournalChunk>,
+    /// Award changes, one compact ledger row each.
+    pub fills: Vec<FillRow>,
+    /// Holding and PnL entries with their transaction's commit LSN and commit time (trading
+    /// and referral entries are stored as `fills`).
     pub entries: Vec<(Lsn, i64, LedgerEntry)>,
-    /// Increments of `user_epoch_points`, one per (user, epoch).
+    /// Increments of `user_epoch_points`, one per (user, epoch); also who gets a posting in
+    /// `user_batch`.
     pub totals: BTreeMap<(String, EpochId), Totals>,
+    /// Commit LSNs of the batch's first and last transactions (for `user_batch`).
+    pub lsn_range: Option<(Lsn, Lsn)>,
     /// Changed engine state.
     pub state: StateDelta,
-    /// Changed trade awards (`None`: forget the trade).
-    pub awards: BTreeMap<String, Option<Award>>,
     /// Rows dead-lettered.
     pub dead: Vec<DeadLetter>,
 }
 
 impl Batch {
-    /// Adds a transaction's entries and their totals.
+    /// Adds a transaction's entries (folded into the totals; holding and PnL entries kept as
+    /// rows) and its award changes.
     pub fn add_entries(
         &mut self,
         commit_lsn: Lsn,
         commit_time: i64,
         entries: Vec<LedgerEntry>,
+        fills: Vec<FillRecord>,
     ) -> Result<(), StoreError> {
+        let range = self.lsn_range.get_or_insert((commit_lsn, commit_lsn));
+        range.1 = commit_lsn;
         for e in entries {
             self.totals
                 .entry((e.user.clone(), e.epoch))
                 .or_default()
                 .add_entry(&e)
                 .map_err(|source| StoreError::bad_value("user_epoch_points", source))?;
-            self.entries.push((commit_lsn, commit_time, e));
+            if !(e.kind.is_trading() || e.kind.is_referral()) {
+                self.entries.push((commit_lsn, commit_time, e));
+            }
         }
+        self.fills.extend(fills.into_iter().map(|fill| FillRow {
+            commit_lsn,
+            commit_time,
+            fill,
+        }));
         Ok(())
+    }
+
+    /// Rows held for the store.
+    pub fn rows(&self) -> usize {
+        self.journal.iter().map(|c| c.events.len()).sum::<usize>()
+            + self.fills.len()
+            + self.entries.len()
+            + self.dead.len()
     }
 }
 
@@ -80,10 +105,11 @@ impl BatchAwards {
         self.changed.len()
     }
 
-    /// Hands the batch's changes over for writing and forgets everything.
-    pub fn take_changes(&mut self) -> BTreeMap<String, Option<Award>> {
+    /// Forgets everything, once the rows that hold the changes have gone to the store (later
+    /// lookups read them there).
+    pub fn clear(&mut self) {
         self.fetched.clear();
-        std::mem::take(&mut self.changed)
+        self.changed.clear();
     }
 }
 

@@ -54,6 +54,39 @@ impl Rows {
     }
 }
 
+/// Rows encoded into a list of chunks of about [`CHUNK_BYTES`], for one COPY.
+pub(super) struct Chunks {
+    rows: Rows,
+    done: Vec<Bytes>,
+}
+
+impl Chunks {
+    pub(super) fn new() -> Chunks {
+        Chunks {
+            rows: Rows::new(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Starts a row of `fields` values; write exactly that many.
+    pub(super) fn row(&mut self, fields: i16) -> Row<'_> {
+        self.rows.row(fields)
+    }
+
+    /// Closes the current chunk once it is big enough; call after each row.
+    pub(super) fn flush_if_full(&mut self) {
+        if self.rows.len() >= CHUNK_BYTES {
+            self.done.push(self.rows.take());
+        }
+    }
+
+    /// Every chunk, the trailer in the last.
+    pub(super) fn finish(mut self) -> Vec<Bytes> {
+        self.done.push(self.rows.finish());
+        self.done
+    }
+}
+
 /// One row's values, in column order.
 pub(super) struct Row<'a> {
     buf: &'a mut BytesMut,
@@ -67,6 +100,35 @@ impl Row<'_> {
     pub(super) fn text(&mut self, s: &str) {
         self.buf.put_i32(i32::try_from(s.len()).unwrap_or(i32::MAX));
         self.buf.put_slice(s.as_bytes());
+    }
+
+    pub(super) fn i16(&mut self, v: i16) {
+        self.buf.put_i32(2);
+        self.buf.put_i16(v);
+    }
+
+    pub(super) fn opt_text(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => self.text(s),
+            None => self.null(),
+        }
+    }
+
+    pub(super) fn opt_numeric(&mut self, d: Option<&Decimal>) -> Result<(), StoreError> {
+        match d {
+            Some(d) => self.numeric(d),
+            None => {
+                self.null();
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn opt_timestamp(&mut self, unix_micros: Option<i64>) {
+        match unix_micros {
+            Some(t) => self.timestamp(t),
+            None => self.null(),
+        }
     }
 
     pub(super) fn i32(&mut self, v: i32) {

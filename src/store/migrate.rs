@@ -20,6 +20,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0002_referrer_index.sql",
         include_str!("../../migrations/0002_referrer_index.sql"),
     ),
+    (
+        3,
+        "0003_journal.sql",
+        include_str!("../../migrations/0003_journal.sql"),
+    ),
 ];
 
 /// Creates the schema and applies the migrations the store has not recorded yet; returns how

@@ -13,7 +13,10 @@
 //! |---|---|
 //! | `mod.rs` | the connection for one source, its checkpoint, `teardown --drop-store` |
 //! | [`batch`] | what one store transaction writes; the trade awards of the open batch |
-//! | `tx.rs` | the open transaction: checkpoint fence, ledger COPY, totals, awards, dead letters |
+//! | `tx.rs` | the open transaction: checkpoint fence, totals, postings, dead letters |
+//! | `journal.rs` | the journal of inputs: appended per batch, read back by `replay` |
+//! | `ledger.rs` | the compact ledger (`ledger_fill`, `ledger_position`) and the awards read from it |
+//! | `rules.rs` | the `rules` table: every rules version with its text |
 //! | `state.rs` | the rules engine's state tables, loaded at start and written per batch |
 //! | `writer.rs` | the writer task that commits one batch while the next is built |
 //! | `copy.rs`, `lock.rs`, `migrate.rs` | binary COPY encoding, the one-instance lock, migrations |
@@ -29,14 +32,19 @@ use crate::time::micros_of;
 pub mod batch;
 mod copy;
 mod error;
+mod journal;
+mod ledger;
 mod lock;
 mod migrate;
+mod rules;
 mod state;
 mod tx;
 mod writer;
 
 pub use batch::{Batch, BatchAwards};
 pub use error::StoreError;
+pub use journal::{JournalChunk, JournalReader, JournaledTx};
+pub use ledger::FillRow;
 pub use tx::StoreTx;
 pub use writer::{write_batches, Seal, StoreWriter, WriterJobs};
 
@@ -71,6 +79,10 @@ pub struct Checkpoint {
 pub struct Store {
     pub(super) client: Client,
     pub(super) source_id: String,
+    /// The rules version batches are stamped with ([`Store::use_rules`]).
+    pub(super) rules_id: Option<i16>,
+    /// Epochs whose journal and ledger partitions are known to exist.
+    pub(super) partitions: std::sync::Mutex<std::collections::BTreeSet<i32>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -96,6 +108,8 @@ impl Store {
         Ok(Store {
             client,
             source_id: source_id.to_owned(),
+            rules_id: None,
+            partitions: Default::default(),
         })
     }
 
@@ -146,6 +160,8 @@ impl Store {
         Ok(StoreTx {
             tx,
             source_id: &self.source_id,
+            rules_id: self.rules_id,
+            partitions: &self.partitions,
         })
     }
 
@@ -192,12 +208,20 @@ impl Store {
         .await
         .map_err(StoreError::db("delete emptied totals"))?;
         for table in [
-            "ledger",
+            "ledger_v1",
+            "ledger_fill",
+            "ledger_position",
+            "journal",
+            "user_batch",
+            "trade_award_v1",
             "state_volume",
             "state_referral",
             "state_open_position",
             "state_pnl_paid",
-            "trade_award",
+            "volume_at_journal_start",
+            "referral_at_journal_start",
+            "open_position_at_journal_start",
+            "pnl_paid_at_journal_start",
             "dead_letter",
             "checkpoint",
         ] {

@@ -11,16 +11,19 @@ use rust_decimal::Decimal;
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::Transaction;
 
-use super::{copy, epoch_to_db, lsn_of, pg_lsn, Batch, Checkpoint, StoreError};
+use super::{epoch_to_db, lsn_of, pg_lsn, Batch, Checkpoint, StoreError};
 use crate::dead_letter::DeadLetter;
 use crate::lsn::Lsn;
-use crate::points::{Award, EpochId, LedgerEntry, Totals};
+use crate::points::{EpochId, Totals};
 use crate::time::system_time;
 
 /// One open store transaction: write batches into it, then commit.
 pub struct StoreTx<'a> {
     pub(super) tx: Transaction<'a>,
     pub(super) source_id: &'a str,
+    pub(super) rules_id: Option<i16>,
+    /// Epochs whose partitions exist, shared by the connection's transactions.
+    pub(super) partitions: &'a std::sync::Mutex<std::collections::BTreeSet<i32>>,
 }
 
 impl StoreTx<'_> {
@@ -147,38 +150,99 @@ impl StoreTx<'_> {
         }
     }
 
-    /// The stored awards of `ids`, as this transaction sees them (its own uncommitted writes
-    /// included); ids without an award are absent.
-    pub async fn awards(&self, ids: &[String]) -> Result<Vec<(String, Award)>, StoreError> {
-        let rows = self
-            .tx
-            .query(
-                "SELECT trade_id, award FROM walpoints.trade_award \
-                 WHERE source_id = $1 AND trade_id = ANY($2)",
-                &[&self.source_id, &ids],
-            )
-            .await
-            .map_err(StoreError::db("read trade awards"))?;
-        rows.iter()
-            .map(|row| {
-                let id: String = row.get(0);
-                let json: &str = row.get(1);
-                let award: Award = serde_json::from_str(json).map_err(|source| {
-                    StoreError::bad_value(format!("walpoints.trade_award of trade {id}"), source)
-                })?;
-                Ok((id, award))
-            })
-            .collect()
+    /// Writes a batch: the journal and the compact ledger (binary COPY, appended in commit
+    /// order), one total increment and one `user_batch` posting per (user, epoch), state rows
+    /// and dead letters.
+    pub async fn write(&self, batch: &mut Batch) -> Result<(), StoreError> {
+        self.ensure_partitions(batch).await?;
+        self.copy_journal(&batch.journal).await?;
+        self.copy_fills(&batch.fills).await?;
+        self.copy_position_entries(&batch.entries).await?;
+        self.add_totals(&batch.totals).await?;
+        self.add_postings(batch).await?;
+        self.write_state(&batch.state).await?;
+        self.write_dead_letters(&batch.dead).await
     }
 
-    /// Writes a batch: ledger rows (binary COPY), one total increment per (user, epoch), state
-    /// rows, awards and dead letters.
-    pub async fn write(&self, batch: &mut Batch) -> Result<(), StoreError> {
-        self.copy_ledger(&batch.entries).await?;
-        self.add_totals(&batch.totals).await?;
-        self.write_state(&batch.state).await?;
-        self.write_awards(&batch.awards).await?;
-        self.write_dead_letters(&batch.dead).await
+    /// The rules version rows are stamped with.
+    pub(super) fn rules_id(&self) -> Result<i16, StoreError> {
+        self.rules_id.ok_or_else(|| {
+            StoreError::Schema("no rules version recorded for this connection".into())
+        })
+    }
+
+    /// Sends encoded rows through one `COPY ... FROM STDIN (FORMAT binary)`.
+    pub(super) async fn send_copy(
+        &self,
+        statement: &str,
+        table: &'static str,
+        chunks: Vec<bytes::Bytes>,
+    ) -> Result<(), StoreError> {
+        use futures_util::SinkExt;
+        let sink = self
+            .tx
+            .copy_in(statement)
+            .await
+            .map_err(StoreError::db(table))?;
+        futures_util::pin_mut!(sink);
+        for chunk in chunks {
+            sink.send(chunk).await.map_err(StoreError::db(table))?;
+        }
+        sink.as_mut().finish().await.map_err(StoreError::db(table))?;
+        Ok(())
+    }
+
+    /// Creates the epoch partitions this batch's rows need that `run` did not create ahead.
+    async fn ensure_partitions(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut needed = std::collections::BTreeSet::new();
+        needed.extend(batch.journal.iter().map(|c| c.epoch));
+        for f in &batch.fills {
+            needed.insert(f.fill.epoch.map(epoch_to_db).transpose()?.unwrap_or(-1));
+        }
+        for (_, _, e) in &batch.entries {
+            needed.insert(epoch_to_db(e.epoch)?);
+        }
+        let mut known = self.partitions.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let missing: Vec<i32> = needed.into_iter().filter(|e| !known.contains(e)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for e in &missing {
+            self.tx
+                .execute("SELECT walpoints.ensure_epoch_partitions($1)", &[e])
+                .await
+                .map_err(StoreError::db("create epoch partitions"))?;
+            known.insert(*e);
+        }
+        // Remembered only once committed would be exact; a rollback merely makes the next
+        // batch ask again (the function is idempotent), so remembering now is safe.
+        *self.partitions.lock().unwrap_or_else(|p| p.into_inner()) = known;
+        Ok(())
+    }
+
+    /// One `user_batch` row per (user, epoch) with entries in this batch: how the API finds a
+    /// user's entries without an index entry per ledger row.
+    async fn add_postings(&self, batch: &Batch) -> Result<(), StoreError> {
+        let Some((first, last)) = batch.lsn_range else {
+            return Ok(());
+        };
+        if batch.totals.is_empty() {
+            return Ok(());
+        }
+        let mut users = Vec::with_capacity(batch.totals.len());
+        let mut epochs = Vec::with_capacity(batch.totals.len());
+        for (user, epoch) in batch.totals.keys() {
+            users.push(user.as_str());
+            epochs.push(epoch_to_db(*epoch)?);
+        }
+        self.tx
+            .execute(
+                "INSERT INTO walpoints.user_batch (user_address, epoch, source_id, first_lsn,                  last_lsn) SELECT u, e, $3, $4, $5 FROM unnest($1::text[], $2::int4[]) AS x(u, e)                  ON CONFLICT DO NOTHING",
+                &[&users, &epochs, &self.source_id, &pg_lsn(first), &pg_lsn(last)],
+            )
+            .await
+            .map_err(StoreError::db("add to user_batch"))?;
+        Ok(())
     }
 
     /// Commits: from here on the batch is durable and its LSN may be acknowledged.
@@ -209,70 +273,6 @@ impl StoreTx<'_> {
                 .await
                 .map_err(StoreError::db("write a dead letter"))?;
         }
-        Ok(())
-    }
-
-    async fn copy_ledger(&self, entries: &[(Lsn, i64, LedgerEntry)]) -> Result<(), StoreError> {
-        use futures_util::SinkExt;
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let sink = self
-            .tx
-            .copy_in(
-                "COPY walpoints.ledger (source_id, commit_lsn, ordinal, user_address, epoch, \
-                 kind, reversal, points, basis, multiplier, rate, position_notional, trade_id, \
-                 position_id, referee, segment_start, event_time, commit_time, rules_version) \
-                 FROM STDIN (FORMAT binary)",
-            )
-            .await
-            .map_err(StoreError::db("start the ledger COPY"))?;
-        futures_util::pin_mut!(sink);
-        let mut rows = copy::Rows::new();
-        for (commit_lsn, commit_time, e) in entries {
-            let ordinal = i32::try_from(e.ordinal)
-                .map_err(|_| StoreError::OutOfRange(format!("ordinal {} too big", e.ordinal)))?;
-            let mut row = rows.row(19);
-            row.text(self.source_id);
-            row.i64(i64::try_from(commit_lsn.0).unwrap_or(i64::MAX));
-            row.i32(ordinal);
-            row.text(&e.user);
-            row.i32(epoch_to_db(e.epoch)?);
-            row.text(e.kind.as_str());
-            row.bool(e.reversal);
-            for d in [e.points, e.basis, e.multiplier, e.rate] {
-                row.numeric(&d)?;
-            }
-            match &e.position_notional {
-                Some(d) => row.numeric(d)?,
-                None => row.null(),
-            }
-            for t in [&e.trade_id, &e.position_id, &e.referee] {
-                match t {
-                    Some(t) => row.text(t),
-                    None => row.null(),
-                }
-            }
-            match e.segment_start {
-                Some(t) => row.timestamp(t),
-                None => row.null(),
-            }
-            row.timestamp(e.event_time);
-            row.timestamp(*commit_time);
-            row.text(&e.rules_version);
-            if rows.len() >= copy::CHUNK_BYTES {
-                sink.send(rows.take())
-                    .await
-                    .map_err(StoreError::db("write ledger rows"))?;
-            }
-        }
-        sink.send(rows.finish())
-            .await
-            .map_err(StoreError::db("write ledger rows"))?;
-        sink.as_mut()
-            .finish()
-            .await
-            .map_err(StoreError::db("finish the ledger COPY"))?;
         Ok(())
     }
 
@@ -322,49 +322,6 @@ impl StoreTx<'_> {
             )
             .await
             .map_err(StoreError::db("add to user_epoch_points"))?;
-        Ok(())
-    }
-
-    async fn write_awards(
-        &self,
-        awards: &BTreeMap<String, Option<Award>>,
-    ) -> Result<(), StoreError> {
-        let err = StoreError::db("write trade awards");
-        let mut gone = Vec::new();
-        let mut ids = Vec::new();
-        let mut jsons = Vec::new();
-        for (id, award) in awards {
-            match award {
-                None => gone.push(id.as_str()),
-                Some(a) => {
-                    ids.push(id.as_str());
-                    jsons.push(serde_json::to_string(a).map_err(|source| {
-                        StoreError::bad_value(format!("award of trade {id}"), source)
-                    })?);
-                }
-            }
-        }
-        if !gone.is_empty() {
-            self.tx
-                .execute(
-                    "DELETE FROM walpoints.trade_award WHERE source_id = $1 \
-                     AND trade_id = ANY($2)",
-                    &[&self.source_id, &gone],
-                )
-                .await
-                .map_err(&err)?;
-        }
-        if !ids.is_empty() {
-            self.tx
-                .execute(
-                    "INSERT INTO walpoints.trade_award (source_id, trade_id, award) \
-                     SELECT $1, i, a FROM unnest($2::text[], $3::text[]) AS x(i, a) \
-                     ON CONFLICT (source_id, trade_id) DO UPDATE SET award = excluded.award",
-                    &[&self.source_id, &ids, &jsons],
-                )
-                .await
-                .map_err(&err)?;
-        }
         Ok(())
     }
 }

@@ -16,7 +16,7 @@ use crate::lsn::Lsn;
 use crate::mapping::{row_json, Mapped, Mapper, RowRejected, TableKind};
 use crate::pgoutput::Relation;
 use crate::points::{Engine, State, TxCursor, TxEvents, TxOutcome};
-use crate::store::{Batch, StoreWriter};
+use crate::store::{Batch, JournalChunk, StoreWriter};
 
 /// Where a dead-lettered event came from.
 #[derive(Debug, Clone)]
@@ -42,6 +42,8 @@ pub(super) struct InTx {
     cursor: Option<TxCursor>,
     /// The next dead letter's number within the transaction.
     dead: u32,
+    /// Journal rows written for the transaction so far.
+    journaled: u32,
 }
 
 impl InTx {
@@ -51,6 +53,7 @@ impl InTx {
             changes: Vec::new(),
             cursor: None,
             dead: 0,
+            journaled: 0,
         }
     }
 }
@@ -165,6 +168,18 @@ impl Evaluator {
         let outcome =
             self.engine
                 .apply_events(cursor, &mut self.state, &mut open.awards, &txe.events);
+        let epoch = self.stream_epoch(cursor.now());
+        if !txe.events.is_empty() {
+            let chunk = JournalChunk {
+                commit_lsn,
+                commit_time,
+                epoch,
+                first_ordinal: t.journaled,
+                events: txe.events,
+            };
+            t.journaled = t.journaled.saturating_add(chunk.rows());
+            open.batch.journal.push(chunk);
+        }
         let origin = |k: usize| {
             let change = sources.get(k).and_then(|&i| changes.get(i));
             change.map(|c| Origin {
@@ -204,14 +219,43 @@ impl Evaluator {
                 source,
             })?;
         self.absorb(open, &begin, outcome, dead, 0, origin)?;
-        self.finish(open, end_lsn, txe.commit_time);
+        let now = self.state.stream_time().unwrap_or(txe.commit_time);
+        open.batch.journal.push(JournalChunk {
+            commit_lsn: begin.commit_lsn,
+            commit_time: txe.commit_time,
+            epoch: self.stream_epoch(now),
+            first_ordinal: 0,
+            events: txe.events.clone(),
+        });
+        open.close_transaction(end_lsn, txe.commit_time);
+        self.progress.transactions += 1;
         Ok(())
     }
 
     /// Ends a transaction all of whose changes were applied: it now counts in the open batch.
-    pub(super) fn finish(&mut self, open: &mut OpenBatch, end_lsn: Lsn, commit_time: i64) {
-        open.close_transaction(end_lsn, commit_time);
+    /// One that brought no input is journaled as a tick: it still moved stream time.
+    pub(super) fn finish(&mut self, open: &mut OpenBatch, t: &InTx, end_lsn: Lsn) {
+        if t.journaled == 0 {
+            if let Some(cursor) = &t.cursor {
+                open.batch.journal.push(JournalChunk {
+                    commit_lsn: t.begin.commit_lsn,
+                    commit_time: t.begin.commit_time,
+                    epoch: self.stream_epoch(cursor.now()),
+                    first_ordinal: 0,
+                    events: Vec::new(),
+                });
+            }
+        }
+        open.close_transaction(end_lsn, t.begin.commit_time);
         self.progress.transactions += 1;
+    }
+
+    /// The journal's partition key for a transaction at stream time `now`.
+    fn stream_epoch(&self, now: i64) -> i32 {
+        self.engine
+            .epoch_of(now)
+            .and_then(|e| i32::try_from(e).ok())
+            .unwrap_or(-1)
     }
 
     /// Adds an engine outcome to the open batch: its entries (and their totals), and as dead
@@ -259,7 +303,13 @@ impl Evaluator {
             .map(|e| e.points)
             .sum::<rust_decimal::Decimal>();
         open.tally.counters.merge(&outcome.counters);
-        open.add(tx.commit_lsn, tx.commit_time, outcome.entries, dead)?;
+        open.add(
+            tx.commit_lsn,
+            tx.commit_time,
+            outcome.entries,
+            outcome.fills,
+            dead,
+        )?;
         Ok(next)
     }
 
@@ -268,7 +318,7 @@ impl Evaluator {
     pub fn take_batch(&mut self, open: &mut OpenBatch) -> Batch {
         let mut batch = std::mem::take(&mut open.batch);
         batch.state = self.state.drain_delta();
-        batch.awards = open.awards.take_changes();
+        open.awards.clear();
         batch
     }
 

@@ -311,8 +311,7 @@ impl<'o> BatchLoop<'o> {
             self.evaluator
                 .apply_chunk(writer, &mut self.open, &mut tx)
                 .await?;
-            self.evaluator
-                .finish(&mut self.open, end_lsn, tx.begin.commit_time);
+            self.evaluator.finish(&mut self.open, &tx, end_lsn);
         }
         Ok(())
     }

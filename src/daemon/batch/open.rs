@@ -10,7 +10,7 @@ use crate::changes::Op;
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::lsn::Lsn;
 use crate::mapping::TableKind;
-use crate::points::{Counters, EntryKind, LedgerEntry};
+use crate::points::{Counters, EntryKind, FillRecord, LedgerEntry};
 use crate::store::{Batch, BatchAwards, StoreError};
 
 /// What one batch has collected so far.
@@ -35,7 +35,7 @@ impl OpenBatch {
 
     /// Rows held for the store that parts can hand over.
     pub(super) fn rows(&self) -> usize {
-        self.batch.entries.len() + self.batch.dead.len() + self.awards.changed()
+        self.batch.rows()
     }
 
     /// Counts a transaction all of whose changes were applied: it now belongs to the batch.
@@ -45,12 +45,13 @@ impl OpenBatch {
         self.transactions += 1;
     }
 
-    /// Adds a transaction's entries (with their totals) and dead letters.
+    /// Adds a transaction's entries (with their totals), award changes and dead letters.
     pub(super) fn add(
         &mut self,
         commit_lsn: Lsn,
         commit_time: i64,
         entries: Vec<LedgerEntry>,
+        fills: Vec<FillRecord>,
         dead: Vec<DeadLetter>,
     ) -> Result<(), StoreError> {
         for e in &entries {
@@ -60,16 +61,20 @@ impl OpenBatch {
             *self.tally.dead.entry(d.reason).or_default() += 1;
         }
         self.batch.dead.extend(dead);
-        self.batch.add_entries(commit_lsn, commit_time, entries)
+        self.batch.add_entries(commit_lsn, commit_time, entries, fills)
     }
 
-    /// The ledger rows, awards and dead letters so far, for the writer to add to the batch's
+    /// The journal, ledger rows and dead letters so far, for the writer to add to the batch's
     /// still-open store transaction; totals and rule state stay until the seal.
     pub(super) fn take_part(&mut self) -> Batch {
+        // The awards changed so far are in the fill rows that go now: from here on lookups
+        // read them in the store.
+        self.awards.clear();
         Batch {
+            journal: std::mem::take(&mut self.batch.journal),
+            fills: std::mem::take(&mut self.batch.fills),
             entries: std::mem::take(&mut self.batch.entries),
             dead: std::mem::take(&mut self.batch.dead),
-            awards: self.awards.take_changes(),
             ..Batch::default()
         }
     }
