@@ -62,6 +62,22 @@ pub enum Command {
     /// volume and fills per user and epoch, PnL points of closed positions) and compare with
     /// the store; exit 1 on any difference. Reads the business tables: point it at a replica.
     Verify(VerifyArgs),
+    /// Run the store's journal through the points engine again and compare the result with
+    /// the stored ledger and totals (--verify); exit 1 listing the first differences, 2 when it
+    /// cannot compare. Reads only the store, and may run while `run` streams.
+    Replay(ReplayArgs),
+}
+
+/// Options of `walpoints replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Compare with the store (the only mode so far; required, so that a later mode that
+    /// writes is never the default).
+    #[arg(long, required = true)]
+    pub verify: bool,
+    /// Compare only this epoch.
+    #[arg(long, value_name = "N")]
+    pub epoch: Option<u32>,
 }
 
 /// Options of `walpoints run`.

@@ -6,14 +6,14 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 use walpoints::cli::{Cli, Command, LogFormat};
-use walpoints::cmd::{demo, status, tail, verify};
+use walpoints::cmd::{demo, replay, status, tail, verify};
 use walpoints::config::Config;
 use walpoints::daemon;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // verify: 1 means "the store differs", so its own failures to run exit 2.
-    let verifying = matches!(cli.command, Command::Verify(_));
+    let verifying = matches!(cli.command, Command::Verify(_) | Command::Replay(_));
     init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("walpoints: {}", render(&e));
-            if e.is::<verify::Differences>() {
+            if e.is::<verify::Differences>() || e.is::<replay::ReplayDiffers>() {
                 ExitCode::from(1)
             } else if verifying {
                 ExitCode::from(2)
@@ -149,6 +149,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let summary = demo::run(&opts, &mut out).await?;
             tracing::debug!(?summary, "demo finished");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay(args) => {
+            let opts = replay::ReplayOptions { epoch: args.epoch };
+            let report = replay::verify(&config, &opts).await?;
+            print!("{}", report.render());
+            if report.is_clean() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Err(replay::ReplayDiffers(report.differences).into())
+            }
         }
         Command::Verify(args) => {
             let opts = verify::VerifyOptions {

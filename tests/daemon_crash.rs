@@ -58,6 +58,9 @@ async fn sigkill_at_five_random_moments_changes_nothing_in_the_ledger() {
         50_000,
     )
     .await;
+    // And the journal the killed daemon wrote replays to exactly its ledger and totals.
+    let (code, stdout, stderr) = crate::replay::replay(&killed);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

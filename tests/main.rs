@@ -27,6 +27,7 @@ mod pgcluster;
 mod pgconn_tls;
 mod privilege;
 mod readme;
+mod replay;
 mod source;
 mod status;
 mod tail;

@@ -184,15 +184,16 @@ async fn a_missing_pnl_entry_is_named_with_its_user_and_epoch() {
     let db = TestDb::exchange("verify_pnl").await;
     let s = streamed(&db, "vpnl", &[]).await;
     let epoch = the_epoch(&s.wp).await;
-    let deleted =
-        s.wp.store()
-            .await
-            .execute(
-                "DELETE FROM walpoints.ledger WHERE kind = 'pnl' AND user_address = '0xbob'",
-                &[],
-            )
-            .await
-            .unwrap();
+    let deleted = s
+        .wp
+        .store()
+        .await
+        .execute(
+            "DELETE FROM walpoints.ledger_position WHERE kind = 'pnl' AND user_address = '0xbob'",
+            &[],
+        )
+        .await
+        .unwrap();
     assert_eq!(deleted, 1);
     let (out, stdout) = verify(&s.wp);
     assert_eq!(out.status.code(), Some(1), "{stdout}");

@@ -141,7 +141,7 @@ async fn drain_one(lab: &Lab, shape: &Shape, first: u64) -> Result<Figures> {
     );
     let (copied, ceiling) = lab.ledger_copy_alone(&store).await?;
     eprintln!(
-        "{}: the {copied} ledger rows alone, COPY into an empty ledger table: {:.2} s ({:.0} rows/s)",
+        "{}: the {copied} fills' ledger_fill and journal rows alone, COPY into empty tables: {:.2} s ({:.0} fills/s)",
         shape.name,
         ceiling.as_secs_f64(),
         rate(copied, ceiling)

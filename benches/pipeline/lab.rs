@@ -251,22 +251,35 @@ impl Lab {
         Ok(took)
     }
 
-    /// The store's physical ceiling: the ledger rows walpoints just wrote, copied (binary COPY,
-    /// server side) into an empty table shaped like the ledger (same indexes), alone: how fast
-    /// this server can store ledger rows at all, before any totals, state or awards.
+    /// The store's physical ceiling: the journal and compact ledger rows walpoints just wrote,
+    /// copied (binary COPY, server side) into empty tables shaped like them (same keys and
+    /// indexes), alone: how fast this server can store one fill's rows at all, before any
+    /// totals, postings or state.
     pub async fn ledger_copy_alone(&self, store: &Client) -> Result<(u64, Duration)> {
         let file = self.cluster.data_dir().join("bench-ledger.bin");
         let file = file.display();
+        let journal = self.cluster.data_dir().join("bench-journal.bin");
+        let journal = journal.display();
         let rows = store
             .execute(
-                &format!("COPY walpoints.ledger TO '{file}' (FORMAT binary)"),
+                &format!("COPY (SELECT * FROM walpoints.ledger_fill) TO '{file}' (FORMAT binary)"),
+                &[],
+            )
+            .await?;
+        store
+            .execute(
+                &format!("COPY (SELECT * FROM walpoints.journal) TO '{journal}' (FORMAT binary)"),
                 &[],
             )
             .await?;
         store
             .batch_execute(
-                "DROP TABLE IF EXISTS walpoints.ceiling; \
-                 CREATE TABLE walpoints.ceiling (LIKE walpoints.ledger INCLUDING ALL); CHECKPOINT",
+                "DROP TABLE IF EXISTS walpoints.ceiling, walpoints.ceiling_journal; \
+                 CREATE TABLE walpoints.ceiling (LIKE walpoints.ledger_fill INCLUDING DEFAULTS, \
+                   PRIMARY KEY (source_id, epoch, commit_lsn, ordinal)); \
+                 CREATE INDEX ON walpoints.ceiling (source_id, trade_id, commit_lsn, ordinal); \
+                 CREATE TABLE walpoints.ceiling_journal (LIKE walpoints.journal INCLUDING DEFAULTS, \
+                   PRIMARY KEY (source_id, epoch, commit_lsn, ordinal)); CHECKPOINT",
             )
             .await?;
         let started = Instant::now();
@@ -276,9 +289,18 @@ impl Lab {
                 &[],
             )
             .await?;
+        store
+            .execute(
+                &format!("COPY walpoints.ceiling_journal FROM '{journal}' (FORMAT binary)"),
+                &[],
+            )
+            .await?;
         let took = started.elapsed();
-        store.batch_execute("DROP TABLE walpoints.ceiling").await?;
+        store
+            .batch_execute("DROP TABLE walpoints.ceiling, walpoints.ceiling_journal")
+            .await?;
         let _ = std::fs::remove_file(self.cluster.data_dir().join("bench-ledger.bin"));
+        let _ = std::fs::remove_file(self.cluster.data_dir().join("bench-journal.bin"));
         Ok((rows, took))
     }
 

@@ -172,7 +172,12 @@ mod tests {
     fn entry(user: &str, kind: EntryKind, points: &str, basis: &str, rate: &str) -> AwardedEntry {
         let referee = match kind {
             EntryKind::ReferralL1 | EntryKind::ReferralL2 => Some(
-                if user.starts_with("0xt") { "0xtaker" } else { "0xmaker" }.to_owned(),
+                if user.starts_with("0xt") {
+                    "0xtaker"
+                } else {
+                    "0xmaker"
+                }
+                .to_owned(),
             ),
             _ => None,
         };
@@ -182,7 +187,11 @@ mod tests {
             kind,
             points: d(points),
             basis: d(basis),
-            multiplier: if kind.is_trading() { d("1.1") } else { Decimal::ONE },
+            multiplier: if kind.is_trading() {
+                d("1.1")
+            } else {
+                Decimal::ONE
+            },
             rate: d(rate),
             referee,
         }

@@ -220,7 +220,14 @@ fn plan_reversal(
 
 /// Notes one award change for the compact ledger; `start` is the index of its first entry in
 /// this call's output.
-fn record(cx: &mut Ctx<'_>, trade_id: &str, reversal: bool, award: &Award, start: usize, time: i64) {
+fn record(
+    cx: &mut Ctx<'_>,
+    trade_id: &str,
+    reversal: bool,
+    award: &Award,
+    start: usize,
+    time: i64,
+) {
     let epoch = award
         .volume
         .as_ref()

@@ -81,8 +81,9 @@ impl StoreError {
         matches!(self, StoreError::Connect(ConnectError::NoDatabase { .. }))
     }
 
-    /// Wraps a driver error with what we were doing, classified.
-    pub(super) fn db(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
+    /// Wraps a driver error with what we were doing, classified (transient or not), so that
+    /// commands reading the store (`replay`) report their errors as the store does.
+    pub(crate) fn db(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
         move |source| {
             if crate::pg::connect::is_transient(&source) {
                 StoreError::Unavailable { what, source }
@@ -93,7 +94,7 @@ impl StoreError {
     }
 
     /// A value that does not convert, with what it was.
-    pub(super) fn bad_value(
+    pub(crate) fn bad_value(
         what: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> StoreError {

@@ -35,7 +35,11 @@ pub struct JournalChunk {
 impl JournalChunk {
     /// How many rows the chunk writes (a tick is one).
     pub fn rows(&self) -> u32 {
-        let n: usize = self.events.iter().map(|e| 1 + usize::from(has_old(e))).sum();
+        let n: usize = self
+            .events
+            .iter()
+            .map(|e| 1 + usize::from(has_old(e)))
+            .sum();
         u32::try_from(n.max(1)).unwrap_or(u32::MAX)
     }
 }
@@ -337,7 +341,11 @@ impl JournalReader {
                 status: match open {
                     Some(true) => PositionStatus::Open,
                     Some(false) => PositionStatus::Closed,
-                    None => return Err(StoreError::OutOfRange("journal position: no is_open".into())),
+                    None => {
+                        return Err(StoreError::OutOfRange(
+                            "journal position: no is_open".into(),
+                        ))
+                    }
                 },
                 realized_pnl: row.get(15),
             })

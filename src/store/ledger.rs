@@ -118,30 +118,7 @@ impl StoreTx<'_> {
     /// included): a trade's newest `ledger_fill` row, unless that row undid its award; for a
     /// store upgraded from 0002, what `trade_award_v1` holds of trades not changed since.
     pub async fn awards(&self, ids: &[String]) -> Result<Vec<(String, Award)>, StoreError> {
-        let rows = self
-            .tx
-            .query(
-                "SELECT DISTINCT ON (trade_id) trade_id, reversal, epoch, fill_time, price, \
-                 amount, taker, maker, notional, taker_points, taker_multiplier, taker_rate, \
-                 maker_points, maker_multiplier, maker_rate, taker_l1, taker_l1_points, taker_l2, \
-                 taker_l2_points, maker_l1, maker_l1_points, maker_l2, maker_l2_points, \
-                 level1_share, level2_share \
-                 FROM walpoints.ledger_fill WHERE source_id = $1 AND trade_id = ANY($2) \
-                 ORDER BY trade_id, commit_lsn DESC, ordinal DESC",
-                &[&self.source_id, &ids],
-            )
-            .await
-            .map_err(StoreError::db("read trade awards"))?;
-        let mut found = Vec::with_capacity(rows.len());
-        let mut seen = std::collections::HashSet::with_capacity(rows.len());
-        for row in &rows {
-            let id: String = row.get(0);
-            seen.insert(id.clone());
-            if !row.get::<_, bool>(1) {
-                found.push((id, award_of(row)?));
-            }
-        }
-        let older: Vec<&String> = ids.iter().filter(|id| !seen.contains(*id)).collect();
+        let (mut found, older) = latest_awards(&self.tx, self.source_id, ids, None).await?;
         if !older.is_empty() {
             found.extend(self.awards_before_upgrade(&older).await?);
         }
@@ -151,7 +128,7 @@ impl StoreTx<'_> {
     /// Awards kept by a store made before the journal (0002's `trade_award`, read-only now).
     async fn awards_before_upgrade(
         &self,
-        ids: &[&String],
+        ids: &[String],
     ) -> Result<Vec<(String, Award)>, StoreError> {
         let rows = self
             .tx
@@ -161,7 +138,9 @@ impl StoreTx<'_> {
                 &[&self.source_id, &ids],
             )
             .await
-            .map_err(StoreError::db("read trade awards kept from before the upgrade"))?;
+            .map_err(StoreError::db(
+                "read trade awards kept from before the upgrade",
+            ))?;
         rows.iter()
             .map(|row| {
                 let id: String = row.get(0);
@@ -173,6 +152,62 @@ impl StoreTx<'_> {
             })
             .collect()
     }
+}
+
+impl super::Store {
+    /// The awards of `ids` as they stood before the transaction at `before` (what the engine
+    /// saw when it applied it): `replay` asks this instead of keeping every award in memory.
+    pub async fn awards_before(
+        &self,
+        ids: &[String],
+        before: Lsn,
+    ) -> Result<Vec<(String, Award)>, StoreError> {
+        Ok(
+            latest_awards(&self.client, &self.source_id, ids, Some(before))
+                .await?
+                .0,
+        )
+    }
+}
+
+/// Each trade's newest `ledger_fill` row (older than `before`, if given) as its award, and the
+/// ids that have no row at all.
+async fn latest_awards(
+    db: &impl tokio_postgres::GenericClient,
+    source_id: &str,
+    ids: &[String],
+    before: Option<Lsn>,
+) -> Result<(Vec<(String, Award)>, Vec<String>), StoreError> {
+    let before = tokio_postgres::types::PgLsn::from(before.map_or(u64::MAX, |l| l.0));
+    let rows = db
+        .query(
+            "SELECT DISTINCT ON (trade_id) trade_id, reversal, epoch, fill_time, price, \
+             amount, taker, maker, notional, taker_points, taker_multiplier, taker_rate, \
+             maker_points, maker_multiplier, maker_rate, taker_l1, taker_l1_points, taker_l2, \
+             taker_l2_points, maker_l1, maker_l1_points, maker_l2, maker_l2_points, \
+             level1_share, level2_share \
+             FROM walpoints.ledger_fill WHERE source_id = $1 AND trade_id = ANY($2) \
+             AND commit_lsn < $3 \
+             ORDER BY trade_id, commit_lsn DESC, ordinal DESC",
+            &[&source_id, &ids, &before],
+        )
+        .await
+        .map_err(StoreError::db("read trade awards"))?;
+    let mut found = Vec::with_capacity(rows.len());
+    let mut seen = std::collections::HashSet::with_capacity(rows.len());
+    for row in &rows {
+        let id: String = row.get(0);
+        seen.insert(id.clone());
+        if !row.get::<_, bool>(1) {
+            found.push((id, award_of(row)?));
+        }
+    }
+    let unseen = ids
+        .iter()
+        .filter(|id| !seen.contains(*id))
+        .cloned()
+        .collect();
+    Ok((found, unseen))
 }
 
 /// Writes one `ledger_fill` row.

@@ -188,7 +188,10 @@ impl StoreTx<'_> {
         for chunk in chunks {
             sink.send(chunk).await.map_err(StoreError::db(table))?;
         }
-        sink.as_mut().finish().await.map_err(StoreError::db(table))?;
+        sink.as_mut()
+            .finish()
+            .await
+            .map_err(StoreError::db(table))?;
         Ok(())
     }
 
@@ -202,7 +205,11 @@ impl StoreTx<'_> {
         for (_, _, e) in &batch.entries {
             needed.insert(epoch_to_db(e.epoch)?);
         }
-        let mut known = self.partitions.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut known = self
+            .partitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let missing: Vec<i32> = needed.into_iter().filter(|e| !known.contains(e)).collect();
         if missing.is_empty() {
             return Ok(());

@@ -61,7 +61,8 @@ impl OpenBatch {
             *self.tally.dead.entry(d.reason).or_default() += 1;
         }
         self.batch.dead.extend(dead);
-        self.batch.add_entries(commit_lsn, commit_time, entries, fills)
+        self.batch
+            .add_entries(commit_lsn, commit_time, entries, fills)
     }
 
     /// The journal, ledger rows and dead letters so far, for the writer to add to the batch's
