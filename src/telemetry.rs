@@ -605,6 +605,43 @@ mod tests {
     }
 
     #[test]
+    fn the_lag_history_keeps_the_last_hour_in_order_and_stays_bounded() {
+        let t = telemetry();
+        t.count_changes(TableKind::Trades, Op::Insert, 3);
+        t.count_changes(TableKind::Positions, Op::Insert, 5);
+        t.slot_polled(Ok(slot(10, "reserved")));
+        t.slot_polled(Err("down".into()));
+        t.slot_polled(Ok(slot(20, "reserved")));
+        let h = t.lag_history();
+        assert_eq!(
+            h.iter().map(|s| s.lag_bytes).collect::<Vec<_>>(),
+            [10, 20],
+            "failed polls are not samples"
+        );
+        assert_eq!(h[1].fills, 3, "only trade inserts are fills");
+        let now = now_micros();
+        let hour = LAG_HISTORY.as_micros() as i64;
+        for i in 0..MAX_LAG_SAMPLES as i64 + 10 {
+            t.remember_lag(LagSample {
+                at_micros: now - hour - 10 + i,
+                lag_bytes: i,
+                lag_seconds: None,
+                fills: 0,
+            });
+        }
+        let h = t.lag_history();
+        assert!(h.len() <= MAX_LAG_SAMPLES, "{}", h.len());
+        assert!(h.windows(2).all(|w| w[0].at_micros < w[1].at_micros));
+        t.remember_lag(LagSample {
+            at_micros: now + 2 * hour,
+            lag_bytes: 1,
+            lag_seconds: None,
+            fills: 0,
+        });
+        assert_eq!(t.lag_history().len(), 1, "samples older than an hour go");
+    }
+
+    #[test]
     fn ready_only_when_streaming_with_a_fresh_poll_under_the_thresholds() {
         let t = telemetry();
         assert!(t.ready().unwrap_err().contains("starting"));

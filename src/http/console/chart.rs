@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::html::esc;
+use super::html::{esc, grouped};
 
 const WIDTH: f64 = 600.0;
 const HEIGHT: f64 = 160.0;
@@ -44,15 +44,21 @@ pub(super) fn line(title: &str, unit: &str, span: f64, points: &[(f64, f64)]) ->
          aria-label=\"{t}: peak {max:.1} {u}\"><title>{t}</title>\
          <line x1=\"{PAD}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" class=\"axis\"/>\
          <line x1=\"{PAD}\" y1=\"{PAD}\" x2=\"{PAD}\" y2=\"{b}\" class=\"axis\"/>\
-         <text x=\"{PAD}\" y=\"{ly}\" class=\"muted\">{top:.1} {u}</text>\
-         <text x=\"{PAD}\" y=\"{HEIGHT}\" class=\"muted\">{ago}</text>\
-         <text x=\"{r}\" y=\"{HEIGHT}\" text-anchor=\"end\" class=\"muted\">now</text>{body}</svg>\
+         <text x=\"{PAD}\" y=\"{ly}\" class=\"muted\">{peak} {u}</text>\
+         <text x=\"{PAD}\" y=\"{ay}\" class=\"muted\">{ago}</text>\
+         <text x=\"{r}\" y=\"{ay}\" text-anchor=\"end\" class=\"muted\">now</text>{body}</svg>\
          <figcaption>{t}</figcaption></figure>",
         t = esc(title),
         u = esc(unit),
+        peak = if top >= 100.0 {
+            grouped(&format!("{top:.0}"))
+        } else {
+            format!("{top:.1}")
+        },
         b = HEIGHT - PAD,
         r = WIDTH - PAD,
         ly = PAD - 8.0,
+        ay = HEIGHT - 8.0,
         ago = if span >= 3600.0 {
             "1 h ago".to_owned()
         } else {
