@@ -506,3 +506,77 @@ async fn pages_carry_a_content_security_policy_that_allows_no_script() {
         );
     }
 }
+
+/// Not a test: a measurement, run on demand (`cargo test --release --test integration
+/// console::measure -- --ignored --nocapture`). Commits 1,000,000 fills among 10,000 users (in
+/// transactions of 10,000), lets the daemon drain them, then prints how long each page takes:
+/// the server's answer (median of 5 GETs) and a whole headless Chromium load (process start
+/// included). It asserts only that the pages load.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement of minutes, not a test; run it with --ignored --nocapture"]
+async fn measure_page_loads_against_a_million_fills() {
+    let fills: i64 = std::env::var("WALPOINTS_CONSOLE_FILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let db = TestDb::exchange("console_measure").await;
+    let wp = Walpoints::new(&db, "measure").env("WALPOINTS_HTTP_LISTEN", "127.0.0.1:0");
+    let running = wp.setup_and_stream().await;
+    let addr = http_addr(&running).await;
+    let ex = db.client().await;
+    let started = std::time::Instant::now();
+    let per_tx = 10_000;
+    for first in (0..fills).step_by(per_tx as usize) {
+        ex.execute(
+            "INSERT INTO trades (symbol, price, amount, taker_address, maker_address) \
+             SELECT 'BTC', 100 + n % 50, 1 + n % 7, 'u' || (n % 10000), 'u' || ((n * 7 + 1) % 10000) \
+             FROM generate_series($1::bigint, $2::bigint) AS n",
+            &[&first, &(first + per_tx - 1).min(fills - 1)],
+        )
+        .await
+        .unwrap();
+    }
+    let until = fence(&ex).await;
+    wp.wait_for(until, Duration::from_secs(3600), &running)
+        .await;
+    println!(
+        "{fills} fills committed and drained in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let (_, board) = get_json(&addr, "/v1/leaderboard?limit=50").await;
+    let top = board["entries"][0]["address"].as_str().unwrap().to_owned();
+    let next = board["next_cursor"].as_str().unwrap().to_owned();
+    let pages = [
+        "/".to_owned(),
+        "/leaderboard".to_owned(),
+        format!("/leaderboard?cursor={next}"),
+        "/leaderboard?address=u4321".to_owned(),
+        format!("/users/{top}"),
+        "/users/u4321".to_owned(),
+        "/dead-letters".to_owned(),
+    ];
+    println!("| page | server answer, median of 5 | headless Chromium load |");
+    println!("|---|---:|---:|");
+    for path in pages {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            let (status, _) = crate::support::http::get(&addr, &path).await;
+            assert_eq!(status, 200, "{path}");
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        let url = format!("http://{addr}{path}");
+        let t = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || dom(&url))
+            .await
+            .unwrap();
+        let browser = t.elapsed().as_secs_f64() * 1000.0;
+        let shown = if path.len() > 40 {
+            format!("{}…", &path[..40])
+        } else {
+            path
+        };
+        println!("| `{shown}` | {:.0} ms | {browser:.0} ms |", times[2]);
+    }
+}

@@ -398,7 +398,7 @@ async fn leaderboard_page(st: &AppState, q: Option<String>) -> Result<String, Ap
         for (k, _) in KINDS {
             let _ = write!(
                 rows,
-                "<td class=\"num\">{}</td>",
+                "<td class=\"num kind\">{}</td>",
                 grouped(s(&e["points"][k]))
             );
         }
@@ -414,7 +414,7 @@ async fn leaderboard_page(st: &AppState, q: Option<String>) -> Result<String, Ap
     }
     let mut head = String::from("<th scope=\"col\">Rank</th><th scope=\"col\">Address</th>");
     for (_, label) in KINDS {
-        let _ = write!(head, "<th scope=\"col\" class=\"num\">{label}</th>");
+        let _ = write!(head, "<th scope=\"col\" class=\"num kind\">{label}</th>");
     }
     head.push_str(
         "<th scope=\"col\" class=\"num\">Total</th><th scope=\"col\" class=\"num\">Volume</th>",
