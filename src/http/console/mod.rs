@@ -575,7 +575,7 @@ async fn user_page(st: &AppState, raw: &str, q: Option<String>) -> Result<String
         };
         let _ = write!(
             rows,
-            "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{what}</td><td><code>{}</code></td></tr>",
+            "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td>{what}</td><td><code class=\"lsn\">{}</code></td></tr>",
             e["event_time"].as_str().map_or(String::new(), utc),
             esc(s(&e["kind"])),
             grouped(s(&e["points"])),
@@ -621,7 +621,7 @@ async fn dead_letters(State(st): State<AppState>, RawQuery(q): RawQuery) -> Resp
     for e in d["entries"].as_array().into_iter().flatten() {
         let _ = write!(
             rows,
-            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{} {}</td><td>{}</td><td><code class=\"row\">{}</code></td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td><code class=\"lsn\">{}</code></td><td>{} {}</td><td>{}</td><td><code class=\"row\">{}</code></td><td>{}</td></tr>",
             esc(s(&e["reason"])),
             esc(s(&e["detail"])),
             esc(s(&e["lsn"])),
