@@ -118,6 +118,30 @@ pub struct Telemetry {
     reconnects: Counter,
     heartbeat_roundtrip: FloatGauge,
     last_batch_timestamp: FloatGauge,
+    /// Fills (trade inserts) seen since start, for the console's fills per second.
+    fills: std::sync::atomic::AtomicU64,
+    /// The slot polls of the last hour, oldest first, for the console's lag chart.
+    lag_history: Mutex<std::collections::VecDeque<LagSample>>,
+}
+
+/// How long the console's lag chart looks back.
+pub const LAG_HISTORY: Duration = Duration::from_secs(3600);
+
+/// Most samples kept, whatever the poll interval: the history's memory stays bounded.
+const MAX_LAG_SAMPLES: usize = 3600;
+
+/// One slot poll as the console charts it: kept in memory only (it is about this process, not
+/// about points, so it has no place in the store).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LagSample {
+    /// Wall-clock time of the poll, microseconds since the Unix epoch.
+    pub at_micros: i64,
+    /// Slot lag in bytes.
+    pub lag_bytes: i64,
+    /// Seconds between the poll and the checkpoint's commit time, once there is a checkpoint.
+    pub lag_seconds: Option<f64>,
+    /// Fills seen since start at the poll, so two samples give a rate.
+    pub fills: u64,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -160,6 +184,8 @@ impl Telemetry {
             reconnects: Counter::default(),
             heartbeat_roundtrip: FloatGauge::default(),
             last_batch_timestamp: FloatGauge::default(),
+            fills: std::sync::atomic::AtomicU64::new(0),
+            lag_history: Mutex::new(std::collections::VecDeque::new()),
         };
         t.registry = t.registered();
         for rejection in Rejection::ALL {
@@ -285,6 +311,10 @@ impl Telemetry {
 
     /// Counts `n` decoded row changes of a followed table.
     pub fn count_changes(&self, table: TableKind, op: Op, n: u64) {
+        if table == TableKind::Trades && op == Op::Insert {
+            self.fills
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
         self.changes
             .get_or_create(&ChangeLabels {
                 table: table.as_str(),
@@ -378,6 +408,12 @@ impl Telemetry {
         match result {
             Ok(report) => {
                 self.slot_lag_bytes.set(report.lag_bytes().unwrap_or(0));
+                self.remember_lag(LagSample {
+                    at_micros: now_micros(),
+                    lag_bytes: report.lag_bytes().unwrap_or(0),
+                    lag_seconds: Self::lag_seconds(&h),
+                    fills: self.fills.load(std::sync::atomic::Ordering::Relaxed),
+                });
                 self.slot_safe_wal_size_bytes
                     .set(report.safe_wal_size.unwrap_or(-1));
                 self.slot_active.set(i64::from(report.active));
@@ -391,6 +427,43 @@ impl Telemetry {
                 h.poll_error = None;
             }
             Err(e) => h.poll_error = Some(e),
+        }
+    }
+
+    fn remember_lag(&self, sample: LagSample) {
+        let mut history = self
+            .lag_history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let oldest = sample.at_micros - LAG_HISTORY.as_micros() as i64;
+        while history
+            .front()
+            .is_some_and(|s| s.at_micros < oldest || history.len() >= MAX_LAG_SAMPLES)
+        {
+            history.pop_front();
+        }
+        history.push_back(sample);
+    }
+
+    /// The slot polls of the last hour ([`LAG_HISTORY`]), oldest first.
+    pub fn lag_history(&self) -> Vec<LagSample> {
+        self.lag_history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// What the daemon is doing, in words, for the console (the same words `/readyz` uses
+    /// when not ready).
+    pub fn phase_text(&self) -> String {
+        match &self.health().phase {
+            Phase::Starting => "starting: the replication stream is not open yet".into(),
+            Phase::Streaming => "streaming".into(),
+            Phase::Standby { holder } => format!("standby: {holder}"),
+            Phase::Reconnecting { error } => format!("reconnecting after: {error}"),
+            Phase::Stopped => "stopped".into(),
         }
     }
 
@@ -529,6 +602,43 @@ mod tests {
             wal_status: Some(wal_status.into()),
             safe_wal_size: None,
         }
+    }
+
+    #[test]
+    fn the_lag_history_keeps_the_last_hour_in_order_and_stays_bounded() {
+        let t = telemetry();
+        t.count_changes(TableKind::Trades, Op::Insert, 3);
+        t.count_changes(TableKind::Positions, Op::Insert, 5);
+        t.slot_polled(Ok(slot(10, "reserved")));
+        t.slot_polled(Err("down".into()));
+        t.slot_polled(Ok(slot(20, "reserved")));
+        let h = t.lag_history();
+        assert_eq!(
+            h.iter().map(|s| s.lag_bytes).collect::<Vec<_>>(),
+            [10, 20],
+            "failed polls are not samples"
+        );
+        assert_eq!(h[1].fills, 3, "only trade inserts are fills");
+        let now = now_micros();
+        let hour = LAG_HISTORY.as_micros() as i64;
+        for i in 0..MAX_LAG_SAMPLES as i64 + 10 {
+            t.remember_lag(LagSample {
+                at_micros: now - hour - 10 + i,
+                lag_bytes: i,
+                lag_seconds: None,
+                fills: 0,
+            });
+        }
+        let h = t.lag_history();
+        assert!(h.len() <= MAX_LAG_SAMPLES, "{}", h.len());
+        assert!(h.windows(2).all(|w| w[0].at_micros < w[1].at_micros));
+        t.remember_lag(LagSample {
+            at_micros: now + 2 * hour,
+            lag_bytes: 1,
+            lag_seconds: None,
+            fills: 0,
+        });
+        assert_eq!(t.lag_history().len(), 1, "samples older than an hour go");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 mod api;
 mod api_hardening;
 mod architecture;
+mod console;
 mod daemon;
 mod daemon_checks;
 mod daemon_crash;

@@ -81,6 +81,7 @@ fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
 /// What the API needs: the read pool and the parts of the rules that shape answers.
 pub struct Api {
     pool: Pool,
+    rules: RuleSet,
     calendar: EpochCalendar,
     tiers: Vec<Tier>,
     excluded: Vec<String>,
@@ -101,6 +102,7 @@ impl Api {
         excluded.dedup();
         Ok(Api {
             pool: pool::pool(store_url, pool_size).map_err(HttpError::Pool)?,
+            rules: rules.clone(),
             calendar,
             tiers: rules.tiers.clone(),
             excluded,
@@ -117,13 +119,23 @@ impl Api {
 
     /// The `epoch` parameter, or the current epoch; one that has not started is out of range.
     fn epoch(&self, q: &Params) -> Result<EpochId, ApiError> {
+        self.epoch_param(q.get("epoch"))
+    }
+
+    /// The rules the figures are computed by, for the console's overview.
+    pub(super) fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    /// An `epoch` parameter as given (or none: the current epoch), checked as the API checks it.
+    pub(super) fn epoch_param(&self, text: Option<&str>) -> Result<EpochId, ApiError> {
         let current = self.current_epoch().ok_or_else(|| {
             bad(
                 "epoch_out_of_range",
                 "no epoch has started yet (epoch.genesis is in the future)",
             )
         })?;
-        match q.get("epoch") {
+        match text {
             None => Ok(current),
             Some(text) => match text.parse::<EpochId>() {
                 Ok(e) if e <= current => Ok(e),
@@ -133,6 +145,50 @@ impl Api {
                 )),
             },
         }
+    }
+
+    /// The body of `GET /v1/epochs`.
+    pub(super) fn epochs_json(&self) -> Value {
+        let current = self.current_epoch();
+        let list: Vec<Value> = match current {
+            Some(c) => (0..=c).map(|e| self.epoch_json(e, current)).collect(),
+            None => Vec::new(),
+        };
+        json!({ "current": current, "epochs": list })
+    }
+
+    /// The newest `limit` dead letters (any source), newest first, and how many there are:
+    /// the console's dead-letter page.
+    pub(super) async fn dead_letters_json(&self, limit: i64) -> Result<Value, ApiError> {
+        let db = self.client().await?;
+        let total: i64 = db
+            .query_one("SELECT count(*) FROM walpoints.dead_letter", &[])
+            .await?
+            .get(0);
+        let rows = db
+            .query(
+                "SELECT source_id, lsn::text, table_name, op, reason, detail, row::text, at \
+                 FROM walpoints.dead_letter ORDER BY lsn DESC, seq DESC LIMIT $1",
+                &[&limit],
+            )
+            .await?;
+        let entries: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "source_id": r.get::<_, String>(0),
+                    "lsn": r.get::<_, String>(1),
+                    "table": r.get::<_, String>(2),
+                    "op": r.get::<_, String>(3),
+                    "reason": r.get::<_, String>(4),
+                    "detail": r.get::<_, Option<String>>(5),
+                    "row": r.get::<_, Option<String>>(6),
+                    "at": r.get::<_, Option<std::time::SystemTime>>(7)
+                        .map(|t| format_rfc3339(micros_of(t))),
+                })
+            })
+            .collect();
+        Ok(json!({ "total": total, "entries": entries }))
     }
 
     fn epoch_json(&self, epoch: EpochId, current: Option<EpochId>) -> Value {
@@ -201,6 +257,11 @@ impl Params {
 /// compared lowercase (as the rules store it).
 fn address(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(raw) = path.map_err(|e| bad("bad_address", e.body_text()))?;
+    checked_address(&raw)
+}
+
+/// An address as the API checks and normalizes it (see [`address`]).
+pub(super) fn checked_address(raw: &str) -> Result<String, ApiError> {
     let ok = !raw.is_empty()
         && raw.len() <= MAX_ADDRESS_LEN
         && raw.bytes().all(|b| b.is_ascii_graphic());
@@ -212,7 +273,7 @@ fn address(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError
             ),
         ));
     }
-    Ok(normalize_address(&raw).into_owned())
+    Ok(normalize_address(raw).into_owned())
 }
 
 /// Cursors are opaque to clients: the hex of a tagged key of the last row served.
@@ -246,32 +307,18 @@ fn decode_cursor(tag: char, raw: &str, n: usize) -> Result<Vec<String>, ApiError
     Ok(parts)
 }
 
-/// The parameters of a paged route: the epoch, the page size and the decoded cursor.
-fn paging(
-    api: &Api,
-    raw: Option<String>,
-    tag: char,
-    parts: usize,
-) -> Result<(EpochId, i64, Option<Vec<String>>), ApiError> {
+/// The parameters of a paged route: the epoch, the page size and the cursor (decoded by the
+/// route, which knows its shape).
+fn paging(api: &Api, raw: Option<String>) -> Result<(EpochId, i64, Option<String>), ApiError> {
     let q = Params::parse(raw, &["epoch", "limit", "cursor"])?;
     let epoch = api.epoch(&q)?;
     let limit = q.limit()?;
-    let after = q
-        .get("cursor")
-        .map(|c| decode_cursor(tag, c, parts))
-        .transpose()?;
-    Ok((epoch, limit, after))
+    Ok((epoch, limit, q.get("cursor").map(str::to_owned)))
 }
 
 async fn epochs(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
     Params::parse(q, &[])?;
-    let api = &s.api;
-    let current = api.current_epoch();
-    let list: Vec<Value> = match current {
-        Some(c) => (0..=c).map(|e| api.epoch_json(e, current)).collect(),
-        None => Vec::new(),
-    };
-    Ok(Json(json!({ "current": current, "epochs": list })).into_response())
+    Ok(Json(s.api.epochs_json()).into_response())
 }
 
 async fn user(
@@ -281,90 +328,98 @@ async fn user(
 ) -> Result<Response, ApiError> {
     let address = address(path)?;
     let q = Params::parse(q, &["epoch"])?;
-    let api = &s.api;
-    let epoch = api.epoch(&q)?;
-    let db = api.client().await?;
-    let epoch_i = i32::try_from(epoch).unwrap_or(i32::MAX);
-    let row = db
-        .query_opt(
-            "SELECT trading_points::text, referral_points::text, holding_points::text, \
+    let epoch = s.api.epoch(&q)?;
+    Ok(Json(s.api.user_json(&address, epoch).await?).into_response())
+}
+
+impl Api {
+    /// The body of `GET /v1/users/{address}` for a checked `address` (see [`Api::address`]):
+    /// the console shows exactly these figures.
+    pub(super) async fn user_json(&self, address: &str, epoch: EpochId) -> Result<Value, ApiError> {
+        let address = address.to_owned();
+        let api = self;
+        let db = api.client().await?;
+        let epoch_i = i32::try_from(epoch).unwrap_or(i32::MAX);
+        let row = db
+            .query_opt(
+                "SELECT trading_points::text, referral_points::text, holding_points::text, \
                     pnl_points::text, total_points::text, trading_volume::text, \
                     total_points > 0 \
              FROM walpoints.user_epoch_points WHERE user_address = $1 AND epoch = $2",
-            &[&address, &epoch_i],
-        )
-        .await?;
-    let zero = "0.000000".to_owned();
-    let (points, volume, positive) = match &row {
-        Some(r) => (
-            [0, 1, 2, 3, 4].map(|i| r.get::<_, String>(i)),
-            r.get::<_, String>(5),
-            r.get::<_, bool>(6),
-        ),
-        None => ([0; 5].map(|_| zero.clone()), "0".to_owned(), false),
-    };
-    let excluded = api.excluded.binary_search(&address).is_ok();
-    let rank: Option<i64> = if positive && !excluded {
-        let r = db
-            .query_one(
-                "SELECT 1 + count(*) FROM walpoints.user_epoch_points \
-                 WHERE epoch = $1 AND total_points > $2::text::numeric \
-                   AND user_address <> ALL($3)",
-                &[&epoch_i, &points[4], &api.excluded],
+                &[&address, &epoch_i],
             )
             .await?;
-        Some(r.get(0))
-    } else {
-        None
-    };
-    let referrer: Option<String> = db
-        .query_opt(
-            "SELECT referrer FROM walpoints.state_referral WHERE referee = $1 \
+        let zero = "0.000000".to_owned();
+        let (points, volume, positive) = match &row {
+            Some(r) => (
+                [0, 1, 2, 3, 4].map(|i| r.get::<_, String>(i)),
+                r.get::<_, String>(5),
+                r.get::<_, bool>(6),
+            ),
+            None => ([0; 5].map(|_| zero.clone()), "0".to_owned(), false),
+        };
+        let excluded = api.excluded.binary_search(&address).is_ok();
+        let rank: Option<i64> = if positive && !excluded {
+            let r = db
+                .query_one(
+                    "SELECT 1 + count(*) FROM walpoints.user_epoch_points \
+                 WHERE epoch = $1 AND total_points > $2::text::numeric \
+                   AND user_address <> ALL($3)",
+                    &[&epoch_i, &points[4], &api.excluded],
+                )
+                .await?;
+            Some(r.get(0))
+        } else {
+            None
+        };
+        let referrer: Option<String> = db
+            .query_opt(
+                "SELECT referrer FROM walpoints.state_referral WHERE referee = $1 \
              ORDER BY source_id LIMIT 1",
-            &[&address],
-        )
-        .await?
-        .map(|r| r.get(0));
-    let referees: i64 = db
-        .query_one(
-            "SELECT count(DISTINCT referee) FROM walpoints.state_referral WHERE referrer = $1",
-            &[&address],
-        )
-        .await?
-        .get(0);
-    let as_of = as_of(&db).await?;
-    let vol: Decimal = volume.parse().unwrap_or(Decimal::MAX);
-    let level = api
-        .tiers
-        .iter()
-        .rposition(|t| vol >= t.min_volume)
-        .unwrap_or(0);
-    let tier = api.tiers.get(level).map(|t| {
+                &[&address],
+            )
+            .await?
+            .map(|r| r.get(0));
+        let referees: i64 = db
+            .query_one(
+                "SELECT count(DISTINCT referee) FROM walpoints.state_referral WHERE referrer = $1",
+                &[&address],
+            )
+            .await?
+            .get(0);
+        let as_of = as_of(&db).await?;
+        let vol: Decimal = volume.parse().unwrap_or(Decimal::MAX);
+        let level = api
+            .tiers
+            .iter()
+            .rposition(|t| vol >= t.min_volume)
+            .unwrap_or(0);
+        let tier = api.tiers.get(level).map(|t| {
         json!({ "level": level, "min_volume": t.min_volume.to_string(), "multiplier": t.multiplier.to_string() })
     });
-    let next_tier = api.tiers.get(level + 1).map(|t| {
-        json!({
-            "level": level + 1,
-            "min_volume": t.min_volume.to_string(),
-            "multiplier": t.multiplier.to_string(),
-            "volume_needed": (t.min_volume - vol).max(Decimal::ZERO).to_string(),
-        })
-    });
-    let [trading, referral, holding, pnl, total] = points;
-    Ok(Json(json!({
-        "address": address,
-        "epoch": epoch,
-        "points": { "trading": trading, "referral": referral, "holding": holding, "pnl": pnl, "total": total },
-        "trading_volume": volume,
-        "tier": tier,
-        "next_tier": next_tier,
-        "rank": rank,
-        "excluded": excluded,
-        "referrer": referrer,
-        "referees": referees,
-        "as_of": as_of,
-    }))
-    .into_response())
+        let next_tier = api.tiers.get(level + 1).map(|t| {
+            json!({
+                "level": level + 1,
+                "min_volume": t.min_volume.to_string(),
+                "multiplier": t.multiplier.to_string(),
+                "volume_needed": (t.min_volume - vol).max(Decimal::ZERO).to_string(),
+            })
+        });
+        let [trading, referral, holding, pnl, total] = points;
+        Ok(json!({
+            "address": address,
+            "epoch": epoch,
+            "points": { "trading": trading, "referral": referral, "holding": holding, "pnl": pnl, "total": total },
+            "trading_volume": volume,
+            "tier": tier,
+            "next_tier": next_tier,
+            "rank": rank,
+            "excluded": excluded,
+            "referrer": referrer,
+            "referees": referees,
+            "as_of": as_of,
+        }))
+    }
 }
 
 /// The commit time the store's figures stand at: the oldest checkpoint of the sources
@@ -384,208 +439,244 @@ async fn ledger(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let address = address(path)?;
-    let api = &s.api;
-    let (epoch, limit, after) = paging(api, q, 'L', 3)?;
-    let after = match after {
-        None => None,
-        Some(p) => {
-            let lsn: crate::lsn::Lsn = p[0]
-                .parse()
-                .map_err(|_| bad("bad_cursor", "unknown cursor"))?;
-            let ordinal: i32 = p[1]
-                .parse()
-                .map_err(|_| bad("bad_cursor", "unknown cursor"))?;
-            Some((lsn.to_string(), ordinal, p[2].clone()))
-        }
-    };
-    let db = api.client().await?;
-    let epoch_i = i32::try_from(epoch).unwrap_or(i32::MAX);
-    // commit_lsn is selected as text: ORDER BY names the table's column (l.), not the output.
-    let columns = "source_id, commit_lsn::text, ordinal, kind, reversal, points::text, \
+    let (epoch, limit, cursor) = paging(&s.api, q)?;
+    Ok(Json(
+        s.api
+            .ledger_json(&address, epoch, limit, cursor.as_deref())
+            .await?,
+    )
+    .into_response())
+}
+
+impl Api {
+    /// The body of `GET /v1/users/{address}/ledger`: one page of a checked `address`'s entries
+    /// after `cursor` (a `next_cursor` handed out before).
+    pub(super) async fn ledger_json(
+        &self,
+        address: &str,
+        epoch: EpochId,
+        limit: i64,
+        cursor: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        let api = self;
+        let after = cursor.map(|c| decode_cursor('L', c, 3)).transpose()?;
+        let after = match after {
+            None => None,
+            Some(p) => {
+                let lsn: crate::lsn::Lsn = p[0]
+                    .parse()
+                    .map_err(|_| bad("bad_cursor", "unknown cursor"))?;
+                let ordinal: i32 = p[1]
+                    .parse()
+                    .map_err(|_| bad("bad_cursor", "unknown cursor"))?;
+                Some((lsn.to_string(), ordinal, p[2].clone()))
+            }
+        };
+        let db = api.client().await?;
+        let epoch_i = i32::try_from(epoch).unwrap_or(i32::MAX);
+        // commit_lsn is selected as text: ORDER BY names the table's column (l.), not the output.
+        let columns = "source_id, commit_lsn::text, ordinal, kind, reversal, points::text, \
                    basis::text, multiplier::text, rate::text, position_notional::text, trade_id, \
                    position_id, referee, segment_start, event_time, commit_time, rules_version";
-    let rows = match &after {
-        None => {
-            db.query(
-                &format!(
-                    "SELECT {columns} FROM walpoints.ledger l \
+        let rows = match &after {
+            None => {
+                db.query(
+                    &format!(
+                        "SELECT {columns} FROM walpoints.ledger l \
                      WHERE user_address = $1 AND epoch = $2 \
                      ORDER BY l.commit_lsn DESC, l.ordinal DESC, l.source_id DESC LIMIT $3"
-                ),
-                &[&address, &epoch_i, &(limit + 1)],
-            )
-            .await?
-        }
-        Some((lsn, ordinal, source)) => {
-            db.query(
-                &format!(
-                    "SELECT {columns} FROM walpoints.ledger l \
+                    ),
+                    &[&address, &epoch_i, &(limit + 1)],
+                )
+                .await?
+            }
+            Some((lsn, ordinal, source)) => {
+                db.query(
+                    &format!(
+                        "SELECT {columns} FROM walpoints.ledger l \
                      WHERE user_address = $1 AND epoch = $2 \
                        AND (commit_lsn, ordinal, source_id) < ($3::text::pg_lsn, $4, $5) \
                      ORDER BY l.commit_lsn DESC, l.ordinal DESC, l.source_id DESC LIMIT $6"
-                ),
-                &[&address, &epoch_i, lsn, ordinal, source, &(limit + 1)],
-            )
-            .await?
-        }
-    };
-    let more = rows.len() as i64 > limit;
-    let time = |t: Option<std::time::SystemTime>| t.map(|t| format_rfc3339(micros_of(t)));
-    let entries: Vec<Value> = rows
-        .iter()
-        .take(limit as usize)
-        .map(|r| {
-            json!({
-                "source_id": r.get::<_, String>(0),
-                "commit_lsn": r.get::<_, String>(1),
-                "ordinal": r.get::<_, i32>(2),
-                "kind": r.get::<_, String>(3),
-                "reversal": r.get::<_, bool>(4),
-                "points": r.get::<_, String>(5),
-                "basis": r.get::<_, String>(6),
-                "multiplier": r.get::<_, String>(7),
-                "rate": r.get::<_, String>(8),
-                "position_notional": r.get::<_, Option<String>>(9),
-                "trade_id": r.get::<_, Option<String>>(10),
-                "position_id": r.get::<_, Option<String>>(11),
-                "referee": r.get::<_, Option<String>>(12),
-                "segment_start": time(r.get(13)),
-                "event_time": time(r.get(14)),
-                "commit_time": time(r.get(15)),
-                "rules_version": r.get::<_, String>(16),
+                    ),
+                    &[&address, &epoch_i, lsn, ordinal, source, &(limit + 1)],
+                )
+                .await?
+            }
+        };
+        let more = rows.len() as i64 > limit;
+        let time = |t: Option<std::time::SystemTime>| t.map(|t| format_rfc3339(micros_of(t)));
+        let entries: Vec<Value> = rows
+            .iter()
+            .take(limit as usize)
+            .map(|r| {
+                json!({
+                    "source_id": r.get::<_, String>(0),
+                    "commit_lsn": r.get::<_, String>(1),
+                    "ordinal": r.get::<_, i32>(2),
+                    "kind": r.get::<_, String>(3),
+                    "reversal": r.get::<_, bool>(4),
+                    "points": r.get::<_, String>(5),
+                    "basis": r.get::<_, String>(6),
+                    "multiplier": r.get::<_, String>(7),
+                    "rate": r.get::<_, String>(8),
+                    "position_notional": r.get::<_, Option<String>>(9),
+                    "trade_id": r.get::<_, Option<String>>(10),
+                    "position_id": r.get::<_, Option<String>>(11),
+                    "referee": r.get::<_, Option<String>>(12),
+                    "segment_start": time(r.get(13)),
+                    "event_time": time(r.get(14)),
+                    "commit_time": time(r.get(15)),
+                    "rules_version": r.get::<_, String>(16),
+                })
             })
-        })
-        .collect();
-    let next_cursor = more
-        .then(|| rows.get(limit as usize - 1))
-        .flatten()
-        .map(|r| {
-            let ordinal = r.get::<_, i32>(2).to_string();
-            encode_cursor(
-                'L',
-                &[&r.get::<_, String>(1), &ordinal, &r.get::<_, String>(0)],
-            )
-        });
-    Ok(Json(json!({
-        "address": address,
-        "epoch": epoch,
-        "entries": entries,
-        "next_cursor": next_cursor,
-    }))
-    .into_response())
+            .collect();
+        let next_cursor = more
+            .then(|| rows.get(limit as usize - 1))
+            .flatten()
+            .map(|r| {
+                let ordinal = r.get::<_, i32>(2).to_string();
+                encode_cursor(
+                    'L',
+                    &[&r.get::<_, String>(1), &ordinal, &r.get::<_, String>(0)],
+                )
+            });
+        Ok(json!({
+            "address": address,
+            "epoch": epoch,
+            "entries": entries,
+            "next_cursor": next_cursor,
+        }))
+    }
 }
 
 async fn leaderboard(
     State(s): State<AppState>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let api = &s.api;
-    let (epoch, limit, after) = paging(api, q, 'B', 2)?;
-    let after = match after {
-        None => None,
-        Some(p) => {
-            // Only what PostgreSQL's numeric output looks like: Decimal alone also takes "1_0".
-            let plain = p[0]
-                .bytes()
-                .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
-            if !plain || p[0].parse::<Decimal>().is_err() {
-                return Err(bad("bad_cursor", "unknown cursor"));
+    let (epoch, limit, cursor) = paging(&s.api, q)?;
+    Ok(Json(
+        s.api
+            .leaderboard_json(epoch, limit, cursor.as_deref())
+            .await?,
+    )
+    .into_response())
+}
+
+impl Api {
+    /// The body of `GET /v1/leaderboard`: one page of `epoch`'s ranking after `cursor`.
+    pub(super) async fn leaderboard_json(
+        &self,
+        epoch: EpochId,
+        limit: i64,
+        cursor: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        let api = self;
+        let after = cursor.map(|c| decode_cursor('B', c, 2)).transpose()?;
+        let after = match after {
+            None => None,
+            Some(p) => {
+                // Only what PostgreSQL's numeric output looks like: Decimal alone also takes "1_0".
+                let plain = p[0]
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
+                if !plain || p[0].parse::<Decimal>().is_err() {
+                    return Err(bad("bad_cursor", "unknown cursor"));
+                }
+                Some((p[0].clone(), p[1].clone()))
             }
-            Some((p[0].clone(), p[1].clone()))
-        }
-    };
-    let db = api.client().await?;
-    let epoch_i = i32::try_from(epoch).unwrap_or(i32::MAX);
-    let eligible = "epoch = $1 AND total_points > 0 AND user_address <> ALL($2)";
-    // Selected as text, so ORDER BY must name the table's columns (u.), not these outputs.
-    let columns = "user_address, trading_points::text, referral_points::text, \
+        };
+        let db = api.client().await?;
+        let epoch_i = i32::try_from(epoch).unwrap_or(i32::MAX);
+        let eligible = "epoch = $1 AND total_points > 0 AND user_address <> ALL($2)";
+        // Selected as text, so ORDER BY must name the table's columns (u.), not these outputs.
+        let columns = "user_address, trading_points::text, referral_points::text, \
                    holding_points::text, pnl_points::text, total_points::text, \
                    trading_volume::text";
-    let (rows, before_page) = match &after {
-        None => (
-            db.query(
-                &format!(
-                    "SELECT {columns} FROM walpoints.user_epoch_points u WHERE {eligible} \
-                     ORDER BY u.total_points DESC, u.user_address LIMIT $3"
-                ),
-                &[&epoch_i, &api.excluded, &(limit + 1)],
-            )
-            .await?,
-            0i64,
-        ),
-        Some((total, addr)) => {
-            let keyset = "(total_points < $3::text::numeric \
-                           OR (total_points = $3::text::numeric AND user_address > $4))";
-            let rows = db
-                .query(
+        let (rows, before_page) = match &after {
+            None => (
+                db.query(
                     &format!(
-                        "SELECT {columns} FROM walpoints.user_epoch_points u \
+                        "SELECT {columns} FROM walpoints.user_epoch_points u WHERE {eligible} \
+                     ORDER BY u.total_points DESC, u.user_address LIMIT $3"
+                    ),
+                    &[&epoch_i, &api.excluded, &(limit + 1)],
+                )
+                .await?,
+                0i64,
+            ),
+            Some((total, addr)) => {
+                let keyset = "(total_points < $3::text::numeric \
+                           OR (total_points = $3::text::numeric AND user_address > $4))";
+                let rows = db
+                    .query(
+                        &format!(
+                            "SELECT {columns} FROM walpoints.user_epoch_points u \
                          WHERE {eligible} AND {keyset} \
                          ORDER BY u.total_points DESC, u.user_address LIMIT $5"
-                    ),
-                    &[&epoch_i, &api.excluded, total, addr, &(limit + 1)],
-                )
-                .await?;
-            let before: i64 = db
-                .query_one(
-                    &format!(
-                        "SELECT count(*) FROM walpoints.user_epoch_points \
+                        ),
+                        &[&epoch_i, &api.excluded, total, addr, &(limit + 1)],
+                    )
+                    .await?;
+                let before: i64 = db
+                    .query_one(
+                        &format!(
+                            "SELECT count(*) FROM walpoints.user_epoch_points \
                          WHERE {eligible} AND NOT {keyset}"
-                    ),
-                    &[&epoch_i, &api.excluded, total, addr],
-                )
-                .await?
-                .get(0);
-            (rows, before)
-        }
-    };
-    let more = rows.len() as i64 > limit;
-    let page: Vec<_> = rows.iter().take(limit as usize).collect();
-    // Competition ranking ("1, 1, 3"): a row's rank is 1 + the number of rows with more points.
-    let mut entries = Vec::with_capacity(page.len());
-    let mut prev: Option<(String, i64)> = None;
-    for (i, r) in page.iter().enumerate() {
-        let total: String = r.get(5);
-        let rank = match &prev {
-            Some((t, rank)) if *t == total => *rank,
-            Some(_) => before_page + i as i64 + 1,
-            None => db
-                .query_one(
-                    &format!(
-                        "SELECT 1 + count(*) FROM walpoints.user_epoch_points \
-                         WHERE {eligible} AND total_points > $3::text::numeric"
-                    ),
-                    &[&epoch_i, &api.excluded, &total],
-                )
-                .await?
-                .get(0),
+                        ),
+                        &[&epoch_i, &api.excluded, total, addr],
+                    )
+                    .await?
+                    .get(0);
+                (rows, before)
+            }
         };
-        entries.push(json!({
-            "rank": rank,
-            "address": r.get::<_, String>(0),
-            "points": {
-                "trading": r.get::<_, String>(1),
-                "referral": r.get::<_, String>(2),
-                "holding": r.get::<_, String>(3),
-                "pnl": r.get::<_, String>(4),
-                "total": total,
-            },
-            "trading_volume": r.get::<_, String>(6),
-        }));
-        prev = Some((total, rank));
+        let more = rows.len() as i64 > limit;
+        let page: Vec<_> = rows.iter().take(limit as usize).collect();
+        // Competition ranking ("1, 1, 3"): a row's rank is 1 + the number of rows with more points.
+        let mut entries = Vec::with_capacity(page.len());
+        let mut prev: Option<(String, i64)> = None;
+        for (i, r) in page.iter().enumerate() {
+            let total: String = r.get(5);
+            let rank = match &prev {
+                Some((t, rank)) if *t == total => *rank,
+                Some(_) => before_page + i as i64 + 1,
+                None => db
+                    .query_one(
+                        &format!(
+                            "SELECT 1 + count(*) FROM walpoints.user_epoch_points \
+                         WHERE {eligible} AND total_points > $3::text::numeric"
+                        ),
+                        &[&epoch_i, &api.excluded, &total],
+                    )
+                    .await?
+                    .get(0),
+            };
+            entries.push(json!({
+                "rank": rank,
+                "address": r.get::<_, String>(0),
+                "points": {
+                    "trading": r.get::<_, String>(1),
+                    "referral": r.get::<_, String>(2),
+                    "holding": r.get::<_, String>(3),
+                    "pnl": r.get::<_, String>(4),
+                    "total": total,
+                },
+                "trading_volume": r.get::<_, String>(6),
+            }));
+            prev = Some((total, rank));
+        }
+        let next_cursor = more
+            .then(|| page.last())
+            .flatten()
+            .map(|r| encode_cursor('B', &[&r.get::<_, String>(5), &r.get::<_, String>(0)]));
+        let as_of = as_of(&db).await?;
+        Ok(json!({
+            "epoch": epoch,
+            "entries": entries,
+            "next_cursor": next_cursor,
+            "as_of": as_of,
+        }))
     }
-    let next_cursor = more
-        .then(|| page.last())
-        .flatten()
-        .map(|r| encode_cursor('B', &[&r.get::<_, String>(5), &r.get::<_, String>(0)]));
-    let as_of = as_of(&db).await?;
-    Ok(Json(json!({
-        "epoch": epoch,
-        "entries": entries,
-        "next_cursor": next_cursor,
-        "as_of": as_of,
-    }))
-    .into_response())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when streaming with lag under the thresholds, else 503 and a JSON reason |
 //! | `GET /v1/...` | the points API ([`api`]) |
+//! | `GET /`, `/leaderboard`, `/users/...`, `/dead-letters` | the operator console ([`console`]) |
 //!
 //! It is read-only and defensive, because it is reachable by whoever can reach its port:
 //! - GET only (anything else is 405); it binds loopback unless `http.listen` says otherwise;
@@ -31,6 +32,7 @@ use serde_json::json;
 use crate::telemetry::Telemetry;
 
 pub mod api;
+pub mod console;
 mod pool;
 
 pub use api::Api;
@@ -103,7 +105,7 @@ impl Server {
         }
         if let Ok(bound) = listener.local_addr() {
             telemetry.set_http_addr(bound);
-            tracing::info!(addr = %bound, "http: serving /metrics, /healthz, /readyz and /v1");
+            tracing::info!(addr = %bound, "http: serving the console at /, /metrics, /healthz, /readyz and /v1");
         }
         let state = AppState {
             telemetry,
@@ -165,6 +167,7 @@ fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(api::routes())
+        .merge(console::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(well_formed))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

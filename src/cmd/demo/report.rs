@@ -153,6 +153,8 @@ pub(super) fn print_how_to_query(
     writeln!(out, "Check the points against the business tables:")?;
     writeln!(out, "  walpoints --source-url '{source}' verify")?;
     if let Some(listen) = http_listen {
+        writeln!(out, "Open the operator console in a browser (read-only):")?;
+        writeln!(out, "  http://{listen}/")?;
         writeln!(out, "Ask the HTTP API (read-only, on the store):")?;
         writeln!(out, "  curl http://{listen}/v1/leaderboard?limit=10")?;
         writeln!(out, "  curl http://{listen}/v1/users/0xyou")?;
