@@ -69,8 +69,7 @@ pub(super) async fn tables(
                     column: column.to_owned(),
                     key,
                     found: shown.get(i).cloned().unwrap_or_default(),
-                    expected: kind.as_str(),
-                    accepted: kind.accepted().join(", "),
+                    kind,
                 });
             }
         }

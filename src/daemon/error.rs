@@ -148,9 +148,11 @@ pub enum DaemonError {
     /// would be dead-lettered, so nothing streams until the mapping or the column changes.
     #[error(
         "the column {table}.{column} (columns.{key}) is of type {found}, but walpoints reads it \
-         as {expected} and converts only {accepted}: change the column's type (for example \
+         as {} and converts only {}: change the column's type (for example \
          ALTER TABLE {table} ALTER COLUMN {column} TYPE numeric), or map columns.{key} to a \
-         column of one of those types. Runbook: README.md#a-table-or-column-is-missing"
+         column of one of those types. Runbook: README.md#a-table-or-column-is-missing",
+        .kind.as_str(),
+        .kind.accepted().join(", ")
     )]
     ColumnType {
         /// The table.
@@ -161,10 +163,8 @@ pub enum DaemonError {
         key: &'static str,
         /// Its type as `format_type` prints it, e.g. `money`.
         found: String,
-        /// What walpoints reads it as, e.g. `a number`.
-        expected: &'static str,
-        /// The types walpoints converts for it.
-        accepted: String,
+        /// What walpoints reads it as, which says the types it converts.
+        kind: crate::mapping::ColumnKind,
     },
     /// The publication does not cover a configured table.
     #[error(
