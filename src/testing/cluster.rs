@@ -471,7 +471,8 @@ impl PgCluster {
 
     fn pg_ctl(&self, args: &[&OsStr]) -> Result<(), ClusterError> {
         self.run(
-            self.bins.command("pg_ctl")
+            self.bins
+                .command("pg_ctl")
                 .arg("-D")
                 .arg(self.data_dir())
                 .args(args),
@@ -516,19 +517,16 @@ impl PgCluster {
         let staging = base.join(format!("staging-{}", std::process::id()));
         let _ = fs::remove_dir_all(&staging);
         run_as(
-            self.bins.command("initdb")
-                .arg("-D")
-                .arg(&staging)
-                .args([
-                    "-U",
-                    "postgres",
-                    "-A",
-                    "trust",
-                    "-E",
-                    "UTF8",
-                    "--no-locale",
-                    "--no-sync",
-                ]),
+            self.bins.command("initdb").arg("-D").arg(&staging).args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ]),
             self.owner,
             &base,
         )?;
