@@ -40,6 +40,10 @@ pub mod oid {
     pub const TIMESTAMP: u32 = 1114;
     /// `timestamptz`
     pub const TIMESTAMPTZ: u32 = 1184;
+    /// `float4` / `real`
+    pub const FLOAT4: u32 = 700;
+    /// `float8` / `double precision`
+    pub const FLOAT8: u32 = 701;
     /// `numeric`
     pub const NUMERIC: u32 = 1700;
     /// `uuid`
@@ -53,7 +57,8 @@ pub enum Value {
     Bool(bool),
     /// `int2`, `int4` or `int8`, widened so the engine handles one integer type.
     Int(i64),
-    /// `numeric`, exactly (trailing fractional zeros dropped, so the scale is the minimal one).
+    /// `numeric`, `float4` or `float8`, exactly as printed (trailing fractional zeros dropped,
+    /// so the scale is the minimal one).
     Numeric(Decimal),
     /// `text`, `varchar`, `bpchar` (with its blank padding) or `name`.
     Text(String),
@@ -79,6 +84,7 @@ impl Value {
                 utf8(text, "text").map(|s| Value::Text(s.to_owned()))
             }
             oid::NUMERIC => numeric(text).map(Value::Numeric),
+            oid::FLOAT4 | oid::FLOAT8 => float(text).map(Value::Numeric),
             oid::TIMESTAMP | oid::TIMESTAMPTZ => timestamp_micros(text).map(Value::Timestamp),
             oid::UUID => uuid(text).map(Value::Uuid),
             _ => utf8(text, "text of an unconverted type").map(|s| Value::Other(s.to_owned())),
@@ -270,31 +276,138 @@ pub fn numeric<T: AsRef<[u8]> + ?Sized>(text: &T) -> Result<Decimal, ValueError>
         return Err(syntax());
     }
 
-    // Significant digits: no leading integer zeros, no trailing fractional zeros.
-    let frac = trim_end_zeros(frac);
+    exact(negative, int, frac, 0, fail)
+}
+
+/// A `float4` (`real`) or `float8` (`double precision`), as the exact decimal its text output
+/// spells.
+///
+/// PostgreSQL prints floats as the shortest digits that read back to the same binary value
+/// (`extra_float_digits` ≥ 1, the default since PostgreSQL 12), switching to an exponent for
+/// very small or large magnitudes: a fill price of 0.00000123 arrives as `1.23e-06`. Those
+/// printed digits are what the exchange wrote, so they are taken exactly (not the binary
+/// value's longer expansion). Accepts `-?digits[.digits][e(+|-)digits]`; `NaN`, `±Infinity`
+/// and a value a `Decimal` cannot hold exactly (`1e+300`, `1e-300`) are errors.
+pub fn float<T: AsRef<[u8]> + ?Sized>(text: &T) -> Result<Decimal, ValueError> {
+    let text = text.as_ref();
+    let fail = |kind| error("float8", kind, text);
+    match text {
+        b"NaN" => return Err(fail(ValueErrorKind::NotANumber)),
+        b"Infinity" | b"-Infinity" => return Err(fail(ValueErrorKind::Infinite)),
+        _ => {}
+    }
+    let syntax = || {
+        fail(ValueErrorKind::Syntax(
+            "expected -?digits[.digits][e(+|-)digits]",
+        ))
+    };
+    let (mantissa, exponent) = match text.iter().position(|&b| b == b'e' || b == b'E') {
+        Some(e) => (&text[..e], Some(&text[e + 1..])),
+        None => (text, None),
+    };
+    let exponent: i32 = match exponent {
+        None => 0,
+        Some(exp) => {
+            let (negative, digits) = match exp {
+                [b'-', rest @ ..] => (true, rest),
+                [b'+', rest @ ..] => (false, rest),
+                rest => (false, rest),
+            };
+            if digits.is_empty() || digits.len() > 4 || !digits.iter().all(u8::is_ascii_digit) {
+                return Err(syntax());
+            }
+            let magnitude = digits
+                .iter()
+                .fold(0i32, |acc, d| acc * 10 + i32::from(d - b'0'));
+            if negative {
+                -magnitude
+            } else {
+                magnitude
+            }
+        }
+    };
+    let unsigned = mantissa.strip_prefix(b"-").unwrap_or(mantissa);
+    let negative = unsigned.len() != mantissa.len();
+    let (int, frac) = match unsigned.iter().position(|&b| b == b'.') {
+        Some(dot) => (&unsigned[..dot], &unsigned[dot + 1..]),
+        None => (unsigned, &[][..]),
+    };
+    let all_digits = |s: &[u8]| s.iter().all(u8::is_ascii_digit);
+    let has_dot = int.len() != unsigned.len();
+    if int.is_empty() || !all_digits(int) || (has_dot && frac.is_empty()) || !all_digits(frac) {
+        return Err(syntax());
+    }
+    exact(negative, int, frac, exponent, fail)
+}
+
+/// A number of any type walpoints reads as a decimal (`numeric`, `float4`/`float8`,
+/// `int2`/`int4`/`int8`), from its text output. The setup and startup checks guarantee a
+/// mapped amount or price column has one of these types, and a snapshot row carries no type
+/// oid, so the forms are told apart by their text: an exponent or a `NaN`/`Infinity` spelling
+/// is a float's, anything else is read as `numeric` (integers are a subset of its form).
+pub fn decimal<T: AsRef<[u8]> + ?Sized>(text: &T) -> Result<Decimal, ValueError> {
+    let text = text.as_ref();
+    if text.iter().any(|&b| b == b'e' || b == b'E') {
+        float(text)
+    } else {
+        numeric(text)
+    }
+}
+
+/// The exact `Decimal` of `±int.frac × 10^exponent` (digits already checked), or why none
+/// holds it.
+fn exact(
+    negative: bool,
+    int: &[u8],
+    frac: &[u8],
+    exponent: i32,
+    fail: impl Fn(ValueErrorKind) -> ValueError,
+) -> Result<Decimal, ValueError> {
+    // Significant digits: no leading zeros, no trailing zeros; what the trailing zeros stood
+    // for moves into the power of ten.
     let int = trim_start_zeros(int);
-    if frac.len() > DECIMAL_MAX_SCALE {
+    let (digits, frac_len): (Vec<u8>, usize) = if int.is_empty() {
+        (trim_start_zeros(frac).to_vec(), frac.len())
+    } else {
+        (int.iter().chain(frac).copied().collect(), frac.len())
+    };
+    let trimmed = trim_end_zeros(&digits);
+    // value = digits(trimmed) × 10^power
+    let power = i64::from(exponent) - frac_len as i64 + (digits.len() - trimmed.len()) as i64;
+    if trimmed.is_empty() {
+        return Ok(Decimal::ZERO);
+    }
+    if power < -(DECIMAL_MAX_SCALE as i64) {
         return Err(fail(ValueErrorKind::Inexact(
             "more than 28 significant fractional digits",
         )));
     }
-    let mut mantissa: u128 = 0;
-    for &d in int.iter().chain(frac) {
-        mantissa = mantissa
-            .checked_mul(10)
-            .and_then(|m| m.checked_add(u128::from(d - b'0')))
+    let too_many = || {
+        fail(ValueErrorKind::Inexact(
+            "more significant digits than a 96-bit mantissa",
+        ))
+    };
+    let push = |m: u128, d: u128| {
+        m.checked_mul(10)
+            .and_then(|m| m.checked_add(d))
             .filter(|&m| m <= DECIMAL_MAX_MANTISSA)
-            .ok_or_else(|| {
-                fail(ValueErrorKind::Inexact(
-                    "more significant digits than a 96-bit mantissa",
-                ))
-            })?;
+    };
+    let mut mantissa: u128 = 0;
+    for &d in trimmed {
+        mantissa = push(mantissa, u128::from(d - b'0')).ok_or_else(too_many)?;
     }
+    let scale = if power > 0 {
+        for _ in 0..power {
+            mantissa = push(mantissa, 0).ok_or_else(too_many)?;
+        }
+        0
+    } else {
+        // -28 <= power <= 0, so the cast is lossless.
+        (-power) as u32
+    };
     let signed = i128::try_from(mantissa).map_err(|_| fail(ValueErrorKind::OutOfRange))?;
     let signed = if negative { -signed } else { signed };
-    // frac.len() <= 28, so the cast is lossless.
-    Decimal::try_from_i128_with_scale(signed, frac.len() as u32)
-        .map_err(|_| fail(ValueErrorKind::OutOfRange))
+    Decimal::try_from_i128_with_scale(signed, scale).map_err(|_| fail(ValueErrorKind::OutOfRange))
 }
 
 fn trim_end_zeros(mut s: &[u8]) -> &[u8] {
@@ -541,6 +654,89 @@ mod tests {
         ] {
             assert!(
                 matches!(numeric(text).map_err(|e| e.kind), Err(Syntax(_))),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn float_output_converts_exactly() {
+        for (text, want) in [
+            ("1.23e-06", "0.00000123"),
+            ("1.23E-06", "0.00000123"),
+            ("-1.23e-06", "-0.00000123"),
+            ("0.5", "0.5"),
+            ("-0", "0"),
+            ("0", "0"),
+            ("42", "42"),
+            ("65000.25", "65000.25"),
+            ("1e+20", "100000000000000000000"),
+            ("1.5e+20", "150000000000000000000"),
+            ("2.5e2", "250"),
+            ("1e-28", "0.0000000000000000000000000001"),
+            ("1.7976931348623157e+10", "17976931348.623157"),
+            ("3.4028235e+38", "340282350000000000000000000000000000000"),
+            ("0.1", "0.1"),
+            ("1.000e-3", "0.001"),
+        ] {
+            match float(text) {
+                Ok(got) => assert_eq!(got, dec(want), "{text}"),
+                Err(e) => {
+                    // 3.4e38 is beyond a Decimal: the one case here that must fail.
+                    assert_eq!(text, "3.4028235e+38", "{text}: {e}");
+                    assert_eq!(
+                        e.kind,
+                        ValueErrorKind::Inexact("more significant digits than a 96-bit mantissa")
+                    );
+                }
+            }
+        }
+        assert_eq!(float("1.23e-06").unwrap().scale(), 8);
+        assert_eq!(decimal("1.23e-06"), Ok(dec("0.00000123")));
+        assert_eq!(decimal("12.50"), Ok(dec("12.5")));
+        assert_eq!(
+            Value::from_text(oid::FLOAT8, b"1.23e-06"),
+            Ok(Value::Numeric(dec("0.00000123")))
+        );
+    }
+
+    #[test]
+    fn float_rejects_what_decimal_cannot_hold() {
+        use ValueErrorKind::*;
+        for (text, kind) in [
+            ("NaN", NotANumber),
+            ("Infinity", Infinite),
+            ("-Infinity", Infinite),
+            (
+                "1e+300",
+                Inexact("more significant digits than a 96-bit mantissa"),
+            ),
+            (
+                "1.7976931348623157e+308",
+                Inexact("more significant digits than a 96-bit mantissa"),
+            ),
+            (
+                "1e-300",
+                Inexact("more than 28 significant fractional digits"),
+            ),
+            (
+                "5e-324",
+                Inexact("more than 28 significant fractional digits"),
+            ),
+            (
+                "1.5e-28",
+                Inexact("more than 28 significant fractional digits"),
+            ),
+        ] {
+            assert_eq!(float(text).map_err(|e| e.kind), Err(kind), "{text}");
+            assert_eq!(decimal(text).map_err(|e| e.kind), Err(kind), "{text}");
+        }
+        for text in [
+            "", "e5", "1e", "1e+", "1e-", "1.e5", ".5e1", "1e5.5", "1e99999", "+1", "1 e5", "1ee5",
+            "inf", "nan", "--1e5",
+        ] {
+            assert!(
+                matches!(float(text).map_err(|e| e.kind), Err(Syntax(_))),
                 "{text:?}"
             );
         }
@@ -797,14 +993,15 @@ mod tests {
         fn random_text_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..48),
                                     oid in prop_oneof![Just(16u32), Just(19), Just(20), Just(21),
                                         Just(23), Just(25), Just(1042), Just(1043), Just(1114),
-                                        Just(1184), Just(1700), Just(2950), any::<u32>()]) {
+                                        Just(1184), Just(1700), Just(700), Just(701), Just(2950), any::<u32>()]) {
             let _ = Value::from_text(oid, &bytes);
         }
 
         #[test]
-        fn shaped_text_never_panics(s in "-?[0-9]{0,40}(\\.[0-9]{0,40})?|[0-9 :.+-]{0,40}|\
+        fn shaped_text_never_panics(s in "-?[0-9]{0,40}(\\.[0-9]{0,40})?([eE][+-]?[0-9]{0,6})?|[0-9 :.+-]{0,40}|\
                                            [0-9]{4,7}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{0,7})?([+-][0-9]{2}(:[0-9]{2}){0,2})?") {
             let _ = numeric(&s);
+            let _ = decimal(&s);
             let _ = timestamp_micros(&s);
             let _ = int2(&s);
             let _ = int8(&s);

@@ -268,6 +268,50 @@ async fn a_missing_mapped_column_fails_setup_and_run() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_mapped_column_of_a_type_walpoints_cannot_read_fails_setup_and_run() {
+    let db = TestDb::exchange("chk_column_type").await;
+    let ex = db.client().await;
+
+    // A money price: every row would be dead-lettered, so setup refuses, naming the column.
+    ex.batch_execute("ALTER TABLE trades ALTER COLUMN price TYPE money")
+        .await
+        .unwrap();
+    let bad = Walpoints::new(&db, "chk_money");
+    let stderr = fails(&bad, &["setup"]);
+    assert_mentions(
+        &stderr,
+        &[
+            "public.trades.price",
+            "of type money",
+            "columns.trades_price",
+            "numeric, float4, float8, int2, int4, int8",
+        ],
+    );
+    // Floats and integers are accepted.
+    ex.batch_execute(
+        "ALTER TABLE trades ALTER COLUMN price TYPE double precision USING price::numeric;
+         ALTER TABLE trades ALTER COLUMN amount TYPE bigint;",
+    )
+    .await
+    .unwrap();
+    let wp = Walpoints::set_up(&db, "chk_coltype");
+
+    // Set up fine, then a price becomes text under it: run refuses at startup.
+    ex.batch_execute("ALTER TABLE positions ALTER COLUMN entry_price TYPE text")
+        .await
+        .unwrap();
+    let stderr = fails(&wp, &["run"]);
+    assert_mentions(
+        &stderr,
+        &[
+            "public.positions.entry_price",
+            "of type text",
+            "columns.positions_entry_price",
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_column_dropped_while_streaming_stops_the_daemon() {
     let db = TestDb::exchange("chk_column_dropped").await;
     let wp = Walpoints::new(&db, "chk_dropcol");

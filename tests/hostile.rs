@@ -1,7 +1,7 @@
 //! Hostile and odd input: whatever the WAL carries, walpoints does not panic, processes each row
 //! by the rules or dead-letters it with its reason, and goes on with the rows after it.
 //!
-//! One theme per test (numbers; text and addresses; positions; referrals; schema changes;
+//! One theme per test (numbers; float columns; text and addresses; positions; referrals; schema changes;
 //! truncates; a huge transaction; a transaction mixing followed and unrelated tables), each on
 //! its own cluster with its own source. The seed schema is strict (NOT NULL, numeric(38,18),
 //! a status CHECK), so tests loosen it first: walpoints must cope with whatever the source
@@ -234,6 +234,75 @@ async fn odd_numbers_are_awarded_exactly_or_dead_lettered_with_the_reason() {
             "0xt14 trading_taker 1.000000",
             "0xm14 trading_maker 0.500000"
         ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn float_prices_and_amounts_are_taken_exactly_as_printed_or_dead_lettered() {
+    // A new user's schema: price double precision, amount real. PostgreSQL prints a tiny
+    // float with an exponent (0.00000123 arrives as 1.23e-06) and a real's 0.1 as 0.1.
+    let db = exchange(
+        "hostile_floats",
+        "ALTER TABLE trades ALTER COLUMN price TYPE double precision USING price::numeric,
+             ALTER COLUMN amount TYPE real USING amount::numeric;",
+        "ref_floats",
+    )
+    .await;
+    let wp = Walpoints::new(&db, "h_floats");
+    let mut running = wp.setup_and_stream().await;
+    let ex = db.client().await;
+    let workload = [
+        trade(1, "0.00000123", "100000000"),
+        trade(2, "1e-300", "1"),
+        trade(3, "1e300", "1"),
+        trade(4, "'NaN'", "1"),
+        trade(5, "'Infinity'", "1"),
+        trade(6, "65000.25", "2"),
+        trade(7, "1000", "0.1"),
+        trade(8, "100", "3.4e38"),
+        trade(9, "100", "1e-30"),
+        trade(10, "'-Infinity'", "1"),
+    ];
+    ex.batch_execute(&workload[..5].concat()).await.unwrap();
+    each(&ex, &workload[5..]).await;
+    settle(&wp, &mut running, "ref_floats").await;
+
+    assert_dead(
+        &dead_letters(&wp).await,
+        &[
+            (
+                "trades",
+                "bad_value",
+                "more than 28 significant fractional digits",
+            ),
+            ("trades", "bad_value", "cannot be held exactly by a Decimal"),
+            ("trades", "bad_value", "NaN is not a number"),
+            ("trades", "bad_value", "infinite values are not supported"),
+            ("trades", "bad_value", "cannot be held exactly by a Decimal"),
+            (
+                "trades",
+                "bad_value",
+                "more than 28 significant fractional digits",
+            ),
+            ("trades", "bad_value", "infinite values are not supported"),
+        ],
+    );
+    // 1.23e-06 × 100000000 = 123 exactly.
+    assert_eq!(
+        trade_entries(&wp, "1").await,
+        ["0xt1 trading_taker 1.230000", "0xm1 trading_maker 0.615000"]
+    );
+    assert_eq!(
+        trade_entries(&wp, "6").await,
+        [
+            "0xt6 trading_taker 1300.005000",
+            "0xm6 trading_maker 650.002500"
+        ]
+    );
+    // The real 0.1 is taken as printed, not as its binary value 0.100000001490116…
+    assert_eq!(
+        trade_entries(&wp, "7").await,
+        ["0xt7 trading_taker 1.000000", "0xm7 trading_maker 0.500000"]
     );
 }
 

@@ -9,7 +9,9 @@ use crate::pg::connect::ConnectError;
 use crate::pg::AdminSession;
 use crate::store::Checkpoint;
 
-/// Checks that each configured table exists with every mapped column.
+/// Checks that each configured table exists with every mapped column, and that each amount,
+/// price and time column has a type walpoints converts (a `money` or `text` price would
+/// otherwise dead-letter every row, or `setup` would accept a column no row can pass).
 pub(super) async fn tables(
     source_db: &tokio_postgres::Client,
     tables: &Tables,
@@ -21,7 +23,16 @@ pub(super) async fn tables(
             .query_one(
                 "SELECT to_regclass($1) IS NOT NULL, \
                  ARRAY(SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) \
-                       AND attnum > 0 AND NOT attisdropped)",
+                       AND attnum > 0 AND NOT attisdropped ORDER BY attnum), \
+                 ARRAY(SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+                       WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 \
+                       AND NOT a.attisdropped ORDER BY a.attnum), \
+                 ARRAY(SELECT b.typname::text FROM pg_attribute a \
+                       JOIN pg_type t ON t.oid = a.atttypid \
+                       JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' \
+                                                     THEN t.typbasetype ELSE t.oid END \
+                       WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 \
+                       AND NOT a.attisdropped ORDER BY a.attnum)",
                 &[&name],
             )
             .await
@@ -43,6 +54,24 @@ pub(super) async fn tables(
                 table: name,
                 columns: missing.join(", "),
             });
+        }
+        let shown: Vec<String> = row.get(2);
+        let plain = tables.name_of(table)?;
+        let base: Vec<String> = row.get(3);
+        for (key, column, kind) in mapper.typed_columns(table) {
+            let Some(i) = present.iter().position(|p| p == column) else {
+                continue;
+            };
+            let typname = base.get(i).map(String::as_str).unwrap_or_default();
+            if !kind.accepts(typname) {
+                return Err(DaemonError::ColumnType {
+                    table: format!("{}.{}", plain.schema, plain.name),
+                    column: column.to_owned(),
+                    key,
+                    found: shown.get(i).cloned().unwrap_or_default(),
+                    kind,
+                });
+            }
         }
     }
     Ok(())

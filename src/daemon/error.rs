@@ -144,6 +144,28 @@ pub enum DaemonError {
         /// The missing columns.
         columns: String,
     },
+    /// A mapped amount, price or time column has a type walpoints does not convert: every row
+    /// would be dead-lettered, so nothing streams until the mapping or the column changes.
+    #[error(
+        "the column {table}.{column} (columns.{key}) is of type {found}, but walpoints reads it \
+         as {} and converts only {}: change the column's type (for example \
+         ALTER TABLE {table} ALTER COLUMN {column} TYPE numeric), or map columns.{key} to a \
+         column of one of those types. Runbook: README.md#a-table-or-column-is-missing",
+        .kind.as_str(),
+        .kind.accepted().join(", ")
+    )]
+    ColumnType {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// Its config key.
+        key: &'static str,
+        /// Its type as `format_type` prints it, e.g. `money`.
+        found: String,
+        /// What walpoints reads it as, which says the types it converts.
+        kind: crate::mapping::ColumnKind,
+    },
     /// The publication does not cover a configured table.
     #[error(
         "the publication {publication:?} does not include {table}, so its changes would never \
@@ -237,6 +259,7 @@ impl DaemonError {
             | DaemonError::SystemIdChanged { .. }
             | DaemonError::TableMissing { .. }
             | DaemonError::ColumnMissing { .. }
+            | DaemonError::ColumnType { .. }
             | DaemonError::NotPublished { .. }
             | DaemonError::NoPublication { .. }
             | DaemonError::BackfillWithoutTime

@@ -227,6 +227,28 @@ impl Mapper {
         })
     }
 
+    /// The mapped columns of `table` whose PostgreSQL type is constrained, as (config key,
+    /// column name, what it must hold), so the startup checks can refuse a column walpoints
+    /// would only dead-letter row by row (a `money` amount, a `text` price). Ids, addresses,
+    /// symbols and statuses are read as their text output, which every type has.
+    pub fn typed_columns(&self, table: TableKind) -> Vec<(&'static str, &str, ColumnKind)> {
+        self.mapped(table)
+            .into_iter()
+            .filter_map(|(key, col)| {
+                let kind = match key {
+                    "trades_price"
+                    | "trades_amount"
+                    | "positions_size"
+                    | "positions_entry_price"
+                    | "positions_realized_pnl" => ColumnKind::Number,
+                    "trades_time" => ColumnKind::Timestamp,
+                    _ => return None,
+                };
+                Some((key, col, kind))
+            })
+            .collect()
+    }
+
     /// The mapped columns of a table as (config key, column name), in snapshot order.
     fn mapped(&self, kind: TableKind) -> Vec<(&'static str, &str)> {
         let c = &self.cols;
@@ -418,6 +440,40 @@ impl Mapper {
             referee: row.key_string(&self.cols.referrals_referee)?,
             referrer: row.key_string(&self.cols.referrals_referrer)?,
         })
+    }
+}
+
+/// What a mapped column must hold, for the startup type check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// An amount or price: read exactly as a decimal.
+    Number,
+    /// A fill time.
+    Timestamp,
+}
+
+impl ColumnKind {
+    /// The base types (`pg_type.typname`, a domain resolved to its base) whose text output
+    /// walpoints converts for this kind: `numeric` and the floats exactly as printed, the
+    /// integers as they are.
+    pub const fn accepted(self) -> &'static [&'static str] {
+        match self {
+            ColumnKind::Number => &["numeric", "float4", "float8", "int2", "int4", "int8"],
+            ColumnKind::Timestamp => &["timestamptz", "timestamp"],
+        }
+    }
+
+    /// Whether a column of base type `typname` can hold this kind.
+    pub fn accepts(self, typname: &str) -> bool {
+        self.accepted().contains(&typname)
+    }
+
+    /// What the kind is, for a refusal message.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ColumnKind::Number => "a number",
+            ColumnKind::Timestamp => "a timestamp",
+        }
     }
 }
 
@@ -750,6 +806,18 @@ mod tests {
     }
 
     #[test]
+    fn a_float_printed_with_an_exponent_maps_to_its_exact_decimal() {
+        let (m, trades) = (mapper(), trades_rel());
+        let got = m.map(&insert(&trades, trade_row("1.23e-06")));
+        match got {
+            Ok(Mapped::Event(Event::TradeInserted { new })) => {
+                assert_eq!(new.price, "0.00000123".parse().unwrap());
+            }
+            other => panic!("expected the trade, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn each_rejection_reason() {
         let (m, trades, positions) = (mapper(), trades_rel(), positions_rel());
         let ins = |row| insert(&trades, row);
@@ -770,9 +838,15 @@ mod tests {
         );
         assert_rejected(
             &m,
-            ins(trade_row("1e5")),
+            ins(trade_row("1,5")),
             "bad_value",
             "\"price\": invalid numeric",
+        );
+        assert_rejected(
+            &m,
+            ins(trade_row("1e+300")),
+            "bad_value",
+            "\"price\": invalid float8",
         );
         assert_rejected(
             &m,

