@@ -298,7 +298,7 @@ fn opt(s: Option<&str>) -> String {
 }
 
 fn time(t: Option<i64>) -> String {
-    t.map_or_else(|| "NULL".into(), |t| crate::time::format_rfc3339(t))
+    t.map_or_else(|| "NULL".into(), crate::time::format_rfc3339)
 }
 
 fn line_of(commit_lsn: u64, e: &LedgerEntry) -> Line {

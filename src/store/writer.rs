@@ -27,8 +27,9 @@ const QUEUE: usize = 8;
 
 /// What the writer is asked to do, in stream order.
 enum Job {
-    /// Rows to add to the open batch's transaction.
-    Part(Batch),
+    /// Rows to add to the open batch's transaction (boxed: a batch is large, the other jobs
+    /// small).
+    Part(Box<Batch>),
     /// Stored awards of these trade ids, as of everything queued before.
     Lookup(Vec<String>, oneshot::Sender<Vec<(String, Award)>>),
     /// The rest of the batch; then commit.
@@ -88,7 +89,7 @@ impl StoreWriter {
     /// Queues rows of the open batch (waits while the queue is full).
     pub async fn part(&self, batch: Batch) -> Result<(), StoreError> {
         self.jobs
-            .send(Job::Part(batch))
+            .send(Job::Part(Box::new(batch)))
             .await
             .map_err(|_| StoreError::WriterStopped)
     }
