@@ -458,13 +458,7 @@ async fn replay_source(
                     Some(s)
                         if (s.commit_lsn, s.ordinal) < (replayed.commit_lsn, replayed.ordinal) =>
                     {
-                        report.differ(ReplayDifference {
-                            user: s.user.clone(),
-                            epoch: s.epoch,
-                            what: format!("entry {}/{}", Lsn(s.commit_lsn), s.ordinal),
-                            stored: format!("{} {}", s.columns[0].1, s.columns[2].1),
-                            replayed: "no such entry".into(),
-                        });
+                        report.differ(not_replayed(s));
                         next_stored = None;
                     }
                     Some(s)
@@ -506,15 +500,20 @@ async fn replay_source(
                 None => break,
             },
         };
-        report.differ(ReplayDifference {
-            user: s.user.clone(),
-            epoch: s.epoch,
-            what: format!("entry {}/{}", Lsn(s.commit_lsn), s.ordinal),
-            stored: format!("{} {}", s.columns[0].1, s.columns[2].1),
-            replayed: "no such entry".into(),
-        });
+        report.differ(not_replayed(&s));
     }
     Ok(())
+}
+
+/// A stored entry the replay did not produce.
+fn not_replayed(s: &Line) -> ReplayDifference {
+    ReplayDifference {
+        user: s.user.clone(),
+        epoch: s.epoch,
+        what: format!("entry {}/{}", Lsn(s.commit_lsn), s.ordinal),
+        stored: format!("{} {}", s.columns[0].1, s.columns[2].1),
+        replayed: "no such entry".into(),
+    }
 }
 
 async fn compare_totals(
