@@ -140,16 +140,23 @@ CREATE TABLE walpoints.ledger_position (
     PRIMARY KEY (source_id, epoch, commit_lsn, ordinal)
 ) PARTITION BY RANGE (epoch);
 
--- Which (user, epoch) has entries in which store batch: one row per user and batch, not per
--- entry, so a user's entries are found by scanning a few batches' LSN ranges.
+-- Which (user, epoch) has entries in which store batch, and at which commit LSNs: one row per
+-- user and batch, not an index entry per ledger row, so the API finds a user's newest entries
+-- by a few exact probes of the ledger's primary keys.
 CREATE TABLE walpoints.user_batch (
     user_address text COLLATE "C" NOT NULL,
-    epoch        integer NOT NULL,
+    epoch        integer  NOT NULL,
     source_id    text COLLATE "C" NOT NULL,
-    first_lsn    pg_lsn  NOT NULL,   -- the batch's first commit LSN
-    last_lsn     pg_lsn  NOT NULL,   -- its last
+    first_lsn    pg_lsn   NOT NULL,   -- the batch's first commit LSN
+    last_lsn     pg_lsn   NOT NULL,   -- its last
+    commit_lsns  pg_lsn[] NOT NULL,   -- the user's entries' commit LSNs, ascending
     PRIMARY KEY (user_address, epoch, last_lsn, source_id)
 );
+-- A store upgraded from 0002: its ledger's entries get postings too.
+INSERT INTO walpoints.user_batch
+SELECT user_address, epoch, source_id, min(commit_lsn), max(commit_lsn),
+       array_agg(DISTINCT commit_lsn ORDER BY commit_lsn)
+FROM walpoints.ledger_v1 GROUP BY user_address, epoch, source_id;
 
 -- Creates epoch e's partitions of the journal and the ledger if missing (-1: everything
 -- before genesis). `run` creates the next epochs' ahead of time; a batch creates the one it

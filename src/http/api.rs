@@ -478,31 +478,40 @@ impl Api {
         let columns = "source_id, commit_lsn::text, ordinal, kind, reversal, points::text, \
                    basis::text, multiplier::text, rate::text, position_notional::text, trade_id, \
                    position_id, referee, segment_start, event_time, commit_time, rules_version";
-        let rows = match &after {
-            None => {
-                db.query(
-                    &format!(
-                        "SELECT {columns} FROM walpoints.ledger l \
-                     WHERE user_address = $1 AND epoch = $2 \
-                     ORDER BY l.commit_lsn DESC, l.ordinal DESC, l.source_id DESC LIMIT $3"
-                    ),
-                    &[&address, &epoch_i, &(limit + 1)],
-                )
-                .await?
-            }
-            Some((lsn, ordinal, source)) => {
-                db.query(
-                    &format!(
-                        "SELECT {columns} FROM walpoints.ledger l \
-                     WHERE user_address = $1 AND epoch = $2 \
-                       AND (commit_lsn, ordinal, source_id) < ($3::text::pg_lsn, $4, $5) \
-                     ORDER BY l.commit_lsn DESC, l.ordinal DESC, l.source_id DESC LIMIT $6"
-                    ),
-                    &[&address, &epoch_i, lsn, ordinal, source, &(limit + 1)],
-                )
-                .await?
-            }
+        // The user's postings (newest batches first) name the commit LSNs of their entries:
+        // each holds at least one, so limit + 2 postings and limit + 2 LSNs are enough (one
+        // batch may straddle the cursor), and each LSN is an exact probe of the ledger's keys.
+        let (cursor_lsn, cursor_ordinal, cursor_source) = match &after {
+            Some((lsn, ordinal, source)) => (Some(lsn.clone()), *ordinal, source.clone()),
+            None => (None, 0, String::new()),
         };
+        let rows = db
+            .query(
+                &format!(
+                    "WITH b AS (SELECT source_id, commit_lsns FROM walpoints.user_batch \
+                       WHERE user_address = $1 AND epoch = $2 \
+                         AND ($4::text IS NULL OR first_lsn <= $4::text::pg_lsn) \
+                       ORDER BY last_lsn DESC, source_id DESC LIMIT $3::int8 + 1), \
+                     k AS (SELECT b.source_id, x.lsn FROM b, unnest(b.commit_lsns) AS x(lsn) \
+                       WHERE $4::text IS NULL OR x.lsn <= $4::text::pg_lsn \
+                       ORDER BY x.lsn DESC, b.source_id DESC LIMIT $3::int8 + 1) \
+                     SELECT {columns} FROM (SELECT e.* FROM k CROSS JOIN LATERAL ( \
+                       SELECT * FROM walpoints.ledger v WHERE v.source_id = k.source_id \
+                         AND v.epoch = $2 AND v.commit_lsn = k.lsn AND v.user_address = $1) e) l \
+                     WHERE $4::text IS NULL \
+                        OR (l.commit_lsn, l.ordinal, l.source_id) < ($4::text::pg_lsn, $5, $6) \
+                     ORDER BY l.commit_lsn DESC, l.ordinal DESC, l.source_id DESC LIMIT $3::int8"
+                ),
+                &[
+                    &address,
+                    &epoch_i,
+                    &(limit + 1),
+                    &cursor_lsn,
+                    &cursor_ordinal,
+                    &cursor_source,
+                ],
+            )
+            .await?;
         let more = rows.len() as i64 > limit;
         let time = |t: Option<std::time::SystemTime>| t.map(|t| format_rfc3339(micros_of(t)));
         let entries: Vec<Value> = rows

@@ -18,9 +18,9 @@ pub struct Batch {
     /// Holding and PnL entries with their transaction's commit LSN and commit time (trading
     /// and referral entries are stored as `fills`).
     pub entries: Vec<(Lsn, i64, LedgerEntry)>,
-    /// Increments of `user_epoch_points`, one per (user, epoch); also who gets a posting in
-    /// `user_batch`.
-    pub totals: BTreeMap<(String, EpochId), Totals>,
+    /// Per (user, epoch) with entries in the batch: the increment of `user_epoch_points` and
+    /// the commit LSNs of those entries (its `user_batch` posting).
+    pub totals: BTreeMap<(String, EpochId), UserBatch>,
     /// Commit LSNs of the batch's first and last transactions (for `user_batch`).
     pub lsn_range: Option<(Lsn, Lsn)>,
     /// Changed engine state.
@@ -42,11 +42,13 @@ impl Batch {
         let range = self.lsn_range.get_or_insert((commit_lsn, commit_lsn));
         range.1 = commit_lsn;
         for e in entries {
-            self.totals
-                .entry((e.user.clone(), e.epoch))
-                .or_default()
+            let user = self.totals.entry((e.user.clone(), e.epoch)).or_default();
+            user.totals
                 .add_entry(&e)
                 .map_err(|source| StoreError::bad_value("user_epoch_points", source))?;
+            if user.commit_lsns.last() != Some(&commit_lsn) {
+                user.commit_lsns.push(commit_lsn);
+            }
             if !(e.kind.is_trading() || e.kind.is_referral()) {
                 self.entries.push((commit_lsn, commit_time, e));
             }
@@ -66,6 +68,15 @@ impl Batch {
             + self.entries.len()
             + self.dead.len()
     }
+}
+
+/// One (user, epoch) of a batch.
+#[derive(Debug, Default)]
+pub struct UserBatch {
+    /// What the batch adds to the user's totals.
+    pub totals: Totals,
+    /// Commit LSNs of the user's entries, ascending: the API reads the user's entries at these.
+    pub commit_lsns: Vec<Lsn>,
 }
 
 /// Awards for the engine during one batch: what the store has (fetched on demand before each

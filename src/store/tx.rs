@@ -11,10 +11,11 @@ use rust_decimal::Decimal;
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::Transaction;
 
+use super::batch::UserBatch;
 use super::{epoch_to_db, lsn_of, pg_lsn, Batch, Checkpoint, StoreError};
 use crate::dead_letter::DeadLetter;
 use crate::lsn::Lsn;
-use crate::points::{EpochId, Totals};
+use crate::points::EpochId;
 use crate::time::system_time;
 
 /// One open store transaction: write batches into it, then commit.
@@ -238,14 +239,37 @@ impl StoreTx<'_> {
         }
         let mut users = Vec::with_capacity(batch.totals.len());
         let mut epochs = Vec::with_capacity(batch.totals.len());
-        for (user, epoch) in batch.totals.keys() {
+        let mut lsns = Vec::with_capacity(batch.totals.len());
+        for ((user, epoch), u) in &batch.totals {
             users.push(user.as_str());
             epochs.push(epoch_to_db(*epoch)?);
+            // An array literal per posting: one text value instead of one per entry.
+            let mut text = String::with_capacity(2 + 12 * u.commit_lsns.len());
+            text.push('{');
+            for (i, lsn) in u.commit_lsns.iter().enumerate() {
+                if i > 0 {
+                    text.push(',');
+                }
+                text.push_str(&lsn.to_string());
+            }
+            text.push('}');
+            lsns.push(text);
         }
         self.tx
             .execute(
-                "INSERT INTO walpoints.user_batch (user_address, epoch, source_id, first_lsn,                  last_lsn) SELECT u, e, $3, $4, $5 FROM unnest($1::text[], $2::int4[]) AS x(u, e)                  ON CONFLICT DO NOTHING",
-                &[&users, &epochs, &self.source_id, &pg_lsn(first), &pg_lsn(last)],
+                "INSERT INTO walpoints.user_batch (user_address, epoch, source_id, first_lsn, \
+                 last_lsn, commit_lsns) \
+                 SELECT u, e, $3, $4, $5, l::pg_lsn[] \
+                 FROM unnest($1::text[], $2::int4[], $6::text[]) AS x(u, e, l) \
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &users,
+                    &epochs,
+                    &self.source_id,
+                    &pg_lsn(first),
+                    &pg_lsn(last),
+                    &lsns,
+                ],
             )
             .await
             .map_err(StoreError::db("add to user_batch"))?;
@@ -285,7 +309,7 @@ impl StoreTx<'_> {
 
     async fn add_totals(
         &self,
-        totals: &BTreeMap<(String, EpochId), Totals>,
+        totals: &BTreeMap<(String, EpochId), UserBatch>,
     ) -> Result<(), StoreError> {
         if totals.is_empty() {
             return Ok(());
@@ -294,7 +318,8 @@ impl StoreTx<'_> {
         let mut users = Vec::with_capacity(totals.len());
         let mut epochs = Vec::with_capacity(totals.len());
         let mut cols: [Vec<Decimal>; 6] = Default::default();
-        for ((user, epoch), t) in totals {
+        for ((user, epoch), u) in totals {
+            let t = &u.totals;
             users.push(user.as_str());
             epochs.push(epoch_to_db(*epoch)?);
             for (col, v) in cols.iter_mut().zip([
