@@ -11,13 +11,13 @@
 //! Exit codes: 0 equal, 1 differences (the first ones listed), 2 cannot compare.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use futures_util::{pin_mut, StreamExt};
 use rust_decimal::Decimal;
 use tokio_postgres::types::PgLsn;
 
+use super::progress::ProgressLine;
 use crate::config::Config;
 use crate::lsn::Lsn;
 use crate::points::{Engine, EpochId, LedgerEntry, RulesError, State, Totals};
@@ -199,7 +199,11 @@ pub async fn verify(config: &Config, opts: &ReplayOptions) -> Result<ReplayRepor
     let mut report = ReplayReport::default();
     let mut totals: BTreeMap<(String, EpochId), Totals> = BTreeMap::new();
     let total_tx: i64 = sources.iter().map(|r| r.get::<_, i64>(3)).sum();
-    let mut progress = ProgressLine::new(u64::try_from(total_tx).unwrap_or(0));
+    let mut progress = ProgressLine::new(
+        "replay",
+        "transactions",
+        u64::try_from(total_tx).unwrap_or(0),
+    );
     for row in &sources {
         let source_id: String = row.get(0);
         let until = Lsn(u64::from(row.get::<_, PgLsn>(1)));
@@ -227,7 +231,7 @@ pub async fn verify(config: &Config, opts: &ReplayOptions) -> Result<ReplayRepor
     }
     compare_totals(&first, &totals, opts, &mut report).await?;
     report.elapsed = started.elapsed();
-    progress.finish(&report);
+    progress.finish(report.transactions);
     Ok(report)
 }
 
@@ -579,55 +583,4 @@ async fn compare_totals(
         }
     }
     Ok(())
-}
-
-/// The progress line on stderr: at most once a second while stderr is a terminal, and a
-/// summary line at the end either way.
-struct ProgressLine {
-    total: u64,
-    started: Instant,
-    last: Instant,
-    live: bool,
-}
-
-impl ProgressLine {
-    fn new(total: u64) -> ProgressLine {
-        let now = Instant::now();
-        ProgressLine {
-            total,
-            started: now,
-            last: now,
-            live: std::io::stderr().is_terminal(),
-        }
-    }
-
-    fn tick(&mut self, done: u64) {
-        if !self.live || self.last.elapsed() < Duration::from_secs(1) {
-            return;
-        }
-        self.last = Instant::now();
-        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        let rate = done as f64 / secs;
-        let left = if rate > 0.0 && self.total > done {
-            format!("{:.0} s left", (self.total - done) as f64 / rate)
-        } else {
-            "-".into()
-        };
-        eprint!(
-            "\rreplay: {done} / {} transactions, {rate:.0}/s, {left}   ",
-            self.total
-        );
-    }
-
-    fn finish(&self, report: &ReplayReport) {
-        if self.live {
-            eprintln!();
-        }
-        eprintln!(
-            "replay: {} transactions in {:.1} s ({:.0}/s)",
-            report.transactions,
-            report.elapsed.as_secs_f64(),
-            report.transactions as f64 / report.elapsed.as_secs_f64().max(1e-3)
-        );
-    }
 }

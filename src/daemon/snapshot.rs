@@ -9,6 +9,7 @@ use tokio_postgres::Transaction;
 
 use super::batch::{Evaluator, OpenBatch, Origin, Progress};
 use super::DaemonError;
+use crate::cmd::progress::ProgressLine;
 use crate::config::TruncatePolicy;
 use crate::dead_letter::DeadLetter;
 use crate::identifier::quote_ident;
@@ -160,12 +161,32 @@ impl<'a, 'b> InitialCopy<'a, 'b> {
             what: "read the snapshot",
             source,
         };
+        // The planner's row estimate as the total: a count would scan the business table.
+        let estimate: i64 = tx
+            .query_one(
+                &format!(
+                    "SELECT greatest(reltuples, 0)::int8 FROM pg_class WHERE oid = {}::regclass",
+                    crate::identifier::quote_literal(&tables.name_of(table)?.to_string())
+                ),
+                &[],
+            )
+            .await
+            .map_err(read)?
+            .get(0);
+        let mut progress = ProgressLine::new(
+            format!("setup: snapshot of {}", table.as_str()),
+            "rows",
+            u64::try_from(estimate).unwrap_or(0),
+        );
+        let mut seen = 0u64;
         let rows = tx.query_raw(&sql, params).await.map_err(read)?;
         tokio::pin!(rows);
         let mut chunk = Vec::new();
         let mut dead = Vec::new();
         let mut kept = 0u64;
         while let Some(row) = rows.try_next().await.map_err(read)? {
+            seen += 1;
+            progress.tick(seen);
             let texts: Vec<Option<&str>> = (0..columns.len()).map(|i| row.get(i)).collect();
             match self.evaluator.mapper().map_snapshot_row(table, &texts) {
                 Ok(e) if keep(&e) => {
@@ -193,6 +214,7 @@ impl<'a, 'b> InitialCopy<'a, 'b> {
         if !chunk.is_empty() || !dead.is_empty() {
             self.flush(table, chunk, dead).await?;
         }
+        progress.finish(seen);
         Ok(kept)
     }
 
