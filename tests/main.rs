@@ -7,6 +7,9 @@
 //! (`TestDb::own_cluster`), and fail, saying why, where they cannot: no test passes by
 //! skipping.
 //!
+//! `matrix::` runs the core scenarios once more per PostgreSQL version, each time as a child run
+//! of this binary on that version's build.
+//!
 //! `cargo test --test integration daemon_checks::` runs one module, `cargo test` everything.
 
 mod api;
@@ -23,6 +26,7 @@ mod example_config;
 mod faults;
 mod hostile;
 mod instances;
+mod matrix;
 mod metrics;
 mod pgcluster;
 mod pgconn_tls;
