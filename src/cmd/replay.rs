@@ -115,7 +115,7 @@ pub struct ReplayReport {
     pub entries: u64,
     /// (user, epoch) totals compared.
     pub totals: u64,
-    /// Differences found (all of them counted, the first [`LISTED`] kept).
+    /// Differences found (all of them counted, the first 20 kept in `listed`).
     pub differences: u64,
     /// The first differences.
     pub listed: Vec<ReplayDifference>,
