@@ -389,11 +389,6 @@ impl TxCursor {
         self.now
     }
 
-    /// How many entries the transaction has produced so far.
-    pub fn entries(&self) -> u32 {
-        self.next_ordinal
-    }
-
     /// Numbers `entries` on from the last one numbered.
     fn number(&mut self, entries: &mut [LedgerEntry]) {
         for e in entries {

@@ -111,11 +111,6 @@ impl BatchAwards {
         }
     }
 
-    /// How many awards this batch changed (and holds until they are written).
-    pub fn changed(&self) -> usize {
-        self.changed.len()
-    }
-
     /// Forgets everything, once the rows that hold the changes have gone to the store (later
     /// lookups read them there).
     pub fn clear(&mut self) {
