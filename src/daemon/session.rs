@@ -42,7 +42,7 @@ pub(super) async fn run(
 ) -> Result<Ended, DaemonError> {
     let engine = Engine::new(config.rules.clone())?;
     let mapper = Mapper::new(&config.tables, &config.columns);
-    let Some((mut store, cp)) = open_store(config, standby, stop.clone(), telemetry).await? else {
+    let Some((store, cp)) = open_store(config, standby, stop.clone(), telemetry).await? else {
         tracing::info!(source = %config.source.id, "stopped while waiting as a standby");
         return Ok(Ended::Stopped);
     };
@@ -75,7 +75,8 @@ pub(super) async fn run(
     let mut stopped = Box::pin(async move {
         let _ = stop_stream.wait_for(|s| *s).await;
     });
-    let result = batches.stream(&mut source, &mut store, &mut stopped).await;
+    // The store comes back so that its instance lock is held until the stream has ended.
+    let (_store, result) = batches.stream(&mut source, store, &mut stopped).await;
     drop(heartbeat);
     end(
         config,

@@ -184,6 +184,10 @@ pub struct ReplicationSource {
     /// The transaction [`ReplicationSource::next_transaction`] is assembling; kept here so
     /// that dropping that future (a `select!` timeout) loses nothing.
     partial: Option<Transaction>,
+    /// The server's clock when it sent the latest message that carried one (XLogData,
+    /// keepalive), µs since 2000-01-01: compared with a commit time on the same clock, how far
+    /// behind the stream is, whatever the skew between the two machines.
+    sent_at: Option<i64>,
 }
 
 impl std::fmt::Debug for ReplicationSource {
@@ -258,6 +262,7 @@ impl ReplicationSource {
             in_tx: None,
             pending: VecDeque::new(),
             partial: None,
+            sent_at: None,
         })
     }
 
@@ -276,6 +281,15 @@ impl ReplicationSource {
     pub async fn stop(mut self) -> Result<(), SourceError> {
         self.client.shutdown().await?;
         Ok(())
+    }
+
+    /// How long after its commit the server sent the latest change of the transaction
+    /// committed at `commit_time` (µs since 1970), in µs; both readings come from the
+    /// server's clock. Large while walpoints works through a backlog, near zero when it keeps
+    /// up. `None` before the first message that carries the server's clock.
+    pub fn sent_after_commit(&self, commit_time: i64) -> Option<i64> {
+        let sent = crate::time::from_pg_micros(self.sent_at?)?;
+        Some(sent.saturating_sub(commit_time))
     }
 
     /// The next item of the stream; `Ok(None)` when the server ended it.
@@ -328,8 +342,9 @@ impl ReplicationSource {
                 ReplicationEvent::KeepAlive {
                     wal_end,
                     reply_requested,
-                    ..
+                    server_time_micros,
                 } => {
+                    self.sent_at = Some(server_time_micros);
                     if self.in_tx.is_none() {
                         return Ok(Some(StreamEvent::Idle {
                             wal_end: from_wire(wal_end),
@@ -338,8 +353,12 @@ impl ReplicationSource {
                     }
                 }
                 ReplicationEvent::XLogData {
-                    wal_start, data, ..
+                    wal_start,
+                    data,
+                    server_time_micros,
+                    ..
                 } => {
+                    self.sent_at = Some(server_time_micros);
                     self.decode(from_wire(wal_start), &data)?;
                 }
                 ReplicationEvent::StoppedAt { .. } => return Ok(None),

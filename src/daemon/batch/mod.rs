@@ -30,7 +30,12 @@
 //! the store has committed everything before it and its first transaction is `max_delay` old
 //! (under a light load each transaction is visible as soon as the store can commit it; under a
 //! backlog batches grow while the store is busy, amortising the per-user writes), or on stop.
-//! Writing is pipelined: the writer commits one batch while the next is evaluated.
+//! While the stream is [`BEHIND`] (the server sent the last transaction a second or more after
+//! its commit, and has not said since that it has sent everything), a batch stays open after
+//! the store is free for half as long as the stream is late, up to [`CATCH_UP_HOLD`], so a
+//! backlog is drained in batches of up to `max_changes`. Batch boundaries change no point: only when the points become visible.
+//! Writing is pipelined: the writer, a task of its own, commits one batch while the next is
+//! evaluated.
 //!
 //! The engine's state runs ahead of the store while a batch is open, so after any failure the
 //! caller must throw this loop away and build a new one from the store.
@@ -68,6 +73,16 @@ pub const CHUNK: usize = 1_000;
 /// store on the source's server each move writes WAL that the walsender then reports as sent,
 /// so they must not chase each other.
 pub const IDLE_ADVANCE_EVERY: Duration = Duration::from_secs(10);
+
+/// A transaction the server sent this long after its commit means walpoints is working
+/// through a backlog: batches then grow past the moment the store is free (see
+/// `BatchLoop::ready_to_seal`), amortising the per-user writes over more trades.
+pub const BEHIND: Duration = Duration::from_secs(1);
+
+/// The longest a batch grows while behind once the store is free. It may grow for half as long
+/// as the stream is late, so its points become visible at most half as late again as they
+/// could have, and never more than this.
+pub const CATCH_UP_HOLD: Duration = Duration::from_secs(10);
 
 /// How often the progress line is logged.
 const LOG_EVERY: Duration = Duration::from_secs(5);
@@ -167,6 +182,9 @@ pub struct BatchLoop<'o> {
     /// Batches committed since the loop started, for the progress line.
     batches: u64,
     stopping: bool,
+    /// How late the server sent the last transaction, when that was [`BEHIND`] or more and
+    /// the server has not said since that it has sent everything.
+    behind: Option<Duration>,
     last_idle_advance: Instant,
     last_log: Instant,
 }
@@ -190,6 +208,7 @@ impl<'o> BatchLoop<'o> {
             in_flight: VecDeque::new(),
             batches: 0,
             stopping: false,
+            behind: None,
             last_idle_advance: Instant::now(),
             last_log: Instant::now(),
         }
@@ -202,31 +221,52 @@ impl<'o> BatchLoop<'o> {
 
     /// Streams until `stop` resolves, the writer committing each sealed batch on `store` while
     /// the next is evaluated; on `stop` the open batch is committed and acknowledged first.
+    /// Gives the store back when the writer ended on its own (`None` after a failure that
+    /// left its connection mid-transaction: the caller starts over from a new one anyway).
     pub async fn stream(
         &mut self,
         source: &mut ReplicationSource,
-        store: &mut Store,
+        store: Store,
         stop: &mut (impl Future<Output = ()> + Unpin),
-    ) -> Result<(), BatchError> {
+    ) -> (Option<Store>, Result<(), BatchError>) {
         let (writer, jobs) = StoreWriter::channel();
         let (done, committed) = mpsc::unbounded_channel();
-        // One task, two futures: the writer waits on the store while the loop computes.
-        let writing = write_batches(store, self.checkpoint, jobs, done);
+        // The writer is a task of its own, so that encoding and freeing a batch's rows runs on
+        // a second thread while the loop decodes and evaluates the next.
+        let from = self.checkpoint;
+        let mut writing = tokio::spawn(async move {
+            let mut store = store;
+            let written = write_batches(&mut store, from, jobs, done).await;
+            (store, written)
+        });
         let collecting = self.collect(source, writer, committed, stop);
-        tokio::pin!(writing, collecting);
+        tokio::pin!(collecting);
         tokio::select! {
             collected = &mut collecting => match collected {
                 // The writer ended first: its own error is the one that says why.
                 Err(BatchError::Store(StoreError::WriterStopped)) => match writing.await {
-                    Err(e) => Err(e.into()),
-                    Ok(()) => Err(StoreError::WriterStopped.into()),
+                    Ok((store, Err(e))) => (Some(store), Err(e.into())),
+                    Ok((store, Ok(()))) => (Some(store), Err(StoreError::WriterStopped.into())),
+                    Err(joined) => (None, Err(writer_lost(joined))),
                 },
-                other => other,
+                // A clean stop: everything sealed is committed, and the loop dropped its end
+                // of the queue, so the writer is ending.
+                Ok(()) => match writing.await {
+                    Ok((store, written)) => (Some(store), written.map_err(BatchError::from)),
+                    Err(joined) => (None, Err(writer_lost(joined))),
+                },
+                // The loop failed: whatever the writer holds is rolled back with its
+                // connection (it may be waiting on a store that no longer answers).
+                Err(e) => {
+                    writing.abort();
+                    (writing.await.ok().map(|(store, _)| store), Err(e))
+                }
             },
             written = &mut writing => match written {
-                Err(e) => Err(e.into()),
+                Ok((store, Err(e))) => (Some(store), Err(e.into())),
                 // The writer ends cleanly only once the loop dropped its end of the queue.
-                Ok(()) => collecting.await,
+                Ok((store, Ok(()))) => (Some(store), collecting.await),
+                Err(joined) => (None, Err(writer_lost(joined))),
             },
         }
     }
@@ -260,9 +300,16 @@ impl<'o> BatchLoop<'o> {
                         StreamEvent::Begin(begin) => self.on_begin(InTx::new(begin)),
                         StreamEvent::Change(change) => self.on_change(&writer, change).await?,
                         StreamEvent::Commit(commit) => {
+                            self.behind = source
+                                .sent_after_commit(commit.commit_time)
+                                .and_then(|us| u64::try_from(us).ok())
+                                .map(Duration::from_micros)
+                                .filter(|late| *late >= BEHIND);
                             self.on_commit(&writer, commit.end_lsn).await?
                         }
                         StreamEvent::Idle { wal_end, reply_requested } => {
+                            // The server has sent everything it has: no backlog to wait for.
+                            self.behind = None;
                             self.on_idle(&writer, wal_end, reply_requested).await?
                         }
                         StreamEvent::Message { .. } => {}
@@ -317,6 +364,10 @@ impl<'o> BatchLoop<'o> {
     }
 
     /// When the open batch closes: never inside a transaction, and only with something in it.
+    /// Once the store is free it closes after `max_delay`, or, while the stream is behind, once
+    /// it has been open half as long as the stream is late, up to [`CATCH_UP_HOLD`] (a
+    /// backlog's batches then reach `max_changes` instead of whatever arrived during the last
+    /// commit).
     fn ready_to_seal(&self) -> bool {
         let Some(opened) = self.open.opened else {
             return false;
@@ -324,14 +375,22 @@ impl<'o> BatchLoop<'o> {
         self.current.is_none()
             && (self.stopping
                 || self.open.changes >= self.limits.max_changes
-                || (self.in_flight.is_empty() && opened.elapsed() >= self.limits.max_delay))
+                || (self.in_flight.is_empty() && opened.elapsed() >= self.hold()))
     }
 
-    /// While the open batch waits for `max_delay`, the moment it may close.
+    /// How long the open batch may stay open once the store is free.
+    fn hold(&self) -> Duration {
+        match self.behind {
+            Some(late) => self.limits.max_delay.max((late / 2).min(CATCH_UP_HOLD)),
+            None => self.limits.max_delay,
+        }
+    }
+
+    /// While the open batch waits, the moment it may close.
     fn linger(&self) -> Option<tokio::time::Instant> {
         let opened = self.open.opened?;
         (self.in_flight.is_empty() && self.current.is_none())
-            .then(|| tokio::time::Instant::from_std(opened + self.limits.max_delay))
+            .then(|| tokio::time::Instant::from_std(opened + self.hold()))
     }
 
     /// Rule 3: the batch, its rule state and its end LSN go to the writer, which commits them in
@@ -433,6 +492,13 @@ impl<'o> BatchLoop<'o> {
             "progress"
         );
     }
+}
+
+/// The writer task panicked or was cancelled: the batch it held is rolled back with its
+/// connection, and the session starts over from the store.
+fn writer_lost(joined: tokio::task::JoinError) -> BatchError {
+    tracing::error!(error = %joined, "the store writer task ended abnormally");
+    StoreError::WriterStopped.into()
 }
 
 /// Sleeps until `at`; never resolves without one.
