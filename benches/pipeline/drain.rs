@@ -1,10 +1,12 @@
 //! Backlog drain: the same committed backlog read once by `pg_recvlogical` into /dev/null and
 //! once by walpoints into its store, per transaction shape.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
+use crate::cpu::{Role, Sample};
 use crate::lab::{mib, reset_statements, statements, Daemon, Lab};
 use crate::workload::{commit_trades, seed_referrals, USERS};
 use crate::Plan;
@@ -50,6 +52,10 @@ struct Figures {
     entries: i64,
     /// The ledger rows alone, copied into an empty ledger-shaped table.
     ceiling: Duration,
+    /// The walsender's CPU time while pg_recvlogical drained.
+    recv_walsender: Duration,
+    /// CPU time by role during walpoints' drain.
+    cpu: BTreeMap<Role, Duration>,
 }
 
 fn rate(rows: u64, d: Duration) -> f64 {
@@ -66,8 +72,10 @@ pub async fn run(lab: &Lab, plan: &Plan) -> Result<()> {
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut first = 0u64;
+    let mut cpu_rows = Vec::new();
     for shape in shapes(plan) {
         let f = drain_one(lab, &shape, first).await?;
+        cpu_rows.push(cpu_row(shape.name, &f));
         first += shape.transactions * shape.rows;
         println!(
             "| {} | {} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {} | {:.0} MiB | {:.0} | {:.2} |",
@@ -84,7 +92,35 @@ pub async fn run(lab: &Lab, plan: &Plan) -> Result<()> {
             f.recv.as_secs_f64() / f.ceiling.as_secs_f64(),
         );
     }
+    println!(
+        "\n### CPU per trade during walpoints' drain (µs of CPU time, from /proc; wall µs per trade for comparison)\n\n\
+         | shape | {} | {} | {} | {} | all | wall | walsender for pg_recvlogical |\n|---|---:|---:|---:|---:|---:|---:|---:|",
+        Role::Walpoints.name(),
+        Role::Walsender.name(),
+        Role::Store.name(),
+        Role::Server.name()
+    );
+    for row in cpu_rows {
+        println!("{row}");
+    }
     Ok(())
+}
+
+/// One line of the CPU table.
+fn cpu_row(name: &str, f: &Figures) -> String {
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / f.rows as f64;
+    let of = |r: Role| per(f.cpu.get(&r).copied().unwrap_or_default());
+    let all: Duration = f.cpu.values().sum();
+    format!(
+        "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        of(Role::Walpoints),
+        of(Role::Walsender),
+        of(Role::Store),
+        of(Role::Server),
+        per(all),
+        per(f.walpoints),
+        per(f.recv_walsender)
+    )
 }
 
 async fn drain_one(lab: &Lab, shape: &Shape, first: u64) -> Result<Figures> {
@@ -108,17 +144,20 @@ async fn drain_one(lab: &Lab, shape: &Shape, first: u64) -> Result<Figures> {
         slots
     );
 
-    let recv = lab.recvlogical(fence)?;
+    let (recv, recv_walsender) = lab.recvlogical(fence)?;
 
     let log = format!("drain-{}", shape.name.replace([' ', ','], ""));
     let store = lab.store().await?;
     reset_statements(&store).await?;
+    let postmaster = lab.postmaster_pid();
+    let before = Sample::take(0, postmaster, "walpoints");
     let started = Instant::now();
     let mut daemon = Daemon::start(lab, &log)?;
     daemon
         .wait_for(&store, fence, Duration::from_secs(3600))
         .await?;
     let walpoints = started.elapsed();
+    let cpu = before.spent_until(&Sample::take(daemon.pid(), postmaster, "walpoints"));
     let rss_kib = daemon.stop()?;
     let entries: i64 = store
         .query_one("SELECT count(*) FROM walpoints.ledger", &[])
@@ -153,5 +192,7 @@ async fn drain_one(lab: &Lab, shape: &Shape, first: u64) -> Result<Figures> {
         rss_kib,
         entries,
         ceiling,
+        cpu,
+        recv_walsender,
     })
 }

@@ -226,8 +226,10 @@ impl Lab {
     }
 
     /// Drains the recvlogical slot up to `endpos` into /dev/null; returns the wall time.
-    pub fn recvlogical(&self, endpos: Lsn) -> Result<Duration> {
+    pub fn recvlogical(&self, endpos: Lsn) -> Result<(Duration, Duration)> {
         let bins = self.cluster.binaries();
+        let postmaster = self.postmaster_pid();
+        let reaped = crate::cpu::reaped_children(postmaster);
         let started = Instant::now();
         let out = Command::new(bins.program("pg_recvlogical"))
             .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "exchange"])
@@ -248,7 +250,26 @@ impl Lab {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Ok(took)
+        // The walsender exits just after its client: then its CPU is among the postmaster's
+        // reaped children.
+        let mut walsender = Duration::ZERO;
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(50));
+            walsender = crate::cpu::reaped_children(postmaster).saturating_sub(reaped);
+            if !walsender.is_zero() {
+                break;
+            }
+        }
+
+        Ok((took, walsender))
+    }
+
+    /// The postmaster's pid, from `postmaster.pid` (0 when unreadable).
+    pub fn postmaster_pid(&self) -> i32 {
+        std::fs::read_to_string(self.cluster.data_dir().join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
+            .unwrap_or(0)
     }
 
     /// The store's physical ceiling: the journal and compact ledger rows walpoints just wrote,
@@ -393,7 +414,8 @@ impl Daemon {
         status_kib(self.pid(), "VmRSS:")
     }
 
-    fn pid(&self) -> i32 {
+    /// The process id (0 once stopped).
+    pub fn pid(&self) -> i32 {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
     }
 

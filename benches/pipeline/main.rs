@@ -24,6 +24,7 @@
 //! `WALPOINTS_BENCH_LIVE_SECS` sets the length of each live run (default 60 × scale, at least 5).
 //! walpoints' logs go to `target/tmp/bench-pipeline/`.
 
+mod cpu;
 mod drain;
 mod lab;
 mod live;
