@@ -20,7 +20,8 @@ use super::standby::lead;
 use super::{DaemonError, Standby};
 use crate::config::Config;
 use crate::mapping::Mapper;
-use crate::pg::{connect, AdminSession, ReplicationSource, SourceOptions};
+use crate::pg::replication::SilenceWatch;
+use crate::pg::{connect, AdminSession, ReplicationSource, SourceError, SourceOptions};
 use crate::points::Engine;
 use crate::store::{Checkpoint, Store};
 use crate::telemetry::{Phase, Telemetry};
@@ -46,7 +47,14 @@ pub(super) async fn run(
         tracing::info!(source = %config.source.id, "stopped while waiting as a standby");
         return Ok(Ended::Stopped);
     };
-    check_source(config, &mapper, &cp).await?;
+    // Bounded: a black-holed source must not hang the session between two reconnects.
+    let limit = CHECKS_TIMEOUT;
+    tokio::time::timeout(limit, check_source(config, &mapper, &cp))
+        .await
+        .map_err(|_| SourceError::TimedOut {
+            what: "the startup checks on the source",
+            after: limit,
+        })??;
     let state = store.load_state(cp.stream_time).await?;
     tracing::info!(
         checkpoint = %cp.lsn,
@@ -124,6 +132,9 @@ async fn open_store(
     Ok(Some((store, cp)))
 }
 
+/// How long the startup checks on the source may take in all.
+const CHECKS_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Epochs past the stream's whose journal and ledger partitions `run` creates at start.
 const PARTITIONS_AHEAD: i32 = 2;
 
@@ -153,6 +164,10 @@ async fn start_stream(config: &Config, cp: &Checkpoint) -> Result<ReplicationSou
         durable_lsn: cp.lsn,
         temporary_slot: false,
         application_name: "walpoints".into(),
+        silence: config.silence_timeout().map(|timeout| SilenceWatch {
+            timeout,
+            probe_url: config.source.url.clone(),
+        }),
     })
     .await?;
     if source.system_id() != cp.system_id {

@@ -24,10 +24,24 @@ pub struct AdminSession {
 impl AdminSession {
     /// Connects and authenticates; `slot`/`publication` only matter if this session later
     /// streams.
+    /// Connecting is bounded by [`super::connect::CONNECT_TIMEOUT`]: a black-holed host would
+    /// otherwise hang it for the kernel's minutes.
     pub async fn connect(url: &ConnUrl, application_name: &str) -> Result<Self, SourceError> {
         let cfg = replication_config(url, "unused", "unused")
             .with_application_name(application_name.to_owned());
-        let client = ReplicationClient::connect_gated(cfg).await?;
+        let limit = super::connect::CONNECT_TIMEOUT;
+        let connecting = async {
+            let mut client = ReplicationClient::connect_gated(cfg).await?;
+            // The worker connects in the background: the first command says whether it did.
+            client.simple_query("SELECT 1").await?;
+            Ok::<_, SourceError>(client)
+        };
+        let client = tokio::time::timeout(limit, connecting)
+            .await
+            .map_err(|_| SourceError::TimedOut {
+                what: "connecting to the source",
+                after: limit,
+            })??;
         Ok(AdminSession { client })
     }
 

@@ -21,7 +21,7 @@ use crate::config::ConnUrl;
 
 /// How long opening a connection (TCP, TLS, authentication) may take before it is a transient
 /// failure; without it a black-holed host would hang for the kernel's two minutes.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a connection (or a statement on one) failed, split by what the caller must do.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,15 @@ pub enum ConnectError {
         /// The driver's error.
         source: tokio_postgres::Error,
     },
+    /// Something on a connection took longer than it may (a black-holed host answers nothing):
+    /// transient.
+    #[error("{context}: no answer within {after:?}")]
+    TimedOut {
+        /// What was being done, naming the (redacted) URL.
+        context: String,
+        /// How long it was given.
+        after: Duration,
+    },
     /// The URL's TLS settings cannot be used (no `sslrootcert` for `verify-*`, an unreadable
     /// file): definite.
     #[error("{url}: {source}")]
@@ -70,7 +79,7 @@ impl ConnectError {
     /// True when retrying later may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            ConnectError::Unavailable { .. } => true,
+            ConnectError::Unavailable { .. } | ConnectError::TimedOut { .. } => true,
             ConnectError::Refused { .. }
             | ConnectError::NoDatabase { .. }
             | ConnectError::Tls { .. } => false,
