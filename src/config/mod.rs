@@ -18,7 +18,7 @@ use crate::points::{RuleSet, RulesError};
 mod env;
 mod url;
 
-pub use url::{BadUrl, ConnUrl, Secret, SslMode};
+pub use url::{BadUrl, ConnUrl, Secret, SslMode, TargetSession};
 
 use env::{overlay_env, rule_defaults};
 

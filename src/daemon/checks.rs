@@ -166,3 +166,71 @@ pub(super) async fn slot(
     }
     Ok(())
 }
+
+/// PostgreSQL 17 introduced failover slots.
+const FAILOVER_SLOTS_SINCE: u32 = 170_000;
+
+/// With `source.failover`, refuses a server older than PostgreSQL 17 (before the slot is
+/// created, or streamed).
+pub(super) async fn failover_supported(
+    admin: &mut AdminSession,
+    source: &SourceConfig,
+) -> Result<(), DaemonError> {
+    if !source.failover {
+        return Ok(());
+    }
+    let (num, version) = admin.server_version().await?;
+    if num < FAILOVER_SLOTS_SINCE {
+        return Err(DaemonError::FailoverUnsupported { version });
+    }
+    Ok(())
+}
+
+/// With `source.failover`, makes the existing slot a failover slot (a slot created before the
+/// setting was turned on), and warns when the primary's `synchronized_standby_slots` is empty.
+/// `ALTER_REPLICATION_SLOT` fails while another session streams the slot: at a reconnect that is
+/// usually this daemon's previous walsender on its way out, so it is tried a few times, then
+/// reported as [`DaemonError::FailoverSlotBusy`] (transient: `run` tries again later).
+pub(super) async fn failover(
+    admin: &mut AdminSession,
+    source: &SourceConfig,
+) -> Result<(), DaemonError> {
+    if !source.failover {
+        return Ok(());
+    }
+    failover_supported(admin, source).await?;
+    let mut attempt = 0;
+    loop {
+        let slot = admin.slot(&source.slot).await?;
+        if !slot.exists() || slot.failover == Some(true) || slot.in_recovery {
+            if let Some(w) = slot.failover_warning() {
+                tracing::warn!("{w}");
+            }
+            return Ok(());
+        }
+        match admin.set_failover(&source.slot).await {
+            Ok(()) => {
+                tracing::info!(slot = %source.slot, "the slot is now a failover slot (source.failover = true)");
+                continue;
+            }
+            Err(crate::pg::SourceError::SlotBusy(e)) => {
+                attempt += 1;
+                if attempt >= FAILOVER_ALTER_ATTEMPTS {
+                    return Err(DaemonError::FailoverSlotBusy {
+                        slot: source.slot.clone(),
+                        holder: match slot.active_pid {
+                            Some(pid) => format!("walsender pid {pid}"),
+                            None => e.to_string(),
+                        },
+                    });
+                }
+                tracing::info!(slot = %source.slot, attempt, "the slot is busy; turning on failover again in a moment");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// How often [`failover`] tries `ALTER_REPLICATION_SLOT` on a busy slot, a second apart.
+const FAILOVER_ALTER_ATTEMPTS: u32 = 5;

@@ -207,6 +207,31 @@ pub enum DaemonError {
         /// Who holds the lock, as the store shows it.
         holder: String,
     },
+    /// `source.failover = true` on a server without failover slots.
+    #[error(
+        "source.failover = true needs PostgreSQL 17 or later (failover slots, synchronised to \
+         standbys by sync_replication_slots), but the source runs PostgreSQL {version}. Set \
+         source.failover = false (a failover then loses the slot: see the runbook), or upgrade \
+         the source. Runbook: README.md#failover"
+    )]
+    FailoverUnsupported {
+        /// The server's `server_version`.
+        version: String,
+    },
+    /// The slot could not be switched to a failover slot because another session streams it.
+    #[error(
+        "cannot turn the replication slot {slot:?} into a failover slot while another session \
+         streams it ({holder}): ALTER_REPLICATION_SLOT needs the slot idle. `walpoints run` \
+         retries at each (re)connect; for `setup`, stop the instance that streams it and run \
+         setup again, or just restart `walpoints run` with source.failover = true. Runbook: \
+         README.md#failover"
+    )]
+    FailoverSlotBusy {
+        /// The slot.
+        slot: String,
+        /// Who streams it.
+        holder: String,
+    },
     /// An SQL connection to the source failed.
     #[error("source: {0}. Runbook: README.md#the-source-cannot-be-reached")]
     Connect(#[from] ConnectError),
@@ -247,7 +272,11 @@ impl DaemonError {
         match self {
             DaemonError::Batch(e) => e.is_transient(),
             DaemonError::Connect(e) => e.is_transient(),
-            DaemonError::Rules(_)
+            // At a (re)connect the holder is most likely this daemon's previous walsender,
+            // which the server ends soon.
+            DaemonError::FailoverSlotBusy { .. } => true,
+            DaemonError::FailoverUnsupported { .. }
+            | DaemonError::Rules(_)
             | DaemonError::TableName(_)
             | DaemonError::Http(_)
             | DaemonError::NotSetUp { .. }

@@ -148,6 +148,7 @@ async fn check_source(
     let mut admin = AdminSession::connect(&config.source.url, "walpoints-check").await?;
     let system_id = admin.system_id().await?;
     checks::slot(&mut admin, &config.source, cp, &system_id).await?;
+    checks::failover(&mut admin, &config.source).await?;
     let source_db = connect::connect(&config.source.url, "walpoints-check").await?;
     checks::tables(&source_db, &config.tables, mapper).await?;
     checks::publication(&source_db, &config.source.publication, &config.tables).await?;

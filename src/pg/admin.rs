@@ -26,8 +26,12 @@ impl AdminSession {
     /// streams.
     /// Connecting is bounded by [`super::connect::CONNECT_TIMEOUT`]: a black-holed host would
     /// otherwise hang it for the kernel's minutes.
+    /// A multi-host URL connects to the host [`super::connect::pick_host`] picks.
     pub async fn connect(url: &ConnUrl, application_name: &str) -> Result<Self, SourceError> {
-        let cfg = replication_config(url, "unused", "unused")
+        let url = super::connect::pick_host(url)
+            .await
+            .map_err(SourceError::Connect)?;
+        let cfg = replication_config(&url, "unused", "unused")
             .with_application_name(application_name.to_owned());
         let limit = super::connect::CONNECT_TIMEOUT;
         let connecting = async {
@@ -116,14 +120,54 @@ impl AdminSession {
     /// Creates a permanent pgoutput slot that exports its snapshot, for the initial copy. The
     /// snapshot can be imported (`SET TRANSACTION SNAPSHOT`) only while this session stays open
     /// and runs no other command, so keep the session until the copy's transaction has begun.
-    pub async fn create_slot_exporting(&mut self, name: &str) -> Result<ExportedSlot, SourceError> {
-        let rows = self
-            .query(&format!(
+    ///
+    /// With `failover` (PostgreSQL 17+) it is a failover slot, which standbys running with
+    /// `sync_replication_slots` copy, so it survives their promotion.
+    pub async fn create_slot_exporting(
+        &mut self,
+        name: &str,
+        failover: bool,
+    ) -> Result<ExportedSlot, SourceError> {
+        let sql = if failover {
+            format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export', FAILOVER true)",
+                quote_ident(name)
+            )
+        } else {
+            format!(
                 "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
                 quote_ident(name)
-            ))
+            )
+        };
+        exported(self.query(&sql).await?)
+    }
+
+    /// Turns an existing slot into a failover slot (PostgreSQL 17+). The server refuses
+    /// (SQLSTATE 55006, [`SourceError::SlotBusy`]) while another session streams the slot.
+    pub async fn set_failover(&mut self, name: &str) -> Result<(), SourceError> {
+        self.query(&format!(
+            "ALTER_REPLICATION_SLOT {} (FAILOVER true)",
+            quote_ident(name)
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// The server's `server_version_num` (170000 for 17.0) and `server_version` text.
+    pub async fn server_version(&mut self) -> Result<(u32, String), SourceError> {
+        let rows = self
+            .query(
+                "SELECT current_setting('server_version_num'), current_setting('server_version')",
+            )
             .await?;
-        exported(rows)
+        let row = rows.first();
+        let text = |i: usize| row.and_then(|r| r.get(i).cloned().flatten());
+        let num = text(0)
+            .and_then(|t| t.parse().ok())
+            .ok_or(SourceError::Unexpected(
+                "server_version_num is not a number",
+            ))?;
+        Ok((num, text(1).unwrap_or_default()))
     }
 
     /// Creates a temporary pgoutput slot that exports its snapshot and is never streamed: its

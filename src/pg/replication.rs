@@ -62,6 +62,9 @@ pub enum SourceError {
         /// How long it was given.
         after: Duration,
     },
+    /// Finding the host to replicate from (a multi-host URL's primary) failed.
+    #[error("source: {0}")]
+    Connect(#[source] ConnectError),
     /// The server sent bytes that are not valid pgoutput: a bug or corruption; stop.
     #[error("undecodable pgoutput message at {lsn}: {source}")]
     Decode {
@@ -98,6 +101,7 @@ impl SourceError {
             | SourceError::SlotBusy(_)
             | SourceError::Silent(_)
             | SourceError::TimedOut { .. } => true,
+            SourceError::Connect(e) => e.is_transient(),
             SourceError::Refused(_)
             | SourceError::Unexpected(_)
             | SourceError::Decode { .. }
@@ -388,7 +392,10 @@ impl ReplicationSource {
     }
 
     async fn start_unbounded(opts: &SourceOptions) -> Result<Self, SourceError> {
-        let cfg = replication_config(&opts.url, &opts.slot, &opts.publication)
+        let url = connect::pick_host(&opts.url)
+            .await
+            .map_err(SourceError::Connect)?;
+        let cfg = replication_config(&url, &opts.slot, &opts.publication)
             .with_application_name(opts.application_name.clone())
             .with_start_lsn(to_wire(opts.start_lsn))
             .with_ack_lsn(to_wire(opts.durable_lsn))
