@@ -155,6 +155,7 @@ pub(super) async fn slot(
             slot: source.slot.clone(),
         });
     }
+    timeline(admin, cp, slot.confirmed_flush_lsn).await?;
     if let Some(confirmed) = slot.confirmed_flush_lsn {
         if confirmed > cp.lsn {
             return Err(DaemonError::SlotAhead {
@@ -234,3 +235,30 @@ pub(super) async fn failover(
 
 /// How often [`failover`] tries `ALTER_REPLICATION_SLOT` on a busy slot, a second apart.
 const FAILOVER_ALTER_ATTEMPTS: u32 = 5;
+
+/// After a promotion: refuses a store checkpoint past the point where the current timeline left
+/// its parent while the slot (a failover slot synchronised from the old primary) is confirmed
+/// only up to that point. Then the checkpoint came from the old primary's tail that never
+/// reached the standby: the store holds points of transactions the cluster no longer has. Once
+/// walpoints has streamed on the new timeline, the slot is confirmed past the fork and the
+/// check passes.
+async fn timeline(
+    admin: &mut AdminSession,
+    cp: &Checkpoint,
+    confirmed: Option<crate::lsn::Lsn>,
+) -> Result<(), DaemonError> {
+    let Some((timeline, parent, fork)) = admin.timeline_fork().await? else {
+        return Ok(());
+    };
+    let confirmed = confirmed.unwrap_or(crate::lsn::Lsn::ZERO);
+    if cp.lsn > fork && confirmed <= fork {
+        return Err(DaemonError::BeyondTimelineFork {
+            checkpoint: cp.lsn,
+            fork,
+            timeline,
+            parent,
+            confirmed,
+        });
+    }
+    Ok(())
+}

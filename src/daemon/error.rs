@@ -207,6 +207,31 @@ pub enum DaemonError {
         /// Who holds the lock, as the store shows it.
         holder: String,
     },
+    /// After a promotion the store holds points of WAL the new primary's timeline lacks.
+    #[error(
+        "the store's checkpoint {checkpoint} lies beyond {fork}, where the source's timeline \
+         {timeline} left timeline {parent} at a promotion, and the slot there is confirmed only \
+         to {confirmed}: the store holds points of transactions in the WAL range {fork} to \
+         {checkpoint} of the old primary that never reached the standby now primary, which the \
+         cluster no longer has. walpoints stops rather than keep points of trades that do not \
+         exist (and misread the new timeline's WAL at the same positions). Start over: \
+         `walpoints teardown --yes --drop-store`, then `walpoints setup` (with \
+         backfill.trades_since to award the trades since), or restore the store from a backup \
+         taken at or before {fork}. To keep this from happening, list the standbys' physical \
+         slots in the primary's synchronized_standby_slots. Runbook: README.md#failover"
+    )]
+    BeyondTimelineFork {
+        /// The store's checkpoint.
+        checkpoint: Lsn,
+        /// Where the current timeline left its parent.
+        fork: Lsn,
+        /// The current timeline.
+        timeline: u32,
+        /// Its parent.
+        parent: u32,
+        /// The slot's confirmed_flush_lsn on the new primary.
+        confirmed: Lsn,
+    },
     /// `source.failover = true` on a server without failover slots.
     #[error(
         "source.failover = true needs PostgreSQL 17 or later (failover slots, synchronised to \
@@ -276,6 +301,7 @@ impl DaemonError {
             // which the server ends soon.
             DaemonError::FailoverSlotBusy { .. } => true,
             DaemonError::FailoverUnsupported { .. }
+            | DaemonError::BeyondTimelineFork { .. }
             | DaemonError::Rules(_)
             | DaemonError::TableName(_)
             | DaemonError::Http(_)

@@ -68,6 +68,19 @@ impl AdminSession {
         Ok(self.client.identify_system().await?.system_id)
     }
 
+    /// Where the server's current timeline left its parent: `(timeline, parent, switchpoint)`
+    /// from `TIMELINE_HISTORY`, or `None` on timeline 1 (never promoted). WAL past the
+    /// switchpoint on the parent timeline (an old primary's tail) is not in this server's WAL.
+    pub async fn timeline_fork(&mut self) -> Result<Option<(u32, u32, Lsn)>, SourceError> {
+        let timeline = self.client.identify_system().await?.timeline;
+        if timeline <= 1 {
+            return Ok(None);
+        }
+        let history = self.client.timeline_history(timeline).await?;
+        let text = String::from_utf8_lossy(&history.content);
+        Ok(parse_last_fork(&text).map(|(parent, at)| (timeline, parent, at)))
+    }
+
     /// Creates `name` FOR TABLE `tables` unless a publication of that name exists.
     pub async fn ensure_publication(
         &mut self,
@@ -197,6 +210,21 @@ impl AdminSession {
     }
 }
 
+/// The last switch of a timeline history file (`parentTLI<TAB>switchpoint<TAB>reason` lines,
+/// `#` comments): the parent timeline and where the current one left it.
+fn parse_last_fork(text: &str) -> Option<(u32, Lsn)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            let parent = fields.next()?.parse().ok()?;
+            let at = fields.next()?.parse().ok()?;
+            Some((parent, at))
+        })
+        .last()
+}
+
 /// The consistent point and snapshot name of a CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT.
 fn exported(rows: Vec<Vec<Option<String>>>) -> Result<ExportedSlot, SourceError> {
     let snapshot = rows
@@ -219,4 +247,16 @@ fn consistent_point(rows: Vec<Vec<Option<String>>>) -> Result<Lsn, SourceError> 
         .ok_or(SourceError::Unexpected(
             "CREATE_REPLICATION_SLOT returned no consistent point",
         ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_switch_of_a_timeline_history_is_the_fork() {
+        let text = "1\t0/3000060\tno recovery target specified\n\n2\t0/5A00108\tno recovery target specified\n";
+        assert_eq!(parse_last_fork(text), Some((2, Lsn(0x5A0_0108))));
+        assert_eq!(parse_last_fork("# nothing\n"), None);
+    }
 }

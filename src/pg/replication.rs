@@ -265,11 +265,15 @@ impl Watchdog {
         let silent = since.elapsed().as_secs();
         match &self.probe {
             Probe::Committed(at) => format!(
-                "nothing arrived for {silent}s, although a probe message committed on the source {}s ago",
+                "nothing arrived for {silent}s, although a probe message committed on the source \
+                 {}s ago (a dead connection, or a walsender held back: see the server log, e.g. \
+                 for a synchronized_standby_slots entry naming a slot that does not exist)",
                 at.elapsed().as_secs()
             ),
             Probe::Unreachable(e) => {
-                format!("nothing arrived for {silent}s, and a probe could not reach the source: {e}")
+                format!(
+                    "nothing arrived for {silent}s, and a probe could not reach the source: {e}"
+                )
             }
             _ => format!(
                 "nothing arrived for {silent}s, and a probe could not reach the source within {}s",
