@@ -214,6 +214,7 @@ impl AdminSession {
 /// `#` comments): the parent timeline and where the current one left it.
 fn parse_last_fork(text: &str) -> Option<(u32, Lsn)> {
     text.lines()
+        .rev()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .filter_map(|l| {
@@ -222,7 +223,7 @@ fn parse_last_fork(text: &str) -> Option<(u32, Lsn)> {
             let at = fields.next()?.parse().ok()?;
             Some((parent, at))
         })
-        .last()
+        .next()
 }
 
 /// The consistent point and snapshot name of a CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT.
