@@ -46,7 +46,9 @@ async fn primary_and_standby(name: &str, hold_for_standby: bool) -> (TestDb, PgC
         db.cluster(),
         STANDBY_SLOT,
         &[
-            ("sync_replication_slots", "on"),
+            // Turned on by `wait_synced` once the slot exists: the worker naps up to 30 s
+            // while there is nothing to synchronise, and would take that long to notice it.
+            ("sync_replication_slots", "off"),
             ("hot_standby_feedback", "on"),
             ("wal_receiver_status_interval", "1s"),
             // pg_basebackup copied the primary's configuration: once promoted, the standby has
@@ -129,14 +131,21 @@ fn failover_source<'a>(db: &'a TestDb, store: &TestDb, url: &str) -> Walpoints<'
         .env("WALPOINTS_SOURCE_SILENCE_TIMEOUT", "5s")
 }
 
-/// Waits until the standby holds a synchronised, persistent copy of `slot` confirmed at least
-/// to `at`.
+/// Synchronises the failover slots to the standby now (`pg_sync_replication_slots`) until it
+/// holds a persistent copy of `slot` confirmed at least to `at`, then turns on the standby's
+/// slot sync worker (`sync_replication_slots`) to keep it so.
 async fn wait_synced(standby: &TestDb, slot: &str, at: Lsn) {
     let client = connect(&standby.url).await;
     eventually(
         "the failover slot synchronised to the standby",
         Duration::from_secs(90),
         || async {
+            if let Err(e) = client
+                .simple_query("SELECT pg_sync_replication_slots()")
+                .await
+            {
+                eprintln!("pg_sync_replication_slots: {e:?}");
+            }
             let row = client
                 .query_opt(
                     "SELECT synced AND NOT temporary, confirmed_flush_lsn \
@@ -152,6 +161,15 @@ async fn wait_synced(standby: &TestDb, slot: &str, at: Lsn) {
         },
     )
     .await;
+    for sql in [
+        "ALTER SYSTEM SET sync_replication_slots = on",
+        "SELECT pg_reload_conf()",
+    ] {
+        client
+            .simple_query(sql)
+            .await
+            .expect("turn on the slot sync worker");
+    }
 }
 
 /// Waits until the standby has replayed everything the primary has written.
@@ -246,7 +264,6 @@ async fn failover_run(name: &str, black_hole: bool) {
     // More trades, streaming while the primary dies; all of them reach the standby first.
     workload(db.url.clone(), 1_001, 1_000, 100).await;
     wait_replayed(&db, &on_standby).await;
-
     let died = Instant::now();
     if black_hole {
         proxy.black_hole_all();

@@ -308,7 +308,18 @@ impl PgCluster {
                 .command("pg_basebackup")
                 .arg("-D")
                 .arg(cluster.data_dir())
-                .args(["-R", "-X", "stream", "-C", "-S", slot, "--no-sync", "-d"])
+                .args([
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-C",
+                    "-S",
+                    slot,
+                    "--no-sync",
+                    "-c",
+                    "fast",
+                    "-d",
+                ])
                 .arg(format!(
                     "host=127.0.0.1 port={} user=postgres dbname=postgres",
                     primary.port
