@@ -352,3 +352,47 @@ async fn ahead_of_the_standby_at_a_failover_walpoints_refuses_to_continue() {
     }
     eprintln!("refusal: {}", crate::support::error_line(&stderr));
 }
+
+/// `source.failover = true` on the machine's PostgreSQL 15: `setup` refuses, naming the version
+/// and what to do, and creates no slot.
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_slots_are_refused_before_postgres_17() {
+    let db = TestDb::exchange("fo_old").await;
+    let version: i32 = db
+        .client()
+        .await
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        version < 170_000,
+        "this test needs a server older than 17 (WALPOINTS_TEST_PG_BIN or the machine's own); got {version}"
+    );
+    let wp = Walpoints::new(&db, "fo_old").env("WALPOINTS_SOURCE_FAILOVER", "true");
+    let out = wp.output(&["setup"]);
+    assert!(
+        !out.status.success(),
+        "setup accepted source.failover on PostgreSQL {version}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "source.failover = true needs PostgreSQL 17 or later",
+        "Set source.failover = false",
+        "README.md#failover",
+    ] {
+        assert!(stderr.contains(needle), "no {needle:?} in:\n{stderr}");
+    }
+    eprintln!("refusal: {}", crate::support::error_line(&stderr));
+    let slots: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&wp.slot()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0, "a slot was created anyway");
+}

@@ -1,7 +1,7 @@
 //! Ordinary (non-replication) SQL connections: the store, the checks on the source, the
 //! heartbeat, the API's pool.
 //!
-//! The change stream has its own connection ([`super::replication`]); everything else walpoints
+//! The change stream has its own connection (`replication.rs`); everything else walpoints
 //! says to a server goes through [`connect`], with libpq's `sslmode` (`tls.rs`) and a
 //! timeout, and every failure comes back as a [`ConnectError`] that says what the caller must
 //! do: [`ConnectError::Unavailable`] retries with backoff, the others stop and tell the
