@@ -23,6 +23,7 @@ use walpoints::points::RuleSet;
 use walpoints::testing::{PgCluster, StopMode};
 
 use crate::support::daemon::{assert_same_ledger, fence, reference_ledger, workload, Walpoints};
+use crate::support::http::{get, get_json, http_addr};
 use crate::support::proxy::Proxy;
 use crate::support::workload::assert_each_trade_once;
 use crate::support::{connect, eventually, pg_build, wait_failed, Running, TestDb};
@@ -243,8 +244,32 @@ async fn failover_run(name: &str, black_hole: bool) {
         db.cluster().port()
     };
     let url = multi_host_url(&db, primary_port, &standby);
-    let wp = failover_source(&db, &store, &url);
+    let wp = failover_source(&db, &store, &url)
+        .env("WALPOINTS_HTTP_LISTEN", "127.0.0.1:0")
+        .env("WALPOINTS_HTTP_POLL_INTERVAL", "200ms");
     let mut running = wp.setup_and_stream().await;
+    // status, /metrics and /readyz show a failover slot the primary holds back for its standby.
+    let status = String::from_utf8_lossy(&wp.output(&["status"]).stdout).into_owned();
+    assert!(
+        status.contains("yes (synchronized_standby_slots = standby1)")
+            && !status.contains("WARNING"),
+        "{status}"
+    );
+    let addr = http_addr(&running).await;
+    eventually(
+        "walpoints_slot_failover 1",
+        Duration::from_secs(30),
+        || async {
+            let (_, metrics) = get(&addr, "/metrics").await;
+            metrics.contains("walpoints_slot_failover 1")
+                && metrics.contains("walpoints_slot_failover_unprotected 0")
+        },
+    )
+    .await;
+    let (code, ready) = get_json(&addr, "/readyz").await;
+    assert_eq!(code, 200, "{ready}");
+    assert_eq!(ready["detail"]["failover"], true, "{ready}");
+    assert_eq!(ready["detail"]["warnings"], serde_json::json!([]), "{ready}");
     let failover: bool = db
         .client()
         .await
