@@ -269,7 +269,11 @@ async fn failover_run(name: &str, black_hole: bool) {
     let (code, ready) = get_json(&addr, "/readyz").await;
     assert_eq!(code, 200, "{ready}");
     assert_eq!(ready["detail"]["failover"], true, "{ready}");
-    assert_eq!(ready["detail"]["warnings"], serde_json::json!([]), "{ready}");
+    assert_eq!(
+        ready["detail"]["warnings"],
+        serde_json::json!([]),
+        "{ready}"
+    );
     let failover: bool = db
         .client()
         .await
@@ -420,4 +424,106 @@ async fn failover_slots_are_refused_before_postgres_17() {
         .unwrap()
         .get(0);
     assert_eq!(slots, 0, "a slot was created anyway");
+}
+
+/// Decoding on a physical standby (PostgreSQL 16+, here 17): `setup`, `run`, `status` and
+/// `verify` pointed at the standby give the same ledger as decoding on the primary for the same
+/// workload; the heartbeat is off there, with the reason in the log.
+#[tokio::test(flavor = "multi_thread")]
+async fn decoding_on_the_standby_gives_the_ledger_of_decoding_on_the_primary() {
+    let (db, standby) = primary_and_standby("fo_decode", false).await;
+    let on_standby = db.on_standby(&standby);
+    let store = TestDb::new("fo_decode_store").await;
+    let on_primary = Walpoints::new(&db, "prim").store_on(&store);
+    let on_stby = Walpoints::new(&db, "stby")
+        .store_on(&store)
+        .env("WALPOINTS_SOURCE_URL", &on_standby.url)
+        .env("WALPOINTS_HEARTBEAT_INTERVAL", "10s");
+    // A standby cannot create the publication: it comes from the primary.
+    let url: ConnUrl = db.url.parse().unwrap();
+    let mut admin = AdminSession::connect(&url, "walpoints-test").await.unwrap();
+    admin
+        .ensure_publication("wp_pub_stby", &Tables::default().all())
+        .await
+        .unwrap();
+    drop(admin);
+    wait_replayed(&db, &on_standby).await;
+
+    let primary_run = on_primary.setup_and_stream().await;
+    // A slot on a standby waits for the primary's next running-transactions record.
+    let primary = db.client().await;
+    let nudge = tokio::spawn(async move {
+        loop {
+            let _ = primary
+                .simple_query("SELECT pg_log_standby_snapshot()")
+                .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let setup = {
+        let cmd = on_stby.cmd(&["setup"]);
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = cmd;
+            cmd.output().expect("run walpoints setup")
+        })
+        .await
+        .unwrap()
+    };
+    nudge.abort();
+    assert!(
+        setup.status.success(),
+        "setup on the standby failed: {}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let mut standby_run = on_stby.start();
+    wait_streaming_on(
+        &on_standby,
+        &on_stby.slot(),
+        &mut standby_run,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    workload(db.url.clone(), 1, 1_000, 100).await;
+    let until = fence(&db.client().await).await;
+    on_primary
+        .wait_for(until, Duration::from_secs(60), &primary_run)
+        .await;
+    on_stby
+        .wait_for(until, Duration::from_secs(60), &standby_run)
+        .await;
+    let expected = on_primary.ledger().await;
+    assert!(expected.len() > 1_000, "{} entries", expected.len());
+    assert_same_ledger(
+        &on_stby.ledger().await,
+        &expected,
+        "decoding on the primary",
+    );
+    assert_each_trade_once(&on_stby, 1_000).await;
+    assert!(
+        standby_run
+            .stderr()
+            .contains("walpoints sends no heartbeat"),
+        "{}",
+        standby_run.stderr()
+    );
+
+    let status = on_stby.output(&["status"]);
+    assert!(
+        status.status.success(),
+        "status against the standby: {}{}",
+        String::from_utf8_lossy(&status.stdout),
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let verify = on_stby.output(&["verify"]);
+    let verified = String::from_utf8_lossy(&verify.stdout);
+    assert!(verified.contains("OK: no differences"), "{verified}");
+    assert!(
+        verify.status.success(),
+        "verify against the standby: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    primary_run.signal(libc::SIGTERM);
+    standby_run.signal(libc::SIGTERM);
 }
