@@ -107,6 +107,8 @@ pub struct Telemetry {
     slot_safe_wal_size_bytes: Gauge,
     slot_wal_status: Family<WalStatusLabels, Gauge>,
     slot_active: Gauge,
+    slot_failover: Gauge,
+    slot_failover_unprotected: Gauge,
     changes: Family<ChangeLabels, Counter>,
     transactions: Counter,
     points_awarded: Family<KindLabels, FloatCounter>,
@@ -173,6 +175,8 @@ impl Telemetry {
             slot_safe_wal_size_bytes: Gauge::default(),
             slot_wal_status: Family::default(),
             slot_active: Gauge::default(),
+            slot_failover: Gauge::default(),
+            slot_failover_unprotected: Gauge::default(),
             changes: Family::default(),
             transactions: Counter::default(),
             points_awarded: Family::default(),
@@ -231,6 +235,16 @@ impl Telemetry {
             "walpoints_slot_active",
             "1 when a walsender is streaming the slot",
             t.slot_active.clone(),
+        );
+        registry.register(
+            "walpoints_slot_failover",
+            "1 when the slot is a failover slot, synchronised to standbys with sync_replication_slots (PostgreSQL 17+)",
+            t.slot_failover.clone(),
+        );
+        registry.register(
+            "walpoints_slot_failover_unprotected",
+            "1 when the slot is a failover slot but the primary's synchronized_standby_slots is empty: walpoints may get ahead of every standby",
+            t.slot_failover_unprotected.clone(),
         );
         registry.register(
             "walpoints_changes",
@@ -417,6 +431,19 @@ impl Telemetry {
                 self.slot_safe_wal_size_bytes
                     .set(report.safe_wal_size.unwrap_or(-1));
                 self.slot_active.set(i64::from(report.active));
+                self.slot_failover
+                    .set(i64::from(report.failover == Some(true)));
+                let warning = report.failover_warning();
+                if let Some(w) = &warning {
+                    if h.slot
+                        .as_ref()
+                        .is_none_or(|(_, s)| s.failover_warning().is_none())
+                    {
+                        tracing::warn!("{w}");
+                    }
+                }
+                self.slot_failover_unprotected
+                    .set(i64::from(warning.is_some()));
                 self.slot_wal_status.clear();
                 self.slot_wal_status
                     .get_or_create(&WalStatusLabels {
@@ -558,6 +585,8 @@ impl Telemetry {
             lag_seconds,
             checkpoint: h.checkpoint.map(|(l, _)| l),
             last_commit_seconds_ago: h.last_commit.map(|t| t.elapsed().as_secs_f64()),
+            failover: slot.failover,
+            warnings: slot.failover_warning().into_iter().collect(),
         })
     }
 }
@@ -574,6 +603,11 @@ pub struct ReadyReport {
     pub checkpoint: Option<Lsn>,
     /// Seconds since this process last committed a batch.
     pub last_commit_seconds_ago: Option<f64>,
+    /// Whether the slot is a failover slot (PostgreSQL 17+; `None` before).
+    pub failover: Option<bool>,
+    /// What is not wrong enough to be unready but must be seen: a failover slot the primary
+    /// does not hold back for its standbys.
+    pub warnings: Vec<String>,
 }
 
 #[cfg(test)]
@@ -601,6 +635,10 @@ mod tests {
             server_lsn: Some(Lsn(100 + lag)),
             wal_status: Some(wal_status.into()),
             safe_wal_size: None,
+            failover: None,
+            synced: None,
+            synchronized_standby_slots: None,
+            in_recovery: false,
         }
     }
 

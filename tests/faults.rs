@@ -444,3 +444,77 @@ async fn a_source_shutdown_during_a_store_outage_is_not_held_up() {
     workload(db.url.clone(), 2_001, 1_000, 100).await;
     assert_complete(&db, &wp, &running, "wp_ref", 3_000).await;
 }
+
+/// What walpoints logs when its silence watchdog gives up on the replication connection.
+const PRESUMED_DEAD: &str = "source connection presumed dead";
+
+/// The source's connection is black-holed for good (its host or route died: no FIN, no RST)
+/// while new connections get through, once on an idle, fully confirmed stream and once mid-
+/// workload: each time the silence watchdog drops it within `source.silence_timeout` (a probe
+/// the stream never delivers) and walpoints reconnects; an idle stream alone never trips it;
+/// and the ledger is the undisturbed one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_black_holed_source_connection_is_dropped_after_the_silence_timeout_and_nothing_is_lost()
+{
+    let db = TestDb::own_exchange(
+        "fault_silence",
+        &[("wal_sender_timeout", WAL_SENDER_TIMEOUT)],
+    )
+    .await;
+    reference_slot(&db, "wp_ref").await;
+    let (proxy, url) = Proxy::in_front_of(&db.url).await;
+    let wp = Walpoints::new(&db, "silence")
+        .env("WALPOINTS_SOURCE_URL", &url)
+        .env("WALPOINTS_SOURCE_SILENCE_TIMEOUT", "4s");
+    let mut running = wp.setup_and_stream().await;
+    workload(db.url.clone(), 1, 500, 100).await;
+    let until = fence(&db.client().await).await;
+    wp.wait_for(until, Duration::from_secs(60), &running).await;
+
+    // Idle and fully confirmed (heartbeat off) for three timeouts: the probes keep it alive.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(
+        !running.stderr().contains(PRESUMED_DEAD),
+        "an idle stream was presumed dead; stderr:\n{}",
+        running.stderr()
+    );
+
+    let dead_count = |running: &Running| running.stderr().matches(PRESUMED_DEAD).count();
+    let source = db.client().await;
+    // Black-holed while idle.
+    let (old, _) = slot_state(&source, &wp.slot()).await;
+    let holed = Instant::now();
+    proxy.black_hole_all();
+    running.wait_for_stderr(PRESUMED_DEAD, Duration::from_secs(60));
+    eprintln!("idle stream: presumed dead after {:?}", holed.elapsed());
+    // Streaming again on a walsender of its own (the black-holed one lingers until the server's
+    // wal_sender_timeout).
+    eventually(
+        "a new walsender on the slot",
+        Duration::from_secs(60),
+        || async {
+            let (pid, _) = slot_state(&source, &wp.slot()).await;
+            pid.is_some() && pid != old
+        },
+    )
+    .await;
+    eprintln!("idle stream: streaming again after {:?}", holed.elapsed());
+
+    // Black-holed while trades keep coming (they go to the server directly).
+    let writer = tokio::spawn(workload(db.url.clone(), 501, 1_500, 100));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let holed = Instant::now();
+    proxy.black_hole_all();
+    while dead_count(&running) < 2 {
+        assert!(
+            holed.elapsed() < Duration::from_secs(60),
+            "no second silence verdict; stderr:\n{}",
+            running.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("busy stream: presumed dead after {:?}", holed.elapsed());
+    drop(source);
+    writer.await.unwrap();
+    assert_complete(&db, &wp, &running, "wp_ref", 2_000).await;
+}

@@ -23,6 +23,7 @@ mod daemon_heartbeat;
 mod daemon_snapshot;
 mod demo;
 mod example_config;
+mod failover;
 mod faults;
 mod hostile;
 mod instances;

@@ -31,6 +31,7 @@ fn options(url: &ConnUrl, start: Lsn) -> SourceOptions {
         durable_lsn: start,
         temporary_slot: false,
         application_name: "walpoints test".into(),
+        silence: None,
     }
 }
 

@@ -52,6 +52,9 @@ pub struct SourceStatus {
     pub instance: Option<String>,
     /// What is wrong; empty when healthy.
     pub problems: Vec<String>,
+    /// What is at risk without being wrong now (a failover slot the primary does not hold
+    /// back for its standbys); does not make the source unhealthy.
+    pub warnings: Vec<String>,
 }
 
 /// The whole report.
@@ -76,6 +79,7 @@ pub async fn status(config: &Config, thresholds: Thresholds) -> Status {
         dead_letters: None,
         instance: None,
         problems: Vec::new(),
+        warnings: Vec::new(),
     };
     match connect::connect(&config.source.url, "walpoints-status").await {
         Ok(client) => match Slot::query(&client, &config.source.slot).await {
@@ -92,6 +96,7 @@ pub async fn status(config: &Config, thresholds: Thresholds) -> Status {
                         slot.slot_name
                     ));
                 }
+                s.warnings.extend(slot.failover_warning());
                 s.slot = Some(slot);
             }
             Err(e) => s.problems.push(format!(
@@ -186,6 +191,24 @@ impl Status {
                             .unwrap_or_else(|| "unlimited".into())
                     })),
                 ),
+                (
+                    "failover slot",
+                    opt(slot
+                        .filter(|r| r.exists())
+                        .map(|r| match (r.failover, r.synced) {
+                            (None, _) => "no (PostgreSQL 16 or older)".into(),
+                            (Some(false), _) => "no".into(),
+                            (Some(true), Some(true)) => {
+                                "yes (a standby's synchronised copy)".into()
+                            }
+                            (Some(true), _) => match r.synchronized_standby_slots.as_deref() {
+                                Some(s) if !s.trim().is_empty() => {
+                                    format!("yes (synchronized_standby_slots = {s})")
+                                }
+                                _ => "yes, but synchronized_standby_slots is empty".into(),
+                            },
+                        })),
+                ),
                 ("checkpoint", lsn(s.checkpoint_lsn)),
                 (
                     "checkpoint commit time",
@@ -213,6 +236,9 @@ impl Status {
             }
             for p in &s.problems {
                 let _ = writeln!(out, "{:<24}{p}", "PROBLEM");
+            }
+            for w in &s.warnings {
+                let _ = writeln!(out, "{:<24}{w}", "WARNING");
             }
         }
         out

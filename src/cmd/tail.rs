@@ -171,6 +171,8 @@ async fn stream(
         durable_lsn: Lsn::ZERO,
         temporary_slot: temporary,
         application_name: "walpoints tail".into(),
+        // tail only reads: it writes no probe on the source.
+        silence: None,
     };
     let mut source = start_when_free(&source_opts).await?;
     tracing::info!(slot, temporary, "tail streaming");

@@ -18,7 +18,7 @@ use crate::points::{RuleSet, RulesError};
 mod env;
 mod url;
 
-pub use url::{BadUrl, ConnUrl, Secret, SslMode};
+pub use url::{BadUrl, ConnUrl, Secret, SslMode, TargetSession};
 
 use env::{overlay_env, rule_defaults};
 
@@ -124,6 +124,15 @@ pub struct SourceConfig {
     pub slot: String,
     /// The publication (FOR TABLE the business tables) the slot streams.
     pub publication: String,
+    /// How long the replication stream may stay silent before walpoints presumes the connection
+    /// dead and reconnects (e.g. "30s"; "0s" turns the watchdog off). A host that dies sends no
+    /// FIN or RST, and the replication transport sets no TCP keepalive: without this the kernel
+    /// takes about 15 minutes to give up, and a failover waits that long.
+    pub silence_timeout: String,
+    /// Create the slot as a failover slot (PostgreSQL 17+), synchronised to physical standbys
+    /// that run with `sync_replication_slots = on`, so it survives a promotion; an existing slot
+    /// is switched over. Refused on older servers.
+    pub failover: bool,
 }
 
 impl Default for SourceConfig {
@@ -134,6 +143,8 @@ impl Default for SourceConfig {
             id: "default".into(),
             slot: "walpoints".into(),
             publication: "walpoints".into(),
+            silence_timeout: "30s".into(),
+            failover: false,
         }
     }
 }
@@ -273,6 +284,11 @@ impl Config {
         duration_key(&self.heartbeat.interval).filter(|d| !d.is_zero())
     }
 
+    /// `source.silence_timeout` parsed; `None` when the watchdog is off.
+    pub fn silence_timeout(&self) -> Option<std::time::Duration> {
+        duration_key(&self.source.silence_timeout).filter(|d| !d.is_zero())
+    }
+
     /// `http.listen` parsed; `None` when the server is off.
     pub fn http_listen(&self) -> Option<std::net::SocketAddr> {
         let s = self.http.listen.trim();
@@ -392,6 +408,7 @@ impl Config {
             ("batch.max_delay", &self.batch.max_delay),
             ("heartbeat.interval", &self.heartbeat.interval),
             ("http.poll_interval", &self.http.poll_interval),
+            ("source.silence_timeout", &self.source.silence_timeout),
         ] {
             if duration_key(value).is_none() {
                 return Err(invalid(
@@ -399,6 +416,17 @@ impl Config {
                     format!("{value:?} is not a duration like \"100ms\", \"10s\" or \"1m\""),
                 ));
             }
+        }
+        if self
+            .silence_timeout()
+            .is_some_and(|t| t < std::time::Duration::from_secs(2))
+        {
+            return Err(invalid(
+                "source.silence_timeout",
+                "must be at least \"2s\" (or \"0s\" to turn the watchdog off): shorter would \
+                 reconnect a healthy stream on a loaded machine"
+                    .into(),
+            ));
         }
         let listen = self.http.listen.trim();
         if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
@@ -504,6 +532,25 @@ mod tests {
         assert!(e.to_string().contains("WALPOINTS_SOURCE_SLOOT"), "{e}");
         let e = load("[source]\nslot = \"Bad-Name\"\n", &[]).unwrap_err();
         assert!(e.to_string().contains("source.slot"), "{e}");
+    }
+
+    #[test]
+    fn the_silence_timeout_defaults_to_30s_and_can_be_turned_off_but_not_made_tiny() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(
+            c.silence_timeout(),
+            Some(std::time::Duration::from_secs(30))
+        );
+        assert!(!c.source.failover);
+        let c = load("", &[("WALPOINTS_SOURCE_SILENCE_TIMEOUT", "0s")]).unwrap();
+        assert_eq!(c.silence_timeout(), None);
+        let c = load("[source]\nsilence_timeout = \"5s\"\nfailover = true\n", &[]).unwrap();
+        assert_eq!(c.silence_timeout(), Some(std::time::Duration::from_secs(5)));
+        assert!(c.source.failover);
+        for bad in ["500ms", "soon"] {
+            let e = load("", &[("WALPOINTS_SOURCE_SILENCE_TIMEOUT", bad)]).unwrap_err();
+            assert!(e.to_string().contains("source.silence_timeout"), "{e}");
+        }
     }
 
     #[test]

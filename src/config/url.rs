@@ -103,6 +103,32 @@ pub struct ConnUrl {
     pub sslmode: SslMode,
     /// CA certificate file for `verify-ca` / `verify-full`.
     pub sslrootcert: Option<PathBuf>,
+    /// Further hosts of libpq's multi-host form (`postgres://a:5432,b:5433/db`, or
+    /// `?host=a,b&port=5432,5433`), tried in order after `host`/`port`: a primary and its
+    /// standbys, so walpoints follows a promotion.
+    pub more_hosts: Vec<(String, u16)>,
+    /// libpq's `target_session_attrs`: which of the hosts will do.
+    pub target_session_attrs: TargetSession,
+}
+
+/// libpq's `target_session_attrs`, the kinds walpoints uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TargetSession {
+    /// Any host that answers (the default).
+    #[default]
+    Any,
+    /// A host that accepts writes: the primary (`read-write`, or `primary`, which walpoints
+    /// treats the same: a server not in recovery).
+    ReadWrite,
+}
+
+impl fmt::Display for TargetSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TargetSession::Any => "any",
+            TargetSession::ReadWrite => "read-write",
+        })
+    }
 }
 
 impl ConnUrl {
@@ -114,13 +140,38 @@ impl ConnUrl {
         }
     }
 
-    /// A tokio-postgres configuration for ordinary SQL connections to this URL.
+    /// Every host with its port, in the order they are tried.
+    pub fn hosts(&self) -> Vec<(String, u16)> {
+        let mut all = vec![(self.host.clone(), self.port)];
+        all.extend(self.more_hosts.iter().cloned());
+        all
+    }
+
+    /// The same URL naming only `host`:`port` (one of [`ConnUrl::hosts`]), for a connection
+    /// that takes a single host (the replication transport's).
+    pub fn only_host(&self, host: &str, port: u16) -> ConnUrl {
+        ConnUrl {
+            host: host.to_owned(),
+            port,
+            more_hosts: Vec::new(),
+            target_session_attrs: TargetSession::Any,
+            ..self.clone()
+        }
+    }
+
+    /// A tokio-postgres configuration for ordinary SQL connections to this URL (every host, in
+    /// order, with `target_session_attrs`).
     pub fn to_pg_config(&self) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
-        c.user(&self.user)
-            .host(&self.host)
-            .port(self.port)
-            .dbname(&self.dbname)
+        c.user(&self.user);
+        for (host, port) in self.hosts() {
+            c.host(&host).port(port);
+        }
+        c.target_session_attrs(match self.target_session_attrs {
+            TargetSession::Any => tokio_postgres::config::TargetSessionAttrs::Any,
+            TargetSession::ReadWrite => tokio_postgres::config::TargetSessionAttrs::ReadWrite,
+        });
+        c.dbname(&self.dbname)
             .application_name("walpoints")
             .ssl_mode(match self.sslmode {
                 SslMode::Disable => tokio_postgres::config::SslMode::Disable,
@@ -151,7 +202,8 @@ impl FromStr for ConnUrl {
 /// The URL's parts; the error is what is wrong, never the URL itself.
 fn parse(s: &str) -> Result<ConnUrl, String> {
     // Never echo `s` in an error: it may hold a password.
-    let url = url::Url::parse(s).map_err(|e| format!("not a postgres:// URL ({e})"))?;
+    let (s, mut more_hosts) = split_hosts(s)?;
+    let url = url::Url::parse(&s).map_err(|e| format!("not a postgres:// URL ({e})"))?;
     if url.scheme() != "postgres" && url.scheme() != "postgresql" {
         return Err(format!(
             "scheme {:?} is not postgres:// or postgresql://",
@@ -176,15 +228,35 @@ fn parse(s: &str) -> Result<ConnUrl, String> {
     let mut dbname = decode(url.path().trim_start_matches('/'))?;
     let mut sslmode = SslMode::default();
     let mut sslrootcert = None;
+    let mut target_session_attrs = TargetSession::Any;
+    let mut query_hosts: Option<Vec<String>> = None;
+    let mut query_ports: Option<Vec<u16>> = None;
     for (k, v) in url.query_pairs() {
         match &*k {
             "sslmode" => sslmode = v.parse()?,
             "sslrootcert" => sslrootcert = Some(PathBuf::from(&*v)),
-            "host" => host = v.into_owned(),
+            "host" => query_hosts = Some(v.split(',').map(str::to_owned).collect()),
             "port" => {
-                port = v
-                    .parse()
-                    .map_err(|_| format!("port {v:?} is not a number"))?
+                query_ports = Some(
+                    v.split(',')
+                        .map(|p| {
+                            p.trim()
+                                .parse()
+                                .map_err(|_| format!("port {p:?} is not a number"))
+                        })
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            "target_session_attrs" => {
+                target_session_attrs = match &*v {
+                    "any" => TargetSession::Any,
+                    "read-write" | "primary" => TargetSession::ReadWrite,
+                    other => {
+                        return Err(format!(
+                            "target_session_attrs {other:?} is not one of any, read-write, primary"
+                        ))
+                    }
+                }
             }
             "dbname" => dbname = v.into_owned(),
             "user" | "password" => {
@@ -192,6 +264,26 @@ fn parse(s: &str) -> Result<ConnUrl, String> {
             }
             other => return Err(format!("unsupported URL parameter {other:?}")),
         }
+    }
+    if query_hosts.is_some() || query_ports.is_some() {
+        // libpq: `host=a,b&port=1,2`, or one port for every host.
+        let hosts = query_hosts.unwrap_or_else(|| vec![host.clone()]);
+        let ports = query_ports.unwrap_or_else(|| vec![port]);
+        if ports.len() != 1 && ports.len() != hosts.len() {
+            return Err(format!(
+                "{} hosts but {} ports: give one port, or one per host",
+                hosts.len(),
+                ports.len()
+            ));
+        }
+        let mut all = hosts
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| (h, ports[if ports.len() == 1 { 0 } else { i }]));
+        if let Some((h, p)) = all.next() {
+            (host, port) = (h, p);
+        }
+        more_hosts = all.collect();
     }
     if host.is_empty() {
         host = "localhost".into();
@@ -207,7 +299,61 @@ fn parse(s: &str) -> Result<ConnUrl, String> {
         dbname,
         sslmode,
         sslrootcert,
+        more_hosts,
+        target_session_attrs,
     })
+}
+
+/// Takes the hosts after the first out of a multi-host authority (`postgres://u@a:1,b:2/db`,
+/// which the URL parser cannot read): the URL with only the first host, and the others.
+fn split_hosts(s: &str) -> Result<(String, Vec<(String, u16)>), String> {
+    let Some(scheme_end) = s.find("://") else {
+        return Ok((s.to_owned(), Vec::new()));
+    };
+    let rest = &s[scheme_end + 3..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_len];
+    let hosts_at = authority.rfind('@').map_or(0, |i| i + 1);
+    let host_list = &authority[hosts_at..];
+    if !host_list.contains(',') {
+        return Ok((s.to_owned(), Vec::new()));
+    }
+    let mut parts = host_list.split(',');
+    let first = parts.next().unwrap_or_default();
+    let more = parts
+        .map(|part| {
+            let (host, port) = match part.strip_prefix('[') {
+                // [v6] or [v6]:port
+                Some(v6) => match v6.split_once(']') {
+                    Some((h, tail)) => (h, tail.strip_prefix(':')),
+                    None => return Err("an unclosed [ in the URL's host list".to_string()),
+                },
+                None => match part.rsplit_once(':') {
+                    Some((h, p)) => (h, Some(p)),
+                    None => (part, None),
+                },
+            };
+            let host = host.trim_matches(['[', ']']).to_owned();
+            if host.is_empty() {
+                return Err("an empty host in the URL's host list".to_string());
+            }
+            let port = match port {
+                Some(p) => p
+                    .parse()
+                    .map_err(|_| format!("port {p:?} in the host list is not a number"))?,
+                None => 5432,
+            };
+            Ok((host, port))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let start = scheme_end + 3 + hosts_at;
+    let rebuilt = format!(
+        "{}{}{}",
+        &s[..start],
+        first,
+        &s[scheme_end + 3 + authority_len..]
+    );
+    Ok((rebuilt, more))
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -238,11 +384,20 @@ impl fmt::Display for ConnUrl {
         } else {
             self.host.clone()
         };
-        write!(
-            f,
-            "@{host}:{}/{}?sslmode={}",
-            self.port, self.dbname, self.sslmode
-        )
+        write!(f, "@{host}:{}", self.port)?;
+        for (h, p) in &self.more_hosts {
+            let h = if h.contains(':') {
+                format!("[{h}]")
+            } else {
+                h.clone()
+            };
+            write!(f, ",{h}:{p}")?;
+        }
+        write!(f, "/{}?sslmode={}", self.dbname, self.sslmode)?;
+        if self.target_session_attrs != TargetSession::Any {
+            write!(f, "&target_session_attrs={}", self.target_session_attrs)?;
+        }
+        Ok(())
     }
 }
 
@@ -296,5 +451,49 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!bad.contains("hunter2") && bad.contains("maybe"), "{bad}");
+    }
+
+    #[test]
+    fn multi_host_urls_parse_in_both_libpq_forms_and_print_back() {
+        let u: ConnUrl =
+            "postgres://wp:hunter2@db1:5432,db2:5433,[::1]/ex?target_session_attrs=read-write"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            u.hosts(),
+            vec![
+                ("db1".to_string(), 5432),
+                ("db2".to_string(), 5433),
+                ("::1".to_string(), 5432)
+            ]
+        );
+        assert_eq!(u.target_session_attrs, TargetSession::ReadWrite);
+        assert_eq!(u.dbname, "ex");
+        assert_eq!(u.password.as_ref().unwrap().expose(), "hunter2");
+        let shown = u.to_string();
+        assert_eq!(
+            shown,
+            "postgres://wp:***@db1:5432,db2:5433,[::1]:5432/ex?sslmode=prefer&target_session_attrs=read-write"
+        );
+        let q: ConnUrl =
+            "postgres://wp@localhost/ex?host=a,b&port=1,2&target_session_attrs=primary"
+                .parse()
+                .unwrap();
+        assert_eq!(q.hosts(), vec![("a".to_string(), 1), ("b".to_string(), 2)]);
+        assert_eq!(q.target_session_attrs, TargetSession::ReadWrite);
+        let one_port: ConnUrl = "postgres://wp@localhost/ex?host=a,b&port=7"
+            .parse()
+            .unwrap();
+        assert_eq!(one_port.hosts()[1], ("b".to_string(), 7));
+        let only = u.only_host("db2", 5433);
+        assert_eq!(only.hosts(), vec![("db2".to_string(), 5433)]);
+        assert_eq!(only.target_session_attrs, TargetSession::Any);
+        for bad in [
+            "postgres://u@a,b:x/d",
+            "postgres://u@h/d?host=a,b,c&port=1,2",
+            "postgres://u@a/d?target_session_attrs=standby",
+        ] {
+            assert!(bad.parse::<ConnUrl>().is_err(), "{bad}");
+        }
     }
 }

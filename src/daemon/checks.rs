@@ -155,6 +155,7 @@ pub(super) async fn slot(
             slot: source.slot.clone(),
         });
     }
+    timeline(admin, cp, slot.confirmed_flush_lsn).await?;
     if let Some(confirmed) = slot.confirmed_flush_lsn {
         if confirmed > cp.lsn {
             return Err(DaemonError::SlotAhead {
@@ -163,6 +164,101 @@ pub(super) async fn slot(
                 checkpoint: cp.lsn,
             });
         }
+    }
+    Ok(())
+}
+
+/// PostgreSQL 17 introduced failover slots.
+const FAILOVER_SLOTS_SINCE: u32 = 170_000;
+
+/// With `source.failover`, refuses a server older than PostgreSQL 17 (before the slot is
+/// created, or streamed).
+pub(super) async fn failover_supported(
+    admin: &mut AdminSession,
+    source: &SourceConfig,
+) -> Result<(), DaemonError> {
+    if !source.failover {
+        return Ok(());
+    }
+    let (num, version) = admin.server_version().await?;
+    if num < FAILOVER_SLOTS_SINCE {
+        return Err(DaemonError::FailoverUnsupported { version });
+    }
+    Ok(())
+}
+
+/// With `source.failover`, makes the existing slot a failover slot (a slot created before the
+/// setting was turned on), and warns when the primary's `synchronized_standby_slots` is empty.
+/// `ALTER_REPLICATION_SLOT` fails while another session streams the slot: at a reconnect that is
+/// usually this daemon's previous walsender on its way out, so it is tried a few times, then
+/// reported as [`DaemonError::FailoverSlotBusy`] (transient: `run` tries again later).
+pub(super) async fn failover(
+    admin: &mut AdminSession,
+    source: &SourceConfig,
+) -> Result<(), DaemonError> {
+    if !source.failover {
+        return Ok(());
+    }
+    failover_supported(admin, source).await?;
+    let mut attempt = 0;
+    loop {
+        let slot = admin.slot(&source.slot).await?;
+        if !slot.exists() || slot.failover == Some(true) || slot.in_recovery {
+            if let Some(w) = slot.failover_warning() {
+                tracing::warn!("{w}");
+            }
+            return Ok(());
+        }
+        match admin.set_failover(&source.slot).await {
+            Ok(()) => {
+                tracing::info!(slot = %source.slot, "the slot is now a failover slot (source.failover = true)");
+                continue;
+            }
+            Err(crate::pg::SourceError::SlotBusy(e)) => {
+                attempt += 1;
+                if attempt >= FAILOVER_ALTER_ATTEMPTS {
+                    return Err(DaemonError::FailoverSlotBusy {
+                        slot: source.slot.clone(),
+                        holder: match slot.active_pid {
+                            Some(pid) => format!("walsender pid {pid}"),
+                            None => e.to_string(),
+                        },
+                    });
+                }
+                tracing::info!(slot = %source.slot, attempt, "the slot is busy; turning on failover again in a moment");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// How often [`failover`] tries `ALTER_REPLICATION_SLOT` on a busy slot, a second apart.
+const FAILOVER_ALTER_ATTEMPTS: u32 = 5;
+
+/// After a promotion: refuses a store checkpoint past the point where the current timeline left
+/// its parent while the slot (a failover slot synchronised from the old primary) is confirmed
+/// only up to that point. Then the checkpoint came from the old primary's tail that never
+/// reached the standby: the store holds points of transactions the cluster no longer has. Once
+/// walpoints has streamed on the new timeline, the slot is confirmed past the fork and the
+/// check passes.
+async fn timeline(
+    admin: &mut AdminSession,
+    cp: &Checkpoint,
+    confirmed: Option<crate::lsn::Lsn>,
+) -> Result<(), DaemonError> {
+    let Some((timeline, parent, fork)) = admin.timeline_fork().await? else {
+        return Ok(());
+    };
+    let confirmed = confirmed.unwrap_or(crate::lsn::Lsn::ZERO);
+    if cp.lsn > fork && confirmed <= fork {
+        return Err(DaemonError::BeyondTimelineFork {
+            checkpoint: cp.lsn,
+            fork,
+            timeline,
+            parent,
+            confirmed,
+        });
     }
     Ok(())
 }

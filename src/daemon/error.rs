@@ -207,6 +207,56 @@ pub enum DaemonError {
         /// Who holds the lock, as the store shows it.
         holder: String,
     },
+    /// After a promotion the store holds points of WAL the new primary's timeline lacks.
+    #[error(
+        "the store's checkpoint {checkpoint} lies beyond {fork}, where the source's timeline \
+         {timeline} left timeline {parent} at a promotion, and the slot there is confirmed only \
+         to {confirmed}: the store holds points of transactions in the WAL range {fork} to \
+         {checkpoint} of the old primary that never reached the standby now primary, which the \
+         cluster no longer has. walpoints stops rather than keep points of trades that do not \
+         exist (and misread the new timeline's WAL at the same positions). Start over: \
+         `walpoints teardown --yes --drop-store`, then `walpoints setup` (with \
+         backfill.trades_since to award the trades since), or restore the store from a backup \
+         taken at or before {fork}. To keep this from happening, list the standbys' physical \
+         slots in the primary's synchronized_standby_slots. Runbook: README.md#failover"
+    )]
+    BeyondTimelineFork {
+        /// The store's checkpoint.
+        checkpoint: Lsn,
+        /// Where the current timeline left its parent.
+        fork: Lsn,
+        /// The current timeline.
+        timeline: u32,
+        /// Its parent.
+        parent: u32,
+        /// The slot's confirmed_flush_lsn on the new primary.
+        confirmed: Lsn,
+    },
+    /// `source.failover = true` on a server without failover slots.
+    #[error(
+        "source.failover = true needs PostgreSQL 17 or later (failover slots, synchronised to \
+         standbys by sync_replication_slots), but the source runs PostgreSQL {version}. Set \
+         source.failover = false (a failover then loses the slot: see the runbook), or upgrade \
+         the source. Runbook: README.md#failover"
+    )]
+    FailoverUnsupported {
+        /// The server's `server_version`.
+        version: String,
+    },
+    /// The slot could not be switched to a failover slot because another session streams it.
+    #[error(
+        "cannot turn the replication slot {slot:?} into a failover slot while another session \
+         streams it ({holder}): ALTER_REPLICATION_SLOT needs the slot idle. `walpoints run` \
+         retries at each (re)connect; for `setup`, stop the instance that streams it and run \
+         setup again, or just restart `walpoints run` with source.failover = true. Runbook: \
+         README.md#failover"
+    )]
+    FailoverSlotBusy {
+        /// The slot.
+        slot: String,
+        /// Who streams it.
+        holder: String,
+    },
     /// An SQL connection to the source failed.
     #[error("source: {0}. Runbook: README.md#the-source-cannot-be-reached")]
     Connect(#[from] ConnectError),
@@ -247,7 +297,12 @@ impl DaemonError {
         match self {
             DaemonError::Batch(e) => e.is_transient(),
             DaemonError::Connect(e) => e.is_transient(),
-            DaemonError::Rules(_)
+            // At a (re)connect the holder is most likely this daemon's previous walsender,
+            // which the server ends soon.
+            DaemonError::FailoverSlotBusy { .. } => true,
+            DaemonError::FailoverUnsupported { .. }
+            | DaemonError::BeyondTimelineFork { .. }
+            | DaemonError::Rules(_)
             | DaemonError::TableName(_)
             | DaemonError::Http(_)
             | DaemonError::NotSetUp { .. }

@@ -20,7 +20,8 @@ use super::standby::lead;
 use super::{DaemonError, Standby};
 use crate::config::Config;
 use crate::mapping::Mapper;
-use crate::pg::{connect, AdminSession, ReplicationSource, SourceOptions};
+use crate::pg::replication::SilenceWatch;
+use crate::pg::{connect, AdminSession, ReplicationSource, SourceError, SourceOptions};
 use crate::points::Engine;
 use crate::store::{Checkpoint, Store};
 use crate::telemetry::{Phase, Telemetry};
@@ -46,7 +47,14 @@ pub(super) async fn run(
         tracing::info!(source = %config.source.id, "stopped while waiting as a standby");
         return Ok(Ended::Stopped);
     };
-    check_source(config, &mapper, &cp).await?;
+    // Bounded: a black-holed source must not hang the session between two reconnects.
+    let limit = CHECKS_TIMEOUT;
+    let on_standby = tokio::time::timeout(limit, check_source(config, &mapper, &cp))
+        .await
+        .map_err(|_| SourceError::TimedOut {
+            what: "the startup checks on the source",
+            after: limit,
+        })??;
     let state = store.load_state(cp.stream_time).await?;
     tracing::info!(
         checkpoint = %cp.lsn,
@@ -55,16 +63,22 @@ pub(super) async fn run(
         "state loaded; starting the stream"
     );
     telemetry.resumed_at(cp.lsn, cp.commit_time);
-    let mut source = start_stream(config, &cp).await?;
+    let mut source = start_stream(config, &cp, on_standby).await?;
     telemetry.set_phase(Phase::Streaming);
-    let heartbeat = config.heartbeat_interval().map(|every| {
-        AbortOnDrop::spawn(heartbeat_loop(
-            config.source.url.clone(),
-            config.source.id.clone(),
-            every,
-            telemetry.clone(),
-        ))
-    });
+    if on_standby && config.heartbeat_interval().is_some() {
+        tracing::warn!("the source is a physical standby, which cannot write: walpoints sends no heartbeat; commit it on the primary instead (README, \"Decoding on a physical standby\")");
+    }
+    let heartbeat = config
+        .heartbeat_interval()
+        .filter(|_| !on_standby)
+        .map(|every| {
+            AbortOnDrop::spawn(heartbeat_loop(
+                config.source.url.clone(),
+                config.source.id.clone(),
+                every,
+                telemetry.clone(),
+            ))
+        });
     let evaluator = Evaluator::new(engine, mapper, config.truncate.policy, state);
     let limits = BatchLimits {
         max_changes: config.batch.max_changes,
@@ -125,27 +139,46 @@ async fn open_store(
     Ok(Some((store, cp)))
 }
 
+/// How long the startup checks on the source may take in all.
+const CHECKS_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Epochs past the stream's whose journal and ledger partitions `run` creates at start.
 const PARTITIONS_AHEAD: i32 = 2;
 
 /// Phase 2: the source is the cluster the store was set up against, its slot can continue
-/// from the checkpoint, and its tables and publication are what the mapping expects.
+/// from the checkpoint, and its tables and publication are what the mapping expects. Returns
+/// whether the source is a physical standby (decoding there, PostgreSQL 16+).
 async fn check_source(
     config: &Config,
     mapper: &Mapper,
     cp: &Checkpoint,
-) -> Result<(), DaemonError> {
+) -> Result<bool, DaemonError> {
     let mut admin = AdminSession::connect(&config.source.url, "walpoints-check").await?;
+    let on_standby = admin
+        .query("SELECT pg_is_in_recovery()::text")
+        .await?
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .as_deref()
+        == Some("true");
     let system_id = admin.system_id().await?;
     checks::slot(&mut admin, &config.source, cp, &system_id).await?;
+    checks::failover(&mut admin, &config.source).await?;
     let source_db = connect::connect(&config.source.url, "walpoints-check").await?;
     checks::tables(&source_db, &config.tables, mapper).await?;
     checks::publication(&source_db, &config.source.publication, &config.tables).await?;
-    Ok(())
+    Ok(on_standby)
 }
 
 /// Phase 4: the stream from the checkpoint, on the cluster the store was set up against.
-async fn start_stream(config: &Config, cp: &Checkpoint) -> Result<ReplicationSource, DaemonError> {
+async fn start_stream(
+    config: &Config,
+    cp: &Checkpoint,
+    on_standby: bool,
+) -> Result<ReplicationSource, DaemonError> {
+    if on_standby && config.silence_timeout().is_some() {
+        tracing::warn!("the source is a physical standby: the silence watchdog cannot commit its probe there and is off; keep the heartbeat going on the primary so the stream is never silent for long");
+    }
     let source = ReplicationSource::start(&SourceOptions {
         url: config.source.url.clone(),
         slot: config.source.slot.clone(),
@@ -154,6 +187,13 @@ async fn start_stream(config: &Config, cp: &Checkpoint) -> Result<ReplicationSou
         durable_lsn: cp.lsn,
         temporary_slot: false,
         application_name: "walpoints".into(),
+        silence: config
+            .silence_timeout()
+            .filter(|_| !on_standby)
+            .map(|timeout| SilenceWatch {
+                timeout,
+                probe_url: config.source.url.clone(),
+            }),
     })
     .await?;
     if source.system_id() != cp.system_id {

@@ -88,6 +88,9 @@ pub async fn setup(config: &Config) -> Result<SetupReport, DaemonError> {
     if let Some(cp) = &existing {
         // Refuse (without creating anything) if the slot cannot continue.
         checks::slot(&mut admin, &config.source, cp, &system_id).await?;
+        checks::failover(&mut admin, &config.source).await?;
+    } else {
+        checks::failover_supported(&mut admin, &config.source).await?;
     }
     admin
         .ensure_publication(&config.source.publication, &config.tables.all())
@@ -113,7 +116,9 @@ pub async fn setup(config: &Config) -> Result<SetupReport, DaemonError> {
         tracing::warn!(slot = %config.source.slot, "the slot exists but the store has no checkpoint (an unfinished setup): dropping it and starting over");
         admin.drop_slot(&config.source.slot).await?;
     }
-    let exported = admin.create_slot_exporting(&config.source.slot).await?;
+    let exported = admin
+        .create_slot_exporting(&config.source.slot, config.source.failover)
+        .await?;
     tracing::info!(slot = %config.source.slot, consistent_point = %exported.consistent_point, "slot created");
     let source_tx = snapshot::read_in(&mut source_db, &exported).await?;
     // The snapshot is imported; the replication session may end.

@@ -1,7 +1,7 @@
 //! Ordinary (non-replication) SQL connections: the store, the checks on the source, the
 //! heartbeat, the API's pool.
 //!
-//! The change stream has its own connection ([`super::replication`]); everything else walpoints
+//! The change stream has its own connection (`replication.rs`); everything else walpoints
 //! says to a server goes through [`connect`], with libpq's `sslmode` (`tls.rs`) and a
 //! timeout, and every failure comes back as a [`ConnectError`] that says what the caller must
 //! do: [`ConnectError::Unavailable`] retries with backoff, the others stop and tell the
@@ -17,11 +17,11 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 
 use super::tls::{self, TlsError};
-use crate::config::ConnUrl;
+use crate::config::{ConnUrl, TargetSession};
 
 /// How long opening a connection (TCP, TLS, authentication) may take before it is a transient
 /// failure; without it a black-holed host would hang for the kernel's two minutes.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a connection (or a statement on one) failed, split by what the caller must do.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,24 @@ pub enum ConnectError {
         /// The driver's error.
         source: tokio_postgres::Error,
     },
+    /// Something on a connection took longer than it may (a black-holed host answers nothing):
+    /// transient.
+    #[error("{context}: no answer within {after:?}")]
+    TimedOut {
+        /// What was being done, naming the (redacted) URL.
+        context: String,
+        /// How long it was given.
+        after: Duration,
+    },
+    /// No host of a multi-host URL will do (none answers, or none is a primary where
+    /// `target_session_attrs` asks for one): transient, a promotion may be under way.
+    #[error("no host of {url} will do: {tried}")]
+    NoHost {
+        /// The (redacted) URL.
+        url: String,
+        /// What each host said.
+        tried: String,
+    },
     /// The URL's TLS settings cannot be used (no `sslrootcert` for `verify-*`, an unreadable
     /// file): definite.
     #[error("{url}: {source}")]
@@ -70,7 +88,9 @@ impl ConnectError {
     /// True when retrying later may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            ConnectError::Unavailable { .. } => true,
+            ConnectError::Unavailable { .. }
+            | ConnectError::TimedOut { .. }
+            | ConnectError::NoHost { .. } => true,
             ConnectError::Refused { .. }
             | ConnectError::NoDatabase { .. }
             | ConnectError::Tls { .. } => false,
@@ -99,7 +119,20 @@ impl ConnectError {
 /// returns the client.
 ///
 /// Panics if called outside a tokio runtime.
+///
+/// A multi-host URL connects to the host [`pick_host`] picks.
 pub async fn connect(
+    url: &ConnUrl,
+    application_name: &str,
+) -> Result<tokio_postgres::Client, ConnectError> {
+    if url.more_hosts.is_empty() {
+        return connect_one(url, application_name).await;
+    }
+    connect_one(&pick_host(url).await?, application_name).await
+}
+
+/// [`connect`] to a URL's (first) host.
+async fn connect_one(
     url: &ConnUrl,
     application_name: &str,
 ) -> Result<tokio_postgres::Client, ConnectError> {
@@ -143,6 +176,65 @@ pub async fn connect(
         .await
         .map_err(|e| ConnectError::of(format!("{context}: setting TimeZone"), e))?;
     Ok(client)
+}
+
+/// The one host of `url` to connect to: `url` itself when it names one host; else, asking all
+/// of its hosts at once (a dead one must not cost its connect timeout before the next is
+/// tried), the first to answer that, with `target_session_attrs=read-write` (or `primary`), is
+/// not in recovery. Asked again at every (re)connect, so walpoints follows a promotion to
+/// whichever host is primary now.
+pub async fn pick_host(url: &ConnUrl) -> Result<ConnUrl, ConnectError> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    if url.more_hosts.is_empty() {
+        return Ok(url.clone());
+    }
+    let want_primary = url.target_session_attrs == TargetSession::ReadWrite;
+    let mut asking: FuturesUnordered<_> = url
+        .hosts()
+        .into_iter()
+        .map(|(host, port)| async move {
+            let one = url.only_host(&host, port);
+            let answer = async {
+                let client = connect_one(&one, "walpoints-pick-host").await?;
+                if !want_primary {
+                    return Ok(true);
+                }
+                client
+                    .query_one("SELECT pg_is_in_recovery()", &[])
+                    .await
+                    .map(|row| !row.get::<_, bool>(0))
+                    .map_err(|e| ConnectError::of("asking pg_is_in_recovery()", e))
+            };
+            let answer = answer.await;
+            (one, answer)
+        })
+        .collect();
+    let mut tried = Vec::new();
+    let mut definite = None;
+    while let Some((one, answer)) = asking.next().await {
+        let at = format!("{}:{}", one.host, one.port);
+        match answer {
+            Ok(true) => {
+                tracing::debug!(host = %at, "picked this host of the source URL");
+                return Ok(one);
+            }
+            Ok(false) => tried.push(format!("{at}: in recovery (a standby)")),
+            Err(e) => {
+                tried.push(format!("{at}: {e}"));
+                if !e.is_transient() {
+                    definite.get_or_insert(e);
+                }
+            }
+        }
+    }
+    // Every host refusing the same way (a wrong password) is the operator's to fix.
+    if let (Some(e), true) = (definite, tried.iter().all(|t| !t.contains("in recovery"))) {
+        return Err(e);
+    }
+    Err(ConnectError::NoHost {
+        url: url.to_string(),
+        tried: tried.join("; "),
+    })
 }
 
 /// Classifies a tokio-postgres error (of a connection or of a query): transient when the

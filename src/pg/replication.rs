@@ -14,11 +14,12 @@
 //! own, [`super::AdminSession`], configured by the same `replication_config`.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pgwire_replication::{PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent};
 
+use super::connect::{self, ConnectError};
 use crate::changes::{Op, RowChange, Transaction, TxBegin, TxCommit};
 use crate::config::{ConnUrl, SslMode};
 use crate::identifier::quote_ident;
@@ -48,6 +49,22 @@ pub enum SourceError {
     /// The server answered a command with something walpoints cannot use; stop.
     #[error("source refused: {0}")]
     Unexpected(&'static str),
+    /// The stream went silent although the source should have spoken (see [`SilenceWatch`]):
+    /// the connection is presumed dead (a host that died without a word); reconnect.
+    #[error("source connection presumed dead (will reconnect): {0}")]
+    Silent(String),
+    /// Connecting (or a command on the source) took longer than it may: a black-holed host
+    /// accepts a connection and never answers. Transient.
+    #[error("source connection failed (will retry): {what} got no answer within {after:?}")]
+    TimedOut {
+        /// What was being done.
+        what: &'static str,
+        /// How long it was given.
+        after: Duration,
+    },
+    /// Finding the host to replicate from (a multi-host URL's primary) failed.
+    #[error("source: {0}")]
+    Connect(#[source] ConnectError),
     /// The server sent bytes that are not valid pgoutput: a bug or corruption; stop.
     #[error("undecodable pgoutput message at {lsn}: {source}")]
     Decode {
@@ -79,7 +96,12 @@ impl SourceError {
     /// True when reconnecting and resuming from the last durable LSN may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            SourceError::Transient(_) | SourceError::StreamEnded | SourceError::SlotBusy(_) => true,
+            SourceError::Transient(_)
+            | SourceError::StreamEnded
+            | SourceError::SlotBusy(_)
+            | SourceError::Silent(_)
+            | SourceError::TimedOut { .. } => true,
+            SourceError::Connect(e) => e.is_transient(),
             SourceError::Refused(_)
             | SourceError::Unexpected(_)
             | SourceError::Decode { .. }
@@ -130,6 +152,135 @@ pub struct SourceOptions {
     pub temporary_slot: bool,
     /// `application_name`, shown in `pg_stat_replication`.
     pub application_name: String,
+    /// Notice a stream gone silent (a host that died without a word); `None`: wait for the
+    /// kernel, which takes about 15 minutes.
+    pub silence: Option<SilenceWatch>,
+}
+
+/// How [`ReplicationSource`] notices a connection that is open but carries nothing: a dead
+/// host sends no FIN or RST, and the transport sets no TCP keepalive, so only silence tells.
+///
+/// Silence alone is no proof: an idle source whose slot is fully confirmed sends nothing at
+/// all, because the transport's standby status updates (every second) keep the walsender from
+/// ever asking for a reply. So after half the timeout of silence the watchdog *probes*: it
+/// commits a transactional logical message ([`PROBE_PREFIX`]) on `probe_url`, which a live
+/// stream must then deliver. The stream is presumed dead only when, a whole timeout after the
+/// silence began, nothing has arrived although the probe committed at least half a timeout ago,
+/// or the probe could not reach the source at all. A probe the source refuses (no privilege to
+/// emit messages) proves nothing: then the watchdog warns once and keeps waiting.
+#[derive(Debug, Clone)]
+pub struct SilenceWatch {
+    /// How long the stream may stay silent (see above).
+    pub timeout: Duration,
+    /// Where the probe is committed: the source, or its primary when decoding on a standby.
+    pub probe_url: ConnUrl,
+}
+
+/// Prefix of the silence watchdog's probe messages in the WAL (the batch loop ignores them,
+/// but their transaction moves the checkpoint like a heartbeat's).
+pub const PROBE_PREFIX: &str = "walpoints.probe";
+
+/// The watchdog's state, kept on the source so a dropped `next_event` (a `select!` branch that
+/// lost) loses none of it.
+struct Watchdog {
+    watch: SilenceWatch,
+    /// When the stream was first found with nothing to deliver, since the last event.
+    silent_since: Option<Instant>,
+    probe: Probe,
+    /// A refused probe was already reported.
+    warned: bool,
+}
+
+/// The probe of one silence.
+enum Probe {
+    /// Not sent (yet) in this silence.
+    None,
+    /// On its way.
+    Running(tokio::task::JoinHandle<Result<(), ConnectError>>),
+    /// Committed on the source at this instant.
+    Committed(Instant),
+    /// Could not reach the source (transient failure or no answer).
+    Unreachable(String),
+    /// The source refused it: it proves nothing.
+    Refused,
+}
+
+impl Watchdog {
+    /// Starts the probe: a fresh connection (it must not share the fate of the stream's), one
+    /// statement, within half the timeout.
+    fn start_probe(&mut self) {
+        let url = self.watch.probe_url.clone();
+        let limit = self.watch.timeout / 2;
+        self.probe = Probe::Running(tokio::spawn(async move {
+            let emit = async {
+                let client = connect::connect(&url, "walpoints-probe").await?;
+                client
+                    .query_one(
+                        "SELECT pg_logical_emit_message(true, $1, '')::text",
+                        &[&PROBE_PREFIX],
+                    )
+                    .await
+                    .map_err(|e| ConnectError::of("committing the silence probe", e))?;
+                Ok(())
+            };
+            match tokio::time::timeout(limit, emit).await {
+                Ok(r) => r,
+                Err(_) => Err(ConnectError::TimedOut {
+                    context: format!("committing the silence probe on {url}"),
+                    after: limit,
+                }),
+            }
+        }));
+    }
+
+    /// Records how a finished probe ended.
+    fn probe_ended(&mut self, result: Result<Result<(), ConnectError>, tokio::task::JoinError>) {
+        self.probe = match result {
+            Ok(Ok(())) => Probe::Committed(Instant::now()),
+            Ok(Err(e)) if e.is_transient() => Probe::Unreachable(e.to_string()),
+            Ok(Err(e)) => {
+                if !self.warned {
+                    self.warned = true;
+                    tracing::warn!(error = %e, "the silence watchdog cannot probe the source (it refused the probe message): a silent stream is not noticed until the kernel gives up on it; grant the role REPLICATION or turn the heartbeat on");
+                }
+                Probe::Refused
+            }
+            Err(e) => Probe::Unreachable(format!("the probe task failed: {e}")),
+        };
+    }
+
+    /// When the silence that began at `since` makes the stream presumed dead, given the probe.
+    fn deadline(&self, since: Instant) -> Option<Instant> {
+        let t = self.watch.timeout;
+        match &self.probe {
+            Probe::None => Some(since + t / 2),
+            Probe::Running(_) | Probe::Unreachable(_) => Some(since + t),
+            Probe::Committed(at) => Some((since + t).max(*at + t / 2)),
+            Probe::Refused => None,
+        }
+    }
+
+    /// Why the stream is presumed dead at its deadline.
+    fn verdict(&self, since: Instant) -> String {
+        let silent = since.elapsed().as_secs();
+        match &self.probe {
+            Probe::Committed(at) => format!(
+                "nothing arrived for {silent}s, although a probe message committed on the source \
+                 {}s ago (a dead connection, or a walsender held back: see the server log, e.g. \
+                 for a synchronized_standby_slots entry naming a slot that does not exist)",
+                at.elapsed().as_secs()
+            ),
+            Probe::Unreachable(e) => {
+                format!(
+                    "nothing arrived for {silent}s, and a probe could not reach the source: {e}"
+                )
+            }
+            _ => format!(
+                "nothing arrived for {silent}s, and a probe could not reach the source within {}s",
+                (self.watch.timeout / 2).as_secs()
+            ),
+        }
+    }
 }
 
 /// One item of the change stream, in WAL order.
@@ -188,6 +339,7 @@ pub struct ReplicationSource {
     /// keepalive), µs since 2000-01-01: compared with a commit time on the same clock, how far
     /// behind the stream is, whatever the skew between the two machines.
     sent_at: Option<i64>,
+    watchdog: Option<Watchdog>,
 }
 
 impl std::fmt::Debug for ReplicationSource {
@@ -235,9 +387,23 @@ pub(super) fn replication_config(
 
 impl ReplicationSource {
     /// Connects, (for a temporary slot) creates the slot on this very session, and starts
-    /// streaming at `opts.start_lsn`.
+    /// streaming at `opts.start_lsn`; all of it within [`connect::CONNECT_TIMEOUT`] twice, so a
+    /// black-holed host is a transient failure, not a hang.
     pub async fn start(opts: &SourceOptions) -> Result<Self, SourceError> {
-        let cfg = replication_config(&opts.url, &opts.slot, &opts.publication)
+        let limit = connect::CONNECT_TIMEOUT * 2;
+        tokio::time::timeout(limit, Self::start_unbounded(opts))
+            .await
+            .map_err(|_| SourceError::TimedOut {
+                what: "starting the replication stream",
+                after: limit,
+            })?
+    }
+
+    async fn start_unbounded(opts: &SourceOptions) -> Result<Self, SourceError> {
+        let url = connect::pick_host(&opts.url)
+            .await
+            .map_err(SourceError::Connect)?;
+        let cfg = replication_config(&url, &opts.slot, &opts.publication)
             .with_application_name(opts.application_name.clone())
             .with_start_lsn(to_wire(opts.start_lsn))
             .with_ack_lsn(to_wire(opts.durable_lsn))
@@ -263,6 +429,12 @@ impl ReplicationSource {
             pending: VecDeque::new(),
             partial: None,
             sent_at: None,
+            watchdog: opts.silence.clone().map(|watch| Watchdog {
+                watch,
+                silent_since: None,
+                probe: Probe::None,
+                warned: false,
+            }),
         })
     }
 
@@ -298,7 +470,7 @@ impl ReplicationSource {
             if let Some(change) = self.pending.pop_front() {
                 return Ok(Some(StreamEvent::Change(change)));
             }
-            let Some(event) = self.client.recv().await? else {
+            let Some(event) = self.recv().await? else {
                 return Ok(None);
             };
             match event {
@@ -362,6 +534,54 @@ impl ReplicationSource {
                     self.decode(from_wire(wal_start), &data)?;
                 }
                 ReplicationEvent::StoppedAt { .. } => return Ok(None),
+            }
+        }
+    }
+
+    /// The transport's next event, under the silence watchdog when there is one. Cancel-safe:
+    /// the channel's `recv` is, and the watchdog's state lives on `self`.
+    async fn recv(&mut self) -> Result<Option<ReplicationEvent>, SourceError> {
+        let Some(dog) = self.watchdog.as_mut() else {
+            return Ok(self.client.recv().await?);
+        };
+        loop {
+            let since = *dog.silent_since.get_or_insert_with(Instant::now);
+            let deadline = dog.deadline(since);
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let probe = async {
+                match &mut dog.probe {
+                    Probe::Running(handle) => handle.await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                event = self.client.recv() => {
+                    dog.silent_since = None;
+                    if let Probe::Running(handle) = &dog.probe {
+                        handle.abort();
+                    }
+                    dog.probe = Probe::None;
+                    return Ok(event?);
+                }
+                ended = probe => dog.probe_ended(ended),
+                () = sleep => {
+                    if matches!(dog.probe, Probe::None) {
+                        dog.start_probe();
+                        continue;
+                    }
+                    let why = dog.verdict(since);
+                    tracing::warn!(%why, "the replication stream is silent: dropping the connection");
+                    // The socket may be black-holed: end the transport at once, without the
+                    // goodbye it could wait on.
+                    self.client.abort();
+                    return Err(SourceError::Silent(why));
+                }
             }
         }
     }

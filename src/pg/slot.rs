@@ -41,6 +41,16 @@ pub struct Slot {
     pub wal_status: Option<String>,
     /// Bytes of WAL that can be written before the slot is in danger; `None` when unlimited.
     pub safe_wal_size: Option<i64>,
+    /// Whether it is a failover slot, synchronised to standbys that run with
+    /// `sync_replication_slots` (PostgreSQL 17+; `None` on older servers).
+    pub failover: Option<bool>,
+    /// Whether this is a standby's synchronised copy of a primary's failover slot (17+).
+    pub synced: Option<bool>,
+    /// The server's `synchronized_standby_slots` (17+): the physical slots of the standbys a
+    /// failover slot's walsender waits for. Empty: walpoints may confirm WAL no standby has.
+    pub synchronized_standby_slots: Option<String>,
+    /// Whether the server is a standby.
+    pub in_recovery: bool,
 }
 
 impl Slot {
@@ -53,7 +63,10 @@ impl Slot {
                     s.wal_status, s.safe_wal_size::text, \
                     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
                           ELSE pg_current_wal_lsn() END)::text, \
-                    s.plugin::text, s.slot_type \
+                    s.plugin::text, s.slot_type, \
+                    to_jsonb(s) ->> 'failover', to_jsonb(s) ->> 'synced', \
+                    current_setting('synchronized_standby_slots', true), \
+                    pg_is_in_recovery()::text \
              FROM (SELECT 1) AS one \
              LEFT JOIN pg_replication_slots s ON s.slot_name = {name}"
         )
@@ -85,7 +98,29 @@ impl Slot {
             server_lsn: lsn(7),
             plugin: text(8),
             logical: text(9).as_deref() == Some("logical"),
+            failover: text(10).map(|t| t == "true"),
+            synced: text(11).map(|t| t == "true"),
+            synchronized_standby_slots: text(12),
+            in_recovery: text(13).as_deref() == Some("true"),
         }
+    }
+
+    /// Why this failover slot is not protected on a primary: `synchronized_standby_slots` is
+    /// empty, so the walsender may send walpoints WAL no standby has received, and after a
+    /// failover the store holds points of transactions the new primary never had.
+    pub fn failover_warning(&self) -> Option<String> {
+        if self.failover != Some(true) || self.in_recovery {
+            return None;
+        }
+        let standbys = self.synchronized_standby_slots.as_deref().unwrap_or("");
+        standbys.trim().is_empty().then(|| {
+            format!(
+                "slot {} is a failover slot but synchronized_standby_slots is empty on the \
+                 primary: walpoints may get ahead of every standby, and a failover can lose \
+                 points it already counted (README, Runbook, \"Failover\")",
+                self.slot_name
+            )
+        })
     }
 
     /// Whether the slot exists.
@@ -136,6 +171,10 @@ mod tests {
             server_lsn: Some(Lsn(server)),
             wal_status: exists.then(|| "reserved".into()),
             safe_wal_size: None,
+            failover: None,
+            synced: None,
+            synchronized_standby_slots: None,
+            in_recovery: false,
         }
     }
 
@@ -144,6 +183,25 @@ mod tests {
         assert_eq!(slot(true, Some(100), 350).lag_bytes(), Some(250));
         assert_eq!(slot(true, Some(400), 350).lag_bytes(), Some(0));
         assert_eq!(slot(false, None, 350).lag_bytes(), None);
+    }
+
+    #[test]
+    fn a_failover_slot_without_standby_slots_is_warned_about_on_a_primary_only() {
+        let mut s = slot(true, Some(1), 1);
+        assert_eq!(s.failover_warning(), None, "not a failover slot");
+        s.failover = Some(true);
+        s.synchronized_standby_slots = Some(String::new());
+        let w = s.failover_warning().unwrap();
+        assert!(w.contains("synchronized_standby_slots is empty"), "{w}");
+        s.synchronized_standby_slots = Some("standby1".into());
+        assert_eq!(s.failover_warning(), None);
+        s.synchronized_standby_slots = Some(String::new());
+        s.in_recovery = true;
+        assert_eq!(
+            s.failover_warning(),
+            None,
+            "a standby's setting does not matter"
+        );
     }
 
     #[test]
@@ -179,6 +237,7 @@ mod tests {
         let s = Slot::from_text_row("wp", Some(&row));
         assert!(s.exists() && s.active && s.is_pgoutput() && !s.is_lost());
         assert_eq!((s.active_pid, s.lag_bytes()), (Some(42), Some(0x10)));
+        assert_eq!((s.failover, s.synced), (None, None), "before PostgreSQL 17");
         let none = Slot::from_text_row("wp", None);
         assert!(!none.exists() && !none.is_pgoutput());
     }

