@@ -1,0 +1,388 @@
+//! The stored ledger read back entry by entry in commit order, for `replay --verify`, without
+//! the view's sort: the view `walpoints.ledger` is a union of three tables, partitioned by epoch,
+//! and `ORDER BY commit_lsn, ordinal` over it sorts the whole season.
+//!
+//! Each epoch partition of `ledger_fill` and `ledger_position` (and `ledger_v1`, for an upgraded
+//! store) is already in (commit LSN, ordinal) order in its primary key once the epoch is fixed,
+//! so each is read by its own cursor in key order (an index scan, no sort), and the streams are
+//! merged here by (commit LSN, first entry). Compact rows are expanded exactly as the view
+//! expands them (same ordinals, the same filter on missing slots), so what comes out is the
+//! view's rows in the view's order.
+
+use std::borrow::Cow;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::sync::Arc;
+
+use rust_decimal::Decimal;
+use tokio_postgres::types::PgLsn;
+use tokio_postgres::{Row, Statement};
+
+use super::{Store, StoreError};
+use crate::identifier::quote_literal;
+use crate::lsn::Lsn;
+use crate::time::micros_of;
+
+/// Rows fetched per cursor round trip.
+const FETCH: usize = 20_000;
+
+/// One entry of the stored ledger, as the view `walpoints.ledger` shows it (every column
+/// `replay` compares).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    /// Commit LSN of its transaction.
+    pub commit_lsn: u64,
+    /// Its ordinal there.
+    pub ordinal: i64,
+    /// Earning address.
+    pub user: String,
+    /// Epoch it counts in.
+    pub epoch: i64,
+    /// Entry kind (`trading_taker`, ...).
+    pub kind: Cow<'static, str>,
+    /// Whether it undoes an earlier entry.
+    pub reversal: bool,
+    /// Points.
+    pub points: Decimal,
+    /// Basis (NULL only where a hand edit emptied a compact row's slot).
+    pub basis: Option<Decimal>,
+    /// Multiplier (likewise).
+    pub multiplier: Option<Decimal>,
+    /// Rate (likewise).
+    pub rate: Option<Decimal>,
+    /// A holding segment's notional.
+    pub position_notional: Option<Decimal>,
+    /// Source fill.
+    pub trade_id: Option<String>,
+    /// Source position.
+    pub position_id: Option<String>,
+    /// Referee of a referral entry.
+    pub referee: Option<String>,
+    /// Start of a holding segment, µs since 1970.
+    pub segment_start: Option<i64>,
+    /// Event time, µs since 1970.
+    pub event_time: i64,
+    /// Rules version.
+    pub rules_version: Arc<str>,
+}
+
+/// Which table a cursor reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    Fill,
+    Position,
+    V1,
+}
+
+/// One cursor and the rows it fetched and has not handed out yet.
+struct Cursor {
+    table: Table,
+    fetch: Statement,
+    rows: VecDeque<Row>,
+    done: bool,
+}
+
+/// A source's stored ledger entries in (commit LSN, ordinal) order, read in one transaction of
+/// the connection (the caller opens it, in the snapshot it compares against).
+pub struct StoredLedger<'a> {
+    store: &'a Store,
+    cursors: Vec<Cursor>,
+    /// (commit LSN, first ordinal of the row, cursor) of each cursor's next row.
+    heads: BinaryHeap<Reverse<(u64, i64, usize)>>,
+    versions: BTreeMap<i16, Arc<str>>,
+    /// Entries of the row being handed out.
+    pending: VecDeque<StoredEntry>,
+}
+
+const FILL_COLUMNS: &str = "commit_lsn, first_entry, epoch, trade_id, reversal, taker, maker, \
+     notional, taker_points, taker_multiplier, taker_rate, maker_points, maker_multiplier, \
+     maker_rate, taker_l1, taker_l1_points, taker_l2, taker_l2_points, maker_l1, \
+     maker_l1_points, maker_l2, maker_l2_points, level1_share, level2_share, event_time, rules_id";
+
+const POSITION_COLUMNS: &str = "commit_lsn, ordinal, epoch, kind::text, user_address, \
+     position_id, points, basis, rate, position_notional, segment_start, event_time, rules_id";
+
+const V1_COLUMNS: &str = "commit_lsn, ordinal, epoch, kind, user_address, reversal, points, \
+     basis, multiplier, rate, position_notional, trade_id, position_id, referee, segment_start, \
+     event_time, rules_version";
+
+impl Store {
+    /// Declares the cursors over this source's stored ledger up to `until` (only epoch `epoch`
+    /// when given) inside the transaction the connection has open.
+    pub async fn stored_ledger(
+        &self,
+        until: Lsn,
+        epoch: Option<i32>,
+    ) -> Result<StoredLedger<'_>, StoreError> {
+        let versions = self
+            .client
+            .query("SELECT rules_id, version FROM walpoints.rules", &[])
+            .await
+            .map_err(StoreError::db("read walpoints.rules"))?
+            .iter()
+            .map(|r| (r.get::<_, i16>(0), Arc::from(r.get::<_, &str>(1))))
+            .collect();
+        let source = quote_literal(&self.source_id);
+        let until = format!("'{until}'");
+        let mut declared = Vec::new();
+        for (table, name, columns, key) in [
+            (Table::Fill, "ledger_fill", FILL_COLUMNS, "ordinal"),
+            (Table::Position, "ledger_position", POSITION_COLUMNS, "ordinal"),
+        ] {
+            for e in self.epochs_of(name, epoch).await? {
+                declared.push((
+                    table,
+                    format!(
+                        "SELECT {columns} FROM walpoints.{name} WHERE source_id = {source} \
+                         AND epoch = {e} AND commit_lsn <= {until} ORDER BY commit_lsn, {key}"
+                    ),
+                ));
+            }
+        }
+        let has_v1: bool = self
+            .client
+            .query_one(
+                "SELECT to_regclass('walpoints.ledger_v1') IS NOT NULL",
+                &[],
+            )
+            .await
+            .map_err(StoreError::db("look for ledger_v1"))?
+            .get(0);
+        if has_v1 {
+            let only = epoch.map_or(String::new(), |e| format!("AND epoch = {e}"));
+            declared.push((
+                Table::V1,
+                format!(
+                    "SELECT {V1_COLUMNS} FROM walpoints.ledger_v1 WHERE source_id = {source} \
+                     AND commit_lsn <= {until} {only} ORDER BY commit_lsn, ordinal"
+                ),
+            ));
+        }
+        let mut cursors = Vec::with_capacity(declared.len());
+        for (i, (table, query)) in declared.into_iter().enumerate() {
+            self.client
+                .batch_execute(&format!(
+                    "DECLARE walpoints_replay_{i} NO SCROLL CURSOR FOR {query}"
+                ))
+                .await
+                .map_err(StoreError::db("declare a ledger cursor"))?;
+            let fetch = self
+                .client
+                .prepare(&format!("FETCH {FETCH} FROM walpoints_replay_{i}"))
+                .await
+                .map_err(StoreError::db("prepare a ledger fetch"))?;
+            cursors.push(Cursor {
+                table,
+                fetch,
+                rows: VecDeque::new(),
+                done: false,
+            });
+        }
+        let mut ledger = StoredLedger {
+            store: self,
+            cursors,
+            heads: BinaryHeap::new(),
+            versions,
+            pending: VecDeque::new(),
+        };
+        for i in 0..ledger.cursors.len() {
+            ledger.push_head(i).await?;
+        }
+        Ok(ledger)
+    }
+
+    /// The distinct epochs of this source's rows in `table` (`only`, if given and present), by
+    /// a loose index scan of the primary key: one probe per epoch.
+    async fn epochs_of(&self, table: &str, only: Option<i32>) -> Result<Vec<i32>, StoreError> {
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "WITH RECURSIVE e(epoch) AS ( \
+                       SELECT min(epoch) FROM walpoints.{table} WHERE source_id = $1 \
+                       UNION ALL \
+                       SELECT (SELECT min(epoch) FROM walpoints.{table} \
+                               WHERE source_id = $1 AND epoch > e.epoch) \
+                       FROM e WHERE e.epoch IS NOT NULL) \
+                     SELECT epoch FROM e WHERE epoch IS NOT NULL \
+                       AND ($2::int IS NULL OR epoch = $2)"
+                ),
+                &[&self.source_id, &only],
+            )
+            .await
+            .map_err(StoreError::db("list the ledger's epochs"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}
+
+fn lsn_of(r: &Row) -> u64 {
+    u64::from(r.get::<_, PgLsn>(0))
+}
+
+impl StoredLedger<'_> {
+    /// The next entry, `None` after the last.
+    pub async fn next(&mut self) -> Result<Option<StoredEntry>, StoreError> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(Some(e));
+            }
+            let Some(Reverse((_, _, i))) = self.heads.pop() else {
+                return Ok(None);
+            };
+            let row = self.cursors[i]
+                .rows
+                .pop_front()
+                .ok_or_else(|| StoreError::Schema("a ledger cursor lost its head".into()))?;
+            let table = self.cursors[i].table;
+            self.expand(table, &row)?;
+            self.push_head(i).await?;
+        }
+    }
+
+    /// Puts cursor `i`'s next row (fetching more when needed) on the heap.
+    async fn push_head(&mut self, i: usize) -> Result<(), StoreError> {
+        let c = &mut self.cursors[i];
+        if c.rows.is_empty() && !c.done {
+            let rows = self
+                .store
+                .client
+                .query(&c.fetch, &[])
+                .await
+                .map_err(StoreError::db("read the ledger"))?;
+            c.done = rows.len() < FETCH;
+            c.rows.extend(rows);
+        }
+        if let Some(r) = c.rows.front() {
+            let first: i32 = r.get(1);
+            self.heads
+                .push(Reverse((lsn_of(r), i64::from(first), i)));
+        }
+        Ok(())
+    }
+
+    fn version(&self, id: i16) -> Result<Arc<str>, StoreError> {
+        self.versions
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| StoreError::OutOfRange(format!("ledger row names rules {id}, which walpoints.rules does not hold")))
+    }
+
+    /// The view's rows for one stored row, into `pending`.
+    fn expand(&mut self, table: Table, r: &Row) -> Result<(), StoreError> {
+        let ts = |i: usize| r.get::<_, Option<std::time::SystemTime>>(i).map(micros_of);
+        let commit_lsn = lsn_of(r);
+        match table {
+            Table::V1 => {
+                self.pending.push_back(StoredEntry {
+                    commit_lsn,
+                    ordinal: i64::from(r.get::<_, i32>(1)),
+                    epoch: i64::from(r.get::<_, i32>(2)),
+                    kind: Cow::Owned(r.get(3)),
+                    user: r.get(4),
+                    reversal: r.get(5),
+                    points: r.get(6),
+                    basis: r.get(7),
+                    multiplier: r.get(8),
+                    rate: r.get(9),
+                    position_notional: r.get(10),
+                    trade_id: r.get(11),
+                    position_id: r.get(12),
+                    referee: r.get(13),
+                    segment_start: ts(14),
+                    event_time: ts(15).unwrap_or_default(),
+                    rules_version: Arc::from(r.get::<_, &str>(16)),
+                });
+            }
+            Table::Position => {
+                let kind: &str = r.get(3);
+                self.pending.push_back(StoredEntry {
+                    commit_lsn,
+                    ordinal: i64::from(r.get::<_, i32>(1)),
+                    epoch: i64::from(r.get::<_, i32>(2)),
+                    kind: match kind {
+                        "holding" => Cow::Borrowed("holding"),
+                        "pnl" => Cow::Borrowed("pnl"),
+                        other => Cow::Owned(other.to_owned()),
+                    },
+                    user: r.get(4),
+                    reversal: false,
+                    points: r.get(6),
+                    basis: r.get(7),
+                    multiplier: Some(Decimal::ONE),
+                    rate: r.get(8),
+                    position_notional: r.get(9),
+                    trade_id: None,
+                    position_id: Some(r.get(5)),
+                    referee: None,
+                    segment_start: ts(10),
+                    event_time: ts(11).unwrap_or_default(),
+                    rules_version: self.version(r.get(12))?,
+                });
+            }
+            Table::Fill => self.expand_fill(commit_lsn, r)?,
+        }
+        Ok(())
+    }
+
+    /// A `ledger_fill` row's entries, as the view's lateral VALUES make them: slots in the
+    /// order taker, taker's level 1 and 2, maker, maker's level 1 and 2; a slot is an entry
+    /// when it has both a user and points; ordinals count the referrers present before it.
+    fn expand_fill(&mut self, commit_lsn: u64, r: &Row) -> Result<(), StoreError> {
+        let first = i64::from(r.get::<_, i32>(1));
+        let epoch = i64::from(r.get::<_, i32>(2));
+        let trade_id: String = r.get(3);
+        let reversal: bool = r.get(4);
+        let taker: String = r.get(5);
+        let maker: String = r.get(6);
+        let dec = |i: usize| r.get::<_, Option<Decimal>>(i);
+        let notional = dec(7);
+        let (taker_points, maker_points) = (dec(8), dec(11));
+        let taker_l1: Option<String> = r.get(14);
+        let taker_l2: Option<String> = r.get(16);
+        let maker_l1: Option<String> = r.get(18);
+        let maker_l2: Option<String> = r.get(20);
+        let (t1, t2, m1) = (
+            i64::from(taker_l1.is_some()),
+            i64::from(taker_l2.is_some()),
+            i64::from(maker_l1.is_some()),
+        );
+        let (l1_share, l2_share) = (dec(22), dec(23));
+        let event_time = micros_of(r.get(24));
+        let version = self.version(r.get(25))?;
+        let sign = |d: Decimal| if reversal { -d } else { d };
+        // (k, kind, user, points, basis, multiplier, rate, referee)
+        let slots: [(i64, &'static str, Option<String>, Option<Decimal>, Option<Decimal>, Option<Decimal>, Option<Decimal>, Option<&String>); 6] = [
+            (0, "trading_taker", Some(taker.clone()), taker_points, notional, dec(9), dec(10), None),
+            (1, "referral_l1", taker_l1, dec(15), taker_points, Some(Decimal::ONE), l1_share, Some(&taker)),
+            (1 + t1, "referral_l2", taker_l2, dec(17), taker_points, Some(Decimal::ONE), l2_share, Some(&taker)),
+            (1 + t1 + t2, "trading_maker", Some(maker.clone()), maker_points, notional, dec(12), dec(13), None),
+            (2 + t1 + t2, "referral_l1", maker_l1, dec(19), maker_points, Some(Decimal::ONE), l1_share, Some(&maker)),
+            (2 + t1 + t2 + m1, "referral_l2", maker_l2, dec(21), maker_points, Some(Decimal::ONE), l2_share, Some(&maker)),
+        ];
+        for (k, kind, user, points, basis, multiplier, rate, referee) in slots {
+            let (Some(user), Some(points)) = (user, points) else {
+                continue;
+            };
+            self.pending.push_back(StoredEntry {
+                commit_lsn,
+                ordinal: first + k,
+                user,
+                epoch,
+                kind: Cow::Borrowed(kind),
+                reversal,
+                points: sign(points),
+                basis: basis.map(sign),
+                multiplier,
+                rate,
+                position_notional: None,
+                trade_id: Some(trade_id.clone()),
+                position_id: None,
+                referee: referee.cloned(),
+                segment_start: None,
+                event_time,
+                rules_version: version.clone(),
+            });
+        }
+        Ok(())
+    }
+}
