@@ -91,9 +91,7 @@ struct CopyIn {
 impl CopyIn {
     async fn open(url: &str, statement: &str) -> Result<CopyIn> {
         let client = connect(url).await?;
-        client
-            .batch_execute("SET synchronous_commit = off")
-            .await?;
+        client.batch_execute("SET synchronous_commit = off").await?;
         let sink = client.copy_in::<_, Bytes>(statement).await?;
         Ok(CopyIn {
             sink: Box::pin(sink),
@@ -256,7 +254,12 @@ pub async fn build(lab: &Lab, store: &Client, fills: u64, users: u64) -> Result<
                 v.push(Event::TradeInserted {
                     new: Trade {
                         id: trade_id.to_string(),
-                        symbol: if rng.below(3) == 0 { "ETH-PERP" } else { "BTC-PERP" }.into(),
+                        symbol: if rng.below(3) == 0 {
+                            "ETH-PERP"
+                        } else {
+                            "BTC-PERP"
+                        }
+                        .into(),
                         price,
                         amount,
                         taker: address(taker),
@@ -274,7 +277,10 @@ pub async fn build(lab: &Lab, store: &Client, fills: u64, users: u64) -> Result<
         };
         let outcome = engine.apply_transaction(&mut state, &mut NoBook, &tx)?;
         if !outcome.errors.is_empty() {
-            bail!("the generated season failed in the engine: {:?}", outcome.errors);
+            bail!(
+                "the generated season failed in the engine: {:?}",
+                outcome.errors
+            );
         }
         let lsn_text = Lsn(lsn).to_string();
         let time_text = walpoints::time::format_rfc3339(commit_time);

@@ -20,8 +20,11 @@ use tokio_postgres::types::PgLsn;
 use super::progress::ProgressLine;
 use crate::config::Config;
 use crate::lsn::Lsn;
+use crate::points::{Award, AwardBook};
 use crate::points::{Engine, EpochId, LedgerEntry, RulesError, State, Totals};
-use crate::store::{BatchAwards, JournaledTx, Store, StoreError, StoredEntry};
+use crate::store::{
+    BatchAwards, JournaledTx, Store, StoreError, StoredEntry, StoredFill, StoredItem,
+};
 
 /// How many differences the report lists (all are counted).
 const LISTED: usize = 20;
@@ -312,7 +315,11 @@ fn compare(s: &StoredEntry, e: &LedgerEntry, report: &mut ReplayReport) {
         ("basis", s.basis, Some(e.basis)),
         ("multiplier", s.multiplier, Some(e.multiplier)),
         ("rate", s.rate, Some(e.rate)),
-        ("position_notional", s.position_notional, e.position_notional),
+        (
+            "position_notional",
+            s.position_notional,
+            e.position_notional,
+        ),
     ] {
         if stored != replayed {
             differ(name, norm(stored), norm(replayed));
@@ -320,7 +327,11 @@ fn compare(s: &StoredEntry, e: &LedgerEntry, report: &mut ReplayReport) {
     }
     for (name, stored, replayed) in [
         ("trade_id", s.trade_id.as_deref(), e.trade_id.as_deref()),
-        ("position_id", s.position_id.as_deref(), e.position_id.as_deref()),
+        (
+            "position_id",
+            s.position_id.as_deref(),
+            e.position_id.as_deref(),
+        ),
         ("referee", s.referee.as_deref(), e.referee.as_deref()),
     ] {
         if stored != replayed {
@@ -328,7 +339,11 @@ fn compare(s: &StoredEntry, e: &LedgerEntry, report: &mut ReplayReport) {
         }
     }
     if s.segment_start != e.segment_start {
-        differ("segment_start", time(s.segment_start), time(e.segment_start));
+        differ(
+            "segment_start",
+            time(s.segment_start),
+            time(e.segment_start),
+        );
     }
     if s.event_time != e.event_time {
         differ(
@@ -387,7 +402,7 @@ fn spawn_stored(
     stored: Store,
     until: Lsn,
     epoch: Option<i32>,
-) -> tokio::sync::mpsc::Receiver<Result<Vec<StoredEntry>, StoreError>> {
+) -> tokio::sync::mpsc::Receiver<Result<Vec<StoredItem>, StoreError>> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
         let read = async {
@@ -413,16 +428,23 @@ fn spawn_stored(
     rx
 }
 
-/// The stored entries, one at a time, from the reading task's messages.
+/// The stored items, one at a time, from the reading task's messages; a fill row is
+/// expanded into its entries only when the comparison must go entry by entry.
 struct StoredStream {
-    rx: tokio::sync::mpsc::Receiver<Result<Vec<StoredEntry>, StoreError>>,
-    batch: std::vec::IntoIter<StoredEntry>,
-    /// The next entry, looked at but not taken.
-    head: Option<StoredEntry>,
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<StoredItem>, StoreError>>,
+    batch: std::vec::IntoIter<StoredItem>,
+    /// The next item, looked at but not taken.
+    head: Option<StoredItem>,
+    /// Entries of an expanded item, before `head`.
+    expanded: std::collections::VecDeque<StoredEntry>,
 }
 
 impl StoredStream {
-    async fn peek(&mut self) -> Result<Option<&StoredEntry>, StoreError> {
+    /// The next item, when no expanded entry comes first.
+    async fn item(&mut self) -> Result<Option<&StoredItem>, StoreError> {
+        if !self.expanded.is_empty() {
+            return Ok(None);
+        }
         if self.head.is_none() {
             self.head = loop {
                 if let Some(e) = self.batch.next() {
@@ -438,8 +460,93 @@ impl StoredStream {
         Ok(self.head.as_ref())
     }
 
-    fn take(&mut self) -> Option<StoredEntry> {
-        self.head.take()
+    fn take_item(&mut self) {
+        self.head = None;
+    }
+
+    /// The next entry (expanding a fill row if one comes next).
+    async fn entry(&mut self) -> Result<Option<&StoredEntry>, StoreError> {
+        if self.expanded.is_empty() {
+            self.item().await?;
+            match self.head.take() {
+                Some(StoredItem::Fill(f)) => self.expanded.extend(f.entries()),
+                Some(StoredItem::Entry(e)) => self.expanded.push_back(e),
+                None => {}
+            }
+        }
+        Ok(self.expanded.front())
+    }
+
+    fn take_entry(&mut self) {
+        self.expanded.pop_front();
+    }
+}
+
+/// Whether a stored fill row equals the replayed entries it must stand for (every compared
+/// column of each): then they are counted as compared without expanding the row. `None`
+/// sends the comparison entry by entry, which names the difference.
+fn fill_equals(f: &StoredFill, lsn: u64, replayed: &[LedgerEntry]) -> Option<usize> {
+    let mut n = 0;
+    for s in f.slots() {
+        let e = replayed.get(n)?;
+        let same = f.commit_lsn == lsn
+            && s.ordinal == i64::from(e.ordinal)
+            && s.user == e.user
+            && f.epoch == i64::from(e.epoch)
+            && s.kind == e.kind.as_str()
+            && f.reversal == e.reversal
+            && s.points == e.points
+            && s.basis == Some(e.basis)
+            && s.multiplier == Some(e.multiplier)
+            && s.rate == Some(e.rate)
+            && e.position_notional.is_none()
+            && e.trade_id.as_deref() == Some(f.trade_id.as_str())
+            && e.position_id.is_none()
+            && s.referee == e.referee.as_deref()
+            && e.segment_start.is_none()
+            && f.event_time == e.event_time
+            && *f.rules_version == *e.rules_version;
+        if !same {
+            return None;
+        }
+        n += 1;
+    }
+    Some(n)
+}
+
+/// The award book of one replayed transaction: what the store held before it (fetched for the
+/// ids the engine will look up) overlaid by what the transaction itself changed of those ids.
+/// Awards of other trades are not kept: nothing in the transaction reads them again, and the
+/// next transaction reads the stored rows.
+struct ReplayBook {
+    inner: BatchAwards,
+    /// The ids the engine looks up in this transaction, sorted.
+    looked_up: Vec<String>,
+}
+
+impl AwardBook for ReplayBook {
+    fn get(&self, trade_id: &str) -> Option<Award> {
+        self.inner.get(trade_id)
+    }
+
+    fn put(&mut self, trade_id: &str, award: Award) {
+        if self
+            .looked_up
+            .binary_search_by(|id| id.as_str().cmp(trade_id))
+            .is_ok()
+        {
+            self.inner.put(trade_id, award);
+        }
+    }
+
+    fn remove(&mut self, trade_id: &str) {
+        if self
+            .looked_up
+            .binary_search_by(|id| id.as_str().cmp(trade_id))
+            .is_ok()
+        {
+            self.inner.remove(trade_id);
+        }
     }
 }
 
@@ -456,10 +563,11 @@ fn add_total(totals: &mut ReplayedTotals, e: &LedgerEntry) -> Result<(), StoreEr
         Some(i) => &mut epochs[i].1,
         None => {
             epochs.push((e.epoch, Totals::default()));
-            &mut epochs.last_mut().map(|x| x).ok_or_else(|| {
-                StoreError::OutOfRange("replayed totals: pushed and gone".into())
-            })?
-            .1
+            &mut epochs
+                .last_mut()
+                .map(|x| x)
+                .ok_or_else(|| StoreError::OutOfRange("replayed totals: pushed and gone".into()))?
+                .1
         }
     };
     t.add_entry(e)
@@ -486,6 +594,7 @@ async fn replay_source(
         ),
         batch: Vec::new().into_iter(),
         head: None,
+        expanded: std::collections::VecDeque::new(),
     };
     let mut state = State::new();
     let wanted = |epoch: i64| opts.epoch.is_none_or(|e| i64::from(e) == epoch);
@@ -498,13 +607,17 @@ async fn replay_source(
                     lsn: Lsn(tx.events.commit_lsn),
                     id: tx.rules_id,
                 })?;
-            let mut book = BatchAwards::default();
-            let ids = book.missing(tx.events.trade_ids_to_look_up());
+            let mut book = ReplayBook {
+                inner: BatchAwards::default(),
+                looked_up: Vec::new(),
+            };
+            let ids = book.inner.missing(tx.events.trade_ids_to_look_up());
             if !ids.is_empty() {
                 let found = lookups
                     .awards_before(&ids, Lsn(tx.events.commit_lsn))
                     .await?;
-                book.record_fetched(ids, found);
+                book.looked_up = ids.clone();
+                book.inner.record_fetched(ids, found);
             }
             let outcome = engine
                 .apply_transaction(&mut state, &mut book, &tx.events)
@@ -514,22 +627,38 @@ async fn replay_source(
                     source,
                 })?;
             let lsn = tx.events.commit_lsn;
-            for e in &outcome.entries {
+            let entries = &outcome.entries;
+            for e in entries {
                 add_total(totals, e)?;
+            }
+            let mut i = 0;
+            while let Some(e) = entries.get(i) {
                 if !wanted(i64::from(e.epoch)) {
+                    i += 1;
                     continue;
+                }
+                // A whole fill row at once when it equals what the engine wrote.
+                if let Some(StoredItem::Fill(f)) = rows.item().await? {
+                    if (f.commit_lsn, f.first_entry) == (lsn, i64::from(e.ordinal)) {
+                        if let Some(n) = fill_equals(f, lsn, &entries[i..]) {
+                            report.entries += n as u64;
+                            rows.take_item();
+                            i += n;
+                            continue;
+                        }
+                    }
                 }
                 report.entries += 1;
                 let key = (lsn, i64::from(e.ordinal));
                 loop {
-                    match rows.peek().await? {
+                    match rows.entry().await? {
                         Some(s) if (s.commit_lsn, s.ordinal) < key => {
                             report.differ(not_replayed(s));
-                            rows.take();
+                            rows.take_entry();
                         }
                         Some(s) if (s.commit_lsn, s.ordinal) == key => {
                             compare(s, e, report);
-                            rows.take();
+                            rows.take_entry();
                             break;
                         }
                         _ => {
@@ -544,15 +673,16 @@ async fn replay_source(
                         }
                     }
                 }
+                i += 1;
             }
             report.transactions += 1;
             progress.tick(report.transactions);
         }
     }
     // Stored entries the replay never reached.
-    while let Some(s) = rows.peek().await? {
+    while let Some(s) = rows.entry().await? {
         report.differ(not_replayed(s));
-        rows.take();
+        rows.take_entry();
     }
     Ok(())
 }

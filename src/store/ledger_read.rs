@@ -66,6 +66,163 @@ pub struct StoredEntry {
     pub rules_version: Arc<str>,
 }
 
+/// What the stored ledger hands out next: a compact fill row (its entries only expanded when
+/// a comparison needs them) or one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredItem {
+    /// A `ledger_fill` row with at least one entry in the view.
+    Fill(Box<StoredFill>),
+    /// A `ledger_position` or `ledger_v1` row.
+    Entry(StoredEntry),
+}
+
+/// A `ledger_fill` row, with what the view reads of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFill {
+    /// Commit LSN of its transaction.
+    pub commit_lsn: u64,
+    /// Ordinal of its first entry.
+    pub first_entry: i64,
+    /// The fill's epoch.
+    pub epoch: i64,
+    /// The trade.
+    pub trade_id: String,
+    /// Whether the row undoes an award.
+    pub reversal: bool,
+    taker: String,
+    maker: String,
+    notional: Option<Decimal>,
+    /// Taker points, multiplier, rate; maker likewise.
+    sides: [[Option<Decimal>; 3]; 2],
+    /// Taker's level 1, level 2, maker's level 1, level 2: user and points.
+    levels: [(Option<String>, Option<Decimal>); 4],
+    shares: [Option<Decimal>; 2],
+    /// Event time of its entries, µs since 1970.
+    pub event_time: i64,
+    /// Rules version.
+    pub rules_version: Arc<str>,
+}
+
+/// One slot of a fill row that is an entry of the view, borrowed from the row.
+#[derive(Debug, Clone, Copy)]
+pub struct FillSlot<'a> {
+    /// Ordinal of the entry.
+    pub ordinal: i64,
+    /// Its kind.
+    pub kind: &'static str,
+    /// Whose.
+    pub user: &'a str,
+    /// Points as the view shows them (negated for a reversal).
+    pub points: Decimal,
+    /// Basis as the view shows it (negated for a reversal).
+    pub basis: Option<Decimal>,
+    /// Multiplier.
+    pub multiplier: Option<Decimal>,
+    /// Rate.
+    pub rate: Option<Decimal>,
+    /// Referee of a referral slot.
+    pub referee: Option<&'a str>,
+}
+
+impl StoredFill {
+    /// The row's entries as the view's lateral VALUES make them: slots in the order taker,
+    /// taker's level 1 and 2, maker, maker's level 1 and 2; a slot is an entry when it has both
+    /// a user and points; its ordinal counts the referrers present before it.
+    pub fn slots(&self) -> impl Iterator<Item = FillSlot<'_>> {
+        let present = |i: usize| i64::from(self.levels[i].0.is_some());
+        let (t1, t2, m1) = (present(0), present(1), present(2));
+        let sign = |d: Decimal| if self.reversal { -d } else { d };
+        let side = |s: usize| self.sides[s];
+        let one = Some(Decimal::ONE);
+        // Level i: 0, 1 the taker's, 2, 3 the maker's; its basis is the referee's points.
+        let level = |i: usize, k: i64, kind: &'static str| {
+            let (user, points) = &self.levels[i];
+            let referee = if i < 2 {
+                self.taker.as_str()
+            } else {
+                self.maker.as_str()
+            };
+            let basis = side(i / 2)[0];
+            (
+                k,
+                kind,
+                user.as_deref(),
+                *points,
+                basis,
+                one,
+                self.shares[i % 2],
+                Some(referee),
+            )
+        };
+        let slots = [
+            (
+                0,
+                "trading_taker",
+                Some(self.taker.as_str()),
+                side(0)[0],
+                self.notional,
+                side(0)[1],
+                side(0)[2],
+                None,
+            ),
+            level(0, 1, "referral_l1"),
+            level(1, 1 + t1, "referral_l2"),
+            (
+                1 + t1 + t2,
+                "trading_maker",
+                Some(self.maker.as_str()),
+                side(1)[0],
+                self.notional,
+                side(1)[1],
+                side(1)[2],
+                None,
+            ),
+            level(2, 2 + t1 + t2, "referral_l1"),
+            level(3, 2 + t1 + t2 + m1, "referral_l2"),
+        ];
+        let first = self.first_entry;
+        slots.into_iter().filter_map(
+            move |(k, kind, user, points, basis, multiplier, rate, referee)| {
+                Some(FillSlot {
+                    ordinal: first + k,
+                    kind,
+                    user: user?,
+                    points: sign(points?),
+                    basis: basis.map(sign),
+                    multiplier,
+                    rate,
+                    referee,
+                })
+            },
+        )
+    }
+
+    /// The row's entries, owned.
+    pub fn entries(&self) -> Vec<StoredEntry> {
+        self.slots()
+            .map(|s| StoredEntry {
+                commit_lsn: self.commit_lsn,
+                ordinal: s.ordinal,
+                user: s.user.to_owned(),
+                epoch: self.epoch,
+                kind: Cow::Borrowed(s.kind),
+                reversal: self.reversal,
+                points: s.points,
+                basis: s.basis,
+                multiplier: s.multiplier,
+                rate: s.rate,
+                position_notional: None,
+                trade_id: Some(self.trade_id.clone()),
+                position_id: None,
+                referee: s.referee.map(str::to_owned),
+                segment_start: None,
+                event_time: self.event_time,
+                rules_version: self.rules_version.clone(),
+            })
+            .collect()
+    }
+}
+
 /// Which table a cursor reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Table {
@@ -90,8 +247,8 @@ pub struct StoredLedger<'a> {
     /// (commit LSN, first ordinal of the row, cursor) of each cursor's next row.
     heads: BinaryHeap<Reverse<(u64, i64, usize)>>,
     versions: BTreeMap<i16, Arc<str>>,
-    /// Entries of the row being handed out.
-    pending: VecDeque<StoredEntry>,
+    /// The item of the row being handed out.
+    pending: Option<StoredItem>,
 }
 
 const FILL_COLUMNS: &str = "commit_lsn, first_entry, epoch, trade_id, reversal, taker, maker, \
@@ -127,7 +284,12 @@ impl Store {
         let mut declared = Vec::new();
         for (table, name, columns, key) in [
             (Table::Fill, "ledger_fill", FILL_COLUMNS, "ordinal"),
-            (Table::Position, "ledger_position", POSITION_COLUMNS, "ordinal"),
+            (
+                Table::Position,
+                "ledger_position",
+                POSITION_COLUMNS,
+                "ordinal",
+            ),
         ] {
             for e in self.epochs_of(name, epoch).await? {
                 declared.push((
@@ -141,10 +303,7 @@ impl Store {
         }
         let has_v1: bool = self
             .client
-            .query_one(
-                "SELECT to_regclass('walpoints.ledger_v1') IS NOT NULL",
-                &[],
-            )
+            .query_one("SELECT to_regclass('walpoints.ledger_v1') IS NOT NULL", &[])
             .await
             .map_err(StoreError::db("look for ledger_v1"))?
             .get(0);
@@ -183,7 +342,7 @@ impl Store {
             cursors,
             heads: BinaryHeap::new(),
             versions,
-            pending: VecDeque::new(),
+            pending: None,
         };
         for i in 0..ledger.cursors.len() {
             ledger.push_head(i).await?;
@@ -220,11 +379,12 @@ fn lsn_of(r: &Row) -> u64 {
 }
 
 impl StoredLedger<'_> {
-    /// The next entry, `None` after the last.
-    pub async fn next(&mut self) -> Result<Option<StoredEntry>, StoreError> {
+    /// The next item, `None` after the last; fill rows without entries are skipped, as the
+    /// view has no row for them.
+    pub async fn next(&mut self) -> Result<Option<StoredItem>, StoreError> {
         loop {
-            if let Some(e) = self.pending.pop_front() {
-                return Ok(Some(e));
+            if let Some(item) = self.pending.take() {
+                return Ok(Some(item));
             }
             let Some(Reverse((_, _, i))) = self.heads.pop() else {
                 return Ok(None);
@@ -254,17 +414,17 @@ impl StoredLedger<'_> {
         }
         if let Some(r) = c.rows.front() {
             let first: i32 = r.get(1);
-            self.heads
-                .push(Reverse((lsn_of(r), i64::from(first), i)));
+            self.heads.push(Reverse((lsn_of(r), i64::from(first), i)));
         }
         Ok(())
     }
 
     fn version(&self, id: i16) -> Result<Arc<str>, StoreError> {
-        self.versions
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| StoreError::OutOfRange(format!("ledger row names rules {id}, which walpoints.rules does not hold")))
+        self.versions.get(&id).cloned().ok_or_else(|| {
+            StoreError::OutOfRange(format!(
+                "ledger row names rules {id}, which walpoints.rules does not hold"
+            ))
+        })
     }
 
     /// The view's rows for one stored row, into `pending`.
@@ -273,7 +433,7 @@ impl StoredLedger<'_> {
         let commit_lsn = lsn_of(r);
         match table {
             Table::V1 => {
-                self.pending.push_back(StoredEntry {
+                self.pending = Some(StoredItem::Entry(StoredEntry {
                     commit_lsn,
                     ordinal: i64::from(r.get::<_, i32>(1)),
                     epoch: i64::from(r.get::<_, i32>(2)),
@@ -291,11 +451,11 @@ impl StoredLedger<'_> {
                     segment_start: ts(14),
                     event_time: ts(15).unwrap_or_default(),
                     rules_version: Arc::from(r.get::<_, &str>(16)),
-                });
+                }));
             }
             Table::Position => {
                 let kind: &str = r.get(3);
-                self.pending.push_back(StoredEntry {
+                self.pending = Some(StoredItem::Entry(StoredEntry {
                     commit_lsn,
                     ordinal: i64::from(r.get::<_, i32>(1)),
                     epoch: i64::from(r.get::<_, i32>(2)),
@@ -317,71 +477,38 @@ impl StoredLedger<'_> {
                     segment_start: ts(10),
                     event_time: ts(11).unwrap_or_default(),
                     rules_version: self.version(r.get(12))?,
-                });
+                }));
             }
             Table::Fill => self.expand_fill(commit_lsn, r)?,
         }
         Ok(())
     }
 
-    /// A `ledger_fill` row's entries, as the view's lateral VALUES make them: slots in the
-    /// order taker, taker's level 1 and 2, maker, maker's level 1 and 2; a slot is an entry
-    /// when it has both a user and points; ordinals count the referrers present before it.
+    /// A `ledger_fill` row, kept compact (skipped when the view has no entry for it).
     fn expand_fill(&mut self, commit_lsn: u64, r: &Row) -> Result<(), StoreError> {
-        let first = i64::from(r.get::<_, i32>(1));
-        let epoch = i64::from(r.get::<_, i32>(2));
-        let trade_id: String = r.get(3);
-        let reversal: bool = r.get(4);
-        let taker: String = r.get(5);
-        let maker: String = r.get(6);
         let dec = |i: usize| r.get::<_, Option<Decimal>>(i);
-        let notional = dec(7);
-        let (taker_points, maker_points) = (dec(8), dec(11));
-        let taker_l1: Option<String> = r.get(14);
-        let taker_l2: Option<String> = r.get(16);
-        let maker_l1: Option<String> = r.get(18);
-        let maker_l2: Option<String> = r.get(20);
-        let (t1, t2, m1) = (
-            i64::from(taker_l1.is_some()),
-            i64::from(taker_l2.is_some()),
-            i64::from(maker_l1.is_some()),
-        );
-        let (l1_share, l2_share) = (dec(22), dec(23));
-        let event_time = micros_of(r.get(24));
-        let version = self.version(r.get(25))?;
-        let sign = |d: Decimal| if reversal { -d } else { d };
-        // (k, kind, user, points, basis, multiplier, rate, referee)
-        let slots: [(i64, &'static str, Option<String>, Option<Decimal>, Option<Decimal>, Option<Decimal>, Option<Decimal>, Option<&String>); 6] = [
-            (0, "trading_taker", Some(taker.clone()), taker_points, notional, dec(9), dec(10), None),
-            (1, "referral_l1", taker_l1, dec(15), taker_points, Some(Decimal::ONE), l1_share, Some(&taker)),
-            (1 + t1, "referral_l2", taker_l2, dec(17), taker_points, Some(Decimal::ONE), l2_share, Some(&taker)),
-            (1 + t1 + t2, "trading_maker", Some(maker.clone()), maker_points, notional, dec(12), dec(13), None),
-            (2 + t1 + t2, "referral_l1", maker_l1, dec(19), maker_points, Some(Decimal::ONE), l1_share, Some(&maker)),
-            (2 + t1 + t2 + m1, "referral_l2", maker_l2, dec(21), maker_points, Some(Decimal::ONE), l2_share, Some(&maker)),
-        ];
-        for (k, kind, user, points, basis, multiplier, rate, referee) in slots {
-            let (Some(user), Some(points)) = (user, points) else {
-                continue;
-            };
-            self.pending.push_back(StoredEntry {
-                commit_lsn,
-                ordinal: first + k,
-                user,
-                epoch,
-                kind: Cow::Borrowed(kind),
-                reversal,
-                points: sign(points),
-                basis: basis.map(sign),
-                multiplier,
-                rate,
-                position_notional: None,
-                trade_id: Some(trade_id.clone()),
-                position_id: None,
-                referee: referee.cloned(),
-                segment_start: None,
-                event_time,
-                rules_version: version.clone(),
-            });
+        let fill = StoredFill {
+            commit_lsn,
+            first_entry: i64::from(r.get::<_, i32>(1)),
+            epoch: i64::from(r.get::<_, i32>(2)),
+            trade_id: r.get(3),
+            reversal: r.get(4),
+            taker: r.get(5),
+            maker: r.get(6),
+            notional: dec(7),
+            sides: [[dec(8), dec(9), dec(10)], [dec(11), dec(12), dec(13)]],
+            levels: [
+                (r.get(14), dec(15)),
+                (r.get(16), dec(17)),
+                (r.get(18), dec(19)),
+                (r.get(20), dec(21)),
+            ],
+            shares: [dec(22), dec(23)],
+            event_time: micros_of(r.get(24)),
+            rules_version: self.version(r.get(25))?,
+        };
+        if fill.slots().next().is_some() {
+            self.pending = Some(StoredItem::Fill(Box::new(fill)));
         }
         Ok(())
     }

@@ -47,7 +47,7 @@ pub use batch::{Batch, BatchAwards};
 pub use error::StoreError;
 pub use journal::{JournalChunk, JournalReader, JournaledTx};
 pub use ledger::FillRow;
-pub use ledger_read::{StoredEntry, StoredLedger};
+pub use ledger_read::{FillSlot, StoredEntry, StoredFill, StoredItem, StoredLedger};
 pub use tx::StoreTx;
 pub use writer::{write_batches, Seal, StoreWriter, WriterJobs};
 
