@@ -469,8 +469,8 @@ pub async fn build(lab: &Lab, store: &Client, fills: u64, users: u64) -> Result<
     // Autovacuum would get there; the bench does not wait for it (index-only scans need the
     // visibility map).
     for sql in [
-        "VACUUM ANALYZE walpoints.user_epoch_points, walpoints.user_batch, walpoints.journal, \
-         walpoints.ledger_fill",
+        "VACUUM ANALYZE walpoints.user_epoch_points, walpoints.user_batch",
+        "ANALYZE walpoints.journal, walpoints.ledger_fill",
         "CHECKPOINT",
     ] {
         store.batch_execute(sql).await?;
@@ -739,5 +739,18 @@ pub async fn run(lab: &Lab, plan: &Plan) -> Result<()> {
     }
     println!("{table}");
     daemon.stop()?;
+    // For looking at the store by hand (EXPLAIN, another replay): the server stays up until
+    // the file named by WALPOINTS_BENCH_SEASON_HOLD is removed.
+    if let Some(hold) = std::env::var_os("WALPOINTS_BENCH_SEASON_HOLD") {
+        std::fs::write(&hold, lab.url("walpoints"))?;
+        eprintln!(
+            "season: holding the server ({}) until {} is removed",
+            lab.url("walpoints"),
+            std::path::Path::new(&hold).display()
+        );
+        while std::path::Path::new(&hold).exists() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
     Ok(())
 }
