@@ -248,7 +248,7 @@ pub async fn build(lab: &Lab, store: &Client, fills: u64, users: u64) -> Result<
                 } else {
                     (rng.unit().powi(2) * users as f64) as u64
                 };
-                let price = Decimal::new(100_00 + rng.below(60_000_00) as i64, 2);
+                let price = Decimal::new(10_000 + rng.below(6_000_000) as i64, 2);
                 let amount = Decimal::new(1 + rng.below(20_000) as i64, 3);
                 let amount = if rng.below(2) == 0 { amount } else { -amount };
                 v.push(Event::TradeInserted {
@@ -382,7 +382,7 @@ pub async fn build(lab: &Lab, store: &Client, fills: u64, users: u64) -> Result<
         range.1 = Lsn(lsn);
         tx_count += 1;
         txs += 1;
-        if tx_count % TX_PER_BATCH == 0 || txs > transactions {
+        if tx_count.is_multiple_of(TX_PER_BATCH) || txs > transactions {
             if let Some((first, last)) = batch_range.take() {
                 for ((user, epoch), lsns) in std::mem::take(&mut batch) {
                     let b = &mut postings.buf;
@@ -400,7 +400,7 @@ pub async fn build(lab: &Lab, store: &Client, fills: u64, users: u64) -> Result<
         }
         lsn += 0x1000;
         commit_time += step;
-        if tx_count % 100_000 == 0 {
+        if tx_count.is_multiple_of(100_000) {
             eprintln!(
                 "season: {tx_count} / {} transactions generated ({:.0} s)",
                 transactions + 1,

@@ -470,7 +470,7 @@ impl StoredStream {
             self.item().await?;
             match self.head.take() {
                 Some(StoredItem::Fill(f)) => self.expanded.extend(f.entries()),
-                Some(StoredItem::Entry(e)) => self.expanded.push_back(e),
+                Some(StoredItem::Entry(e)) => self.expanded.push_back(*e),
                 None => {}
             }
         }
@@ -559,17 +559,14 @@ fn add_total(totals: &mut ReplayedTotals, e: &LedgerEntry) -> Result<(), StoreEr
         Some(v) => v,
         None => totals.entry(e.user.clone()).or_default(),
     };
-    let t = match epochs.iter().position(|(epoch, _)| *epoch == e.epoch) {
-        Some(i) => &mut epochs[i].1,
+    let i = match epochs.iter().position(|(epoch, _)| *epoch == e.epoch) {
+        Some(i) => i,
         None => {
             epochs.push((e.epoch, Totals::default()));
-            &mut epochs
-                .last_mut()
-                .map(|x| x)
-                .ok_or_else(|| StoreError::OutOfRange("replayed totals: pushed and gone".into()))?
-                .1
+            epochs.len() - 1
         }
     };
+    let t = &mut epochs[i].1;
     t.add_entry(e)
         .map_err(|source| StoreError::bad_value("replayed totals", source))
 }

@@ -73,7 +73,7 @@ pub enum StoredItem {
     /// A `ledger_fill` row with at least one entry in the view.
     Fill(Box<StoredFill>),
     /// A `ledger_position` or `ledger_v1` row.
-    Entry(StoredEntry),
+    Entry(Box<StoredEntry>),
 }
 
 /// A `ledger_fill` row, with what the view reads of it.
@@ -490,7 +490,7 @@ impl StoredLedger<'_> {
         let commit_lsn = lsn_of(r);
         match table {
             Table::V1 => {
-                self.pending = Some(StoredItem::Entry(StoredEntry {
+                self.pending = Some(StoredItem::Entry(Box::new(StoredEntry {
                     commit_lsn,
                     ordinal: i64::from(r.get::<_, i32>(1)),
                     epoch: i64::from(r.get::<_, i32>(2)),
@@ -508,11 +508,11 @@ impl StoredLedger<'_> {
                     segment_start: ts(14),
                     event_time: ts(15).unwrap_or_default(),
                     rules_version: Arc::from(r.get::<_, &str>(16)),
-                }));
+                })));
             }
             Table::Position => {
                 let kind: &str = r.get(3);
-                self.pending = Some(StoredItem::Entry(StoredEntry {
+                self.pending = Some(StoredItem::Entry(Box::new(StoredEntry {
                     commit_lsn,
                     ordinal: i64::from(r.get::<_, i32>(1)),
                     epoch: i64::from(r.get::<_, i32>(2)),
@@ -534,7 +534,7 @@ impl StoredLedger<'_> {
                     segment_start: ts(10),
                     event_time: ts(11).unwrap_or_default(),
                     rules_version: self.version(r.get(12))?,
-                }));
+                })));
             }
             Table::Fill => self.expand_fill(commit_lsn, r)?,
         }
