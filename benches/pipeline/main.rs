@@ -16,6 +16,10 @@
 //!   same server clock) and whether lag grows over the run.
 //! - `memory`: walpoints' peak RSS with 1,000,000 open positions and 1,000,000 distinct users in
 //!   its state.
+//! - `season` (only when named): a store holding a season of earlier epochs (20,000,000
+//!   journaled fills, generated with the engine and loaded by COPY), then `walpoints replay
+//!   --verify` of it (wall time, fills/s) and the points API's p50/p99 against it while
+//!   `walpoints run` serves ([`season`]).
 //! - `soak` (only when named, and alone: it restarts the server): ten minutes at 1,000 trades/s
 //!   with a fault every minute; prints RSS, lag, catch-up times and whether the faulted
 //!   instance's ledger equals an undisturbed one's byte for byte ([`soak`]).
@@ -29,6 +33,7 @@ mod drain;
 mod lab;
 mod live;
 mod memory;
+mod season;
 mod soak;
 mod workload;
 
@@ -84,8 +89,8 @@ fn main() -> Result<()> {
         parts = vec!["drain".into(), "live".into(), "memory".into()];
     }
     for p in &parts {
-        if !["drain", "live", "memory", "soak"].contains(&p.as_str()) {
-            bail!("unknown part {p:?}: expected drain, live, memory or soak");
+        if !["drain", "live", "memory", "season", "soak"].contains(&p.as_str()) {
+            bail!("unknown part {p:?}: expected drain, live, memory, season or soak");
         }
     }
     let plan = plan()?;
@@ -100,6 +105,7 @@ fn main() -> Result<()> {
                 "drain" => drain::run(&lab, &plan).await?,
                 "live" => live::run(&lab, &plan).await?,
                 "memory" => memory::run(&lab, &plan).await?,
+                "season" => season::run(&lab, &plan).await?,
                 "soak" => soak::run(&lab, &plan).await?,
                 _ => {}
             }

@@ -10,7 +10,7 @@
 //!
 //! Exit codes: 0 equal, 1 differences (the first ones listed), 2 cannot compare.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use futures_util::{pin_mut, StreamExt};
@@ -20,9 +20,11 @@ use tokio_postgres::types::PgLsn;
 use super::progress::ProgressLine;
 use crate::config::Config;
 use crate::lsn::Lsn;
+use crate::points::{Award, AwardBook};
 use crate::points::{Engine, EpochId, LedgerEntry, RulesError, State, Totals};
-use crate::store::{BatchAwards, Store, StoreError};
-use crate::time::micros_of;
+use crate::store::{
+    BatchAwards, JournaledTx, Store, StoreError, StoredEntry, StoredFill, StoredItem,
+};
 
 /// How many differences the report lists (all are counted).
 const LISTED: usize = 20;
@@ -197,7 +199,7 @@ pub async fn verify(config: &Config, opts: &ReplayOptions) -> Result<ReplayRepor
         engines.insert(id, engine);
     }
     let mut report = ReplayReport::default();
-    let mut totals: BTreeMap<(String, EpochId), Totals> = BTreeMap::new();
+    let mut totals = ReplayedTotals::new();
     let total_tx: i64 = sources.iter().map(|r| r.get::<_, i64>(3)).sum();
     let mut progress = ProgressLine::new(
         "replay",
@@ -220,7 +222,7 @@ pub async fn verify(config: &Config, opts: &ReplayOptions) -> Result<ReplayRepor
             &source_id,
             until,
             &engines,
-            (&journal, &stored, &lookups),
+            (journal, stored, &lookups),
             opts,
             &mut totals,
             &mut report,
@@ -229,7 +231,7 @@ pub async fn verify(config: &Config, opts: &ReplayOptions) -> Result<ReplayRepor
         .await?;
         report.sources += 1;
     }
-    compare_totals(&first, &totals, opts, &mut report).await?;
+    compare_totals(&first, totals, opts, &mut report).await?;
     report.elapsed = started.elapsed();
     progress.finish(report.transactions);
     Ok(report)
@@ -267,32 +269,6 @@ async fn joined(
     Ok(store)
 }
 
-/// One entry as compared: its key and every column, decimals normalized.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Line {
-    commit_lsn: u64,
-    ordinal: u32,
-    user: String,
-    epoch: i64,
-    columns: [(&'static str, String); 13],
-}
-
-const COLUMNS: [&str; 13] = [
-    "kind",
-    "reversal",
-    "points",
-    "basis",
-    "multiplier",
-    "rate",
-    "position_notional",
-    "trade_id",
-    "position_id",
-    "referee",
-    "segment_start",
-    "event_time",
-    "rules_version",
-];
-
 fn norm(d: Option<Decimal>) -> String {
     d.map_or_else(|| "NULL".into(), |d| d.normalize().to_string())
 }
@@ -305,81 +281,294 @@ fn time(t: Option<i64>) -> String {
     t.map_or_else(|| "NULL".into(), crate::time::format_rfc3339)
 }
 
-fn line_of(commit_lsn: u64, e: &LedgerEntry) -> Line {
-    let v = [
-        e.kind.as_str().to_owned(),
-        e.reversal.to_string(),
-        norm(Some(e.points)),
-        norm(Some(e.basis)),
-        norm(Some(e.multiplier)),
-        norm(Some(e.rate)),
-        norm(e.position_notional),
-        opt(e.trade_id.as_deref()),
-        opt(e.position_id.as_deref()),
-        opt(e.referee.as_deref()),
-        time(e.segment_start),
-        time(Some(e.event_time)),
-        e.rules_version.to_string(),
-    ];
-    Line {
-        commit_lsn,
-        ordinal: e.ordinal,
-        user: e.user.clone(),
-        epoch: i64::from(e.epoch),
-        columns: std::array::from_fn(|i| (COLUMNS[i], v[i].clone())),
-    }
-}
-
-fn line_of_row(r: &tokio_postgres::Row) -> Line {
-    let ts = |i: usize| r.get::<_, Option<std::time::SystemTime>>(i).map(micros_of);
-    let v = [
-        r.get::<_, String>(4),
-        r.get::<_, bool>(5).to_string(),
-        norm(r.get(6)),
-        norm(r.get(7)),
-        norm(r.get(8)),
-        norm(r.get(9)),
-        norm(r.get(10)),
-        opt(r.get(11)),
-        opt(r.get(12)),
-        opt(r.get(13)),
-        time(ts(14)),
-        time(ts(15)),
-        r.get::<_, String>(16),
-    ];
-    Line {
-        commit_lsn: u64::from(r.get::<_, PgLsn>(0)),
-        ordinal: u32::try_from(r.get::<_, i32>(1)).unwrap_or(u32::MAX),
-        user: r.get(2),
-        epoch: i64::from(r.get::<_, i32>(3)),
-        columns: std::array::from_fn(|i| (COLUMNS[i], v[i].clone())),
-    }
-}
-
-/// Compares one stored entry with one replayed entry of the same key.
-fn compare(stored: &Line, replayed: &Line, report: &mut ReplayReport) {
-    let key = format!("entry {}/{}", Lsn(stored.commit_lsn), stored.ordinal);
-    if stored.user != replayed.user || stored.epoch != replayed.epoch {
+/// Compares one stored entry with the replayed entry of the same key, column by column
+/// (decimals by value); a difference is rendered only when found.
+fn compare(s: &StoredEntry, e: &LedgerEntry, report: &mut ReplayReport) {
+    let key = || format!("entry {}/{}", Lsn(s.commit_lsn), s.ordinal);
+    if s.user != e.user || s.epoch != i64::from(e.epoch) {
         report.differ(ReplayDifference {
-            user: stored.user.clone(),
-            epoch: stored.epoch,
-            what: format!("{key} user/epoch"),
-            stored: format!("{} {}", stored.user, stored.epoch),
-            replayed: format!("{} {}", replayed.user, replayed.epoch),
+            user: s.user.clone(),
+            epoch: s.epoch,
+            what: format!("{} user/epoch", key()),
+            stored: format!("{} {}", s.user, s.epoch),
+            replayed: format!("{} {}", e.user, e.epoch),
         });
         return;
     }
-    for ((name, s), (_, r)) in stored.columns.iter().zip(&replayed.columns) {
-        if s != r {
-            report.differ(ReplayDifference {
-                user: stored.user.clone(),
-                epoch: stored.epoch,
-                what: format!("{key} {name}"),
-                stored: s.clone(),
-                replayed: r.clone(),
-            });
+    let mut differ = |name: &str, stored: String, replayed: String| {
+        report.differ(ReplayDifference {
+            user: s.user.clone(),
+            epoch: s.epoch,
+            what: format!("{} {name}", key()),
+            stored,
+            replayed,
+        });
+    };
+    if s.kind != e.kind.as_str() {
+        differ("kind", s.kind.to_string(), e.kind.as_str().to_owned());
+    }
+    if s.reversal != e.reversal {
+        differ("reversal", s.reversal.to_string(), e.reversal.to_string());
+    }
+    for (name, stored, replayed) in [
+        ("points", Some(s.points), Some(e.points)),
+        ("basis", s.basis, Some(e.basis)),
+        ("multiplier", s.multiplier, Some(e.multiplier)),
+        ("rate", s.rate, Some(e.rate)),
+        (
+            "position_notional",
+            s.position_notional,
+            e.position_notional,
+        ),
+    ] {
+        if stored != replayed {
+            differ(name, norm(stored), norm(replayed));
         }
     }
+    for (name, stored, replayed) in [
+        ("trade_id", s.trade_id.as_deref(), e.trade_id.as_deref()),
+        (
+            "position_id",
+            s.position_id.as_deref(),
+            e.position_id.as_deref(),
+        ),
+        ("referee", s.referee.as_deref(), e.referee.as_deref()),
+    ] {
+        if stored != replayed {
+            differ(name, opt(stored), opt(replayed));
+        }
+    }
+    if s.segment_start != e.segment_start {
+        differ(
+            "segment_start",
+            time(s.segment_start),
+            time(e.segment_start),
+        );
+    }
+    if s.event_time != e.event_time {
+        differ(
+            "event_time",
+            time(Some(s.event_time)),
+            time(Some(e.event_time)),
+        );
+    }
+    if *s.rules_version != *e.rules_version {
+        differ(
+            "rules_version",
+            s.rules_version.to_string(),
+            e.rules_version.to_string(),
+        );
+    }
+}
+
+/// Journaled transactions handed from the reading task to the engine per message.
+const TX_PER_MESSAGE: usize = 512;
+/// Stored entries handed from the reading task to the comparison per message.
+const ENTRIES_PER_MESSAGE: usize = 8_192;
+
+/// Reads the journal on its own connection and task, so that decoding it overlaps the engine.
+fn spawn_journal(
+    journal: Store,
+    until: Lsn,
+) -> tokio::sync::mpsc::Receiver<Result<Vec<JournaledTx>, StoreError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let read = async {
+            let mut reader = journal.read_journal(None, until).await?;
+            loop {
+                let mut batch = Vec::with_capacity(TX_PER_MESSAGE);
+                while batch.len() < TX_PER_MESSAGE {
+                    match reader.next_tx().await? {
+                        Some(t) => batch.push(t),
+                        None => break,
+                    }
+                }
+                let last = batch.len() < TX_PER_MESSAGE;
+                if tx.send(Ok(batch)).await.is_err() || last {
+                    return Ok(());
+                }
+            }
+        };
+        if let Err(e) = read.await {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    rx
+}
+
+/// Reads the stored ledger (its partitions merged in commit order) on its own connection and
+/// task, so that decoding and expanding it overlaps the engine.
+fn spawn_stored(
+    stored: Store,
+    until: Lsn,
+    epoch: Option<i32>,
+) -> tokio::sync::mpsc::Receiver<Result<Vec<StoredItem>, StoreError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let read = async {
+            let mut ledger = stored.stored_ledger(until, epoch).await?;
+            loop {
+                let mut batch = Vec::with_capacity(ENTRIES_PER_MESSAGE);
+                while batch.len() < ENTRIES_PER_MESSAGE {
+                    match ledger.next().await? {
+                        Some(e) => batch.push(e),
+                        None => break,
+                    }
+                }
+                let last = batch.len() < ENTRIES_PER_MESSAGE;
+                if tx.send(Ok(batch)).await.is_err() || last {
+                    return Ok::<_, StoreError>(());
+                }
+            }
+        };
+        if let Err(e) = read.await {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    rx
+}
+
+/// The stored items, one at a time, from the reading task's messages; a fill row is
+/// expanded into its entries only when the comparison must go entry by entry.
+struct StoredStream {
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<StoredItem>, StoreError>>,
+    batch: std::vec::IntoIter<StoredItem>,
+    /// The next item, looked at but not taken.
+    head: Option<StoredItem>,
+    /// Entries of an expanded item, before `head`.
+    expanded: std::collections::VecDeque<StoredEntry>,
+}
+
+impl StoredStream {
+    /// The next item, when no expanded entry comes first.
+    async fn item(&mut self) -> Result<Option<&StoredItem>, StoreError> {
+        if !self.expanded.is_empty() {
+            return Ok(None);
+        }
+        if self.head.is_none() {
+            self.head = loop {
+                if let Some(e) = self.batch.next() {
+                    break Some(e);
+                }
+                match self.rx.recv().await {
+                    Some(Ok(b)) => self.batch = b.into_iter(),
+                    Some(Err(e)) => return Err(e),
+                    None => break None,
+                }
+            };
+        }
+        Ok(self.head.as_ref())
+    }
+
+    fn take_item(&mut self) {
+        self.head = None;
+    }
+
+    /// The next entry (expanding a fill row if one comes next).
+    async fn entry(&mut self) -> Result<Option<&StoredEntry>, StoreError> {
+        if self.expanded.is_empty() {
+            self.item().await?;
+            match self.head.take() {
+                Some(StoredItem::Fill(f)) => self.expanded.extend(f.entries()),
+                Some(StoredItem::Entry(e)) => self.expanded.push_back(*e),
+                None => {}
+            }
+        }
+        Ok(self.expanded.front())
+    }
+
+    fn take_entry(&mut self) {
+        self.expanded.pop_front();
+    }
+}
+
+/// Whether a stored fill row equals the replayed entries it must stand for (every compared
+/// column of each): then they are counted as compared without expanding the row. `None`
+/// sends the comparison entry by entry, which names the difference.
+fn fill_equals(f: &StoredFill, lsn: u64, replayed: &[LedgerEntry]) -> Option<usize> {
+    let mut n = 0;
+    for s in f.slots() {
+        let e = replayed.get(n)?;
+        let same = f.commit_lsn == lsn
+            && s.ordinal == i64::from(e.ordinal)
+            && s.user == e.user
+            && f.epoch == i64::from(e.epoch)
+            && s.kind == e.kind.as_str()
+            && f.reversal == e.reversal
+            && s.points == e.points
+            && s.basis == Some(e.basis)
+            && s.multiplier == Some(e.multiplier)
+            && s.rate == Some(e.rate)
+            && e.position_notional.is_none()
+            && e.trade_id.as_deref() == Some(f.trade_id.as_str())
+            && e.position_id.is_none()
+            && s.referee == e.referee.as_deref()
+            && e.segment_start.is_none()
+            && f.event_time == e.event_time
+            && *f.rules_version == *e.rules_version;
+        if !same {
+            return None;
+        }
+        n += 1;
+    }
+    Some(n)
+}
+
+/// The award book of one replayed transaction: what the store held before it (fetched for the
+/// ids the engine will look up) overlaid by what the transaction itself changed of those ids.
+/// Awards of other trades are not kept: nothing in the transaction reads them again, and the
+/// next transaction reads the stored rows.
+struct ReplayBook {
+    inner: BatchAwards,
+    /// The ids the engine looks up in this transaction, sorted.
+    looked_up: Vec<String>,
+}
+
+impl AwardBook for ReplayBook {
+    fn get(&self, trade_id: &str) -> Option<Award> {
+        self.inner.get(trade_id)
+    }
+
+    fn put(&mut self, trade_id: &str, award: Award) {
+        if self
+            .looked_up
+            .binary_search_by(|id| id.as_str().cmp(trade_id))
+            .is_ok()
+        {
+            self.inner.put(trade_id, award);
+        }
+    }
+
+    fn remove(&mut self, trade_id: &str) {
+        if self
+            .looked_up
+            .binary_search_by(|id| id.as_str().cmp(trade_id))
+            .is_ok()
+        {
+            self.inner.remove(trade_id);
+        }
+    }
+}
+
+/// Replayed totals per user, then per epoch (a user has entries in few epochs): looked up by
+/// the entry's `&str`, so an entry costs no key allocation once its user is known.
+type ReplayedTotals = HashMap<String, Vec<(EpochId, Totals)>>;
+
+fn add_total(totals: &mut ReplayedTotals, e: &LedgerEntry) -> Result<(), StoreError> {
+    let epochs = match totals.get_mut(e.user.as_str()) {
+        Some(v) => v,
+        None => totals.entry(e.user.clone()).or_default(),
+    };
+    let i = match epochs.iter().position(|(epoch, _)| *epoch == e.epoch) {
+        Some(i) => i,
+        None => {
+            epochs.push((e.epoch, Totals::default()));
+            epochs.len() - 1
+        }
+    };
+    let t = &mut epochs[i].1;
+    t.add_entry(e)
+        .map_err(|source| StoreError::bad_value("replayed totals", source))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -387,176 +576,131 @@ async fn replay_source(
     source_id: &str,
     until: Lsn,
     engines: &BTreeMap<i16, Engine>,
-    (journal, stored, lookups): (&Store, &Store, &Store),
+    (journal, stored, lookups): (Store, Store, &Store),
     opts: &ReplayOptions,
-    totals: &mut BTreeMap<(String, EpochId), Totals>,
+    totals: &mut ReplayedTotals,
     report: &mut ReplayReport,
     progress: &mut ProgressLine,
 ) -> Result<(), ReplayError> {
-    let mut reader = journal.read_journal(None, until).await?;
-    let until_lsn = PgLsn::from(until.0);
-    let rows = stored
-        .client()
-        .query_raw(
-            "SELECT commit_lsn, ordinal, user_address, epoch, kind, reversal, points, basis, \
-             multiplier, rate, position_notional, trade_id, position_id, referee, segment_start, \
-             event_time, rules_version FROM walpoints.ledger \
-             WHERE source_id = $1 AND commit_lsn <= $2 AND ($3::int IS NULL OR epoch = $3) \
-             ORDER BY commit_lsn, ordinal",
-            [
-                &source_id as &(dyn tokio_postgres::types::ToSql + Sync),
-                &until_lsn,
-                &opts.epoch.map(|e| i32::try_from(e).unwrap_or(i32::MAX)),
-            ],
-        )
-        .await
-        .map_err(StoreError::db("read the ledger"))?;
-    pin_mut!(rows);
-    let mut next_stored: Option<Line> = None;
+    let mut txs = spawn_journal(journal, until);
+    let mut rows = StoredStream {
+        rx: spawn_stored(
+            stored,
+            until,
+            opts.epoch.map(|e| i32::try_from(e).unwrap_or(i32::MAX)),
+        ),
+        batch: Vec::new().into_iter(),
+        head: None,
+        expanded: std::collections::VecDeque::new(),
+    };
     let mut state = State::new();
     let wanted = |epoch: i64| opts.epoch.is_none_or(|e| i64::from(e) == epoch);
-    while let Some(tx) = reader.next_tx().await? {
-        let engine = engines
-            .get(&tx.rules_id)
-            .ok_or_else(|| ReplayError::UnknownRules {
-                source_id: source_id.to_owned(),
-                lsn: Lsn(tx.events.commit_lsn),
-                id: tx.rules_id,
-            })?;
-        let mut book = BatchAwards::default();
-        let ids = book.missing(tx.events.trade_ids_to_look_up());
-        if !ids.is_empty() {
-            let found = lookups
-                .awards_before(&ids, Lsn(tx.events.commit_lsn))
-                .await?;
-            book.record_fetched(ids, found);
-        }
-        let outcome = engine
-            .apply_transaction(&mut state, &mut book, &tx.events)
-            .map_err(|source| ReplayError::Stream {
-                source_id: source_id.to_owned(),
-                lsn: Lsn(tx.events.commit_lsn),
-                source,
-            })?;
-        for e in &outcome.entries {
-            totals
-                .entry((e.user.clone(), e.epoch))
-                .or_default()
-                .add_entry(e)
-                .map_err(|source| StoreError::bad_value("replayed totals", source))?;
-            let replayed = line_of(tx.events.commit_lsn, e);
-            if !wanted(replayed.epoch) {
-                continue;
+    while let Some(batch) = txs.recv().await {
+        for tx in batch? {
+            let engine = engines
+                .get(&tx.rules_id)
+                .ok_or_else(|| ReplayError::UnknownRules {
+                    source_id: source_id.to_owned(),
+                    lsn: Lsn(tx.events.commit_lsn),
+                    id: tx.rules_id,
+                })?;
+            let mut book = ReplayBook {
+                inner: BatchAwards::default(),
+                looked_up: Vec::new(),
+            };
+            let ids = book.inner.missing(tx.events.trade_ids_to_look_up());
+            if !ids.is_empty() {
+                let found = lookups
+                    .awards_before(&ids, Lsn(tx.events.commit_lsn))
+                    .await?;
+                book.looked_up = ids.clone();
+                book.inner.record_fetched(ids, found);
             }
-            report.entries += 1;
-            loop {
-                if next_stored.is_none() {
-                    next_stored = match rows.next().await {
-                        Some(r) => {
-                            Some(line_of_row(&r.map_err(StoreError::db("read the ledger"))?))
+            let outcome = engine
+                .apply_transaction(&mut state, &mut book, &tx.events)
+                .map_err(|source| ReplayError::Stream {
+                    source_id: source_id.to_owned(),
+                    lsn: Lsn(tx.events.commit_lsn),
+                    source,
+                })?;
+            let lsn = tx.events.commit_lsn;
+            let entries = &outcome.entries;
+            for e in entries {
+                add_total(totals, e)?;
+            }
+            let mut i = 0;
+            while let Some(e) = entries.get(i) {
+                if !wanted(i64::from(e.epoch)) {
+                    i += 1;
+                    continue;
+                }
+                // A whole fill row at once when it equals what the engine wrote.
+                if let Some(StoredItem::Fill(f)) = rows.item().await? {
+                    if (f.commit_lsn, f.first_entry) == (lsn, i64::from(e.ordinal)) {
+                        if let Some(n) = fill_equals(f, lsn, &entries[i..]) {
+                            report.entries += n as u64;
+                            rows.take_item();
+                            i += n;
+                            continue;
                         }
-                        None => None,
-                    };
-                }
-                match &next_stored {
-                    Some(s)
-                        if (s.commit_lsn, s.ordinal) < (replayed.commit_lsn, replayed.ordinal) =>
-                    {
-                        report.differ(not_replayed(s));
-                        next_stored = None;
-                    }
-                    Some(s)
-                        if (s.commit_lsn, s.ordinal) == (replayed.commit_lsn, replayed.ordinal) =>
-                    {
-                        compare(s, &replayed, report);
-                        next_stored = None;
-                        break;
-                    }
-                    _ => {
-                        report.differ(ReplayDifference {
-                            user: replayed.user.clone(),
-                            epoch: replayed.epoch,
-                            what: format!(
-                                "entry {}/{}",
-                                Lsn(replayed.commit_lsn),
-                                replayed.ordinal
-                            ),
-                            stored: "no such entry".into(),
-                            replayed: format!(
-                                "{} {}",
-                                replayed.columns[0].1, replayed.columns[2].1
-                            ),
-                        });
-                        break;
                     }
                 }
+                report.entries += 1;
+                let key = (lsn, i64::from(e.ordinal));
+                loop {
+                    match rows.entry().await? {
+                        Some(s) if (s.commit_lsn, s.ordinal) < key => {
+                            report.differ(not_replayed(s));
+                            rows.take_entry();
+                        }
+                        Some(s) if (s.commit_lsn, s.ordinal) == key => {
+                            compare(s, e, report);
+                            rows.take_entry();
+                            break;
+                        }
+                        _ => {
+                            report.differ(ReplayDifference {
+                                user: e.user.clone(),
+                                epoch: i64::from(e.epoch),
+                                what: format!("entry {}/{}", Lsn(lsn), e.ordinal),
+                                stored: "no such entry".into(),
+                                replayed: format!("{} {}", e.kind.as_str(), norm(Some(e.points))),
+                            });
+                            break;
+                        }
+                    }
+                }
+                i += 1;
             }
+            report.transactions += 1;
+            progress.tick(report.transactions);
         }
-        report.transactions += 1;
-        progress.tick(report.transactions);
     }
     // Stored entries the replay never reached.
-    loop {
-        let s = match next_stored.take() {
-            Some(s) => s,
-            None => match rows.next().await {
-                Some(r) => line_of_row(&r.map_err(StoreError::db("read the ledger"))?),
-                None => break,
-            },
-        };
-        report.differ(not_replayed(&s));
+    while let Some(s) = rows.entry().await? {
+        report.differ(not_replayed(s));
+        rows.take_entry();
     }
     Ok(())
 }
 
 /// A stored entry the replay did not produce.
-fn not_replayed(s: &Line) -> ReplayDifference {
+fn not_replayed(s: &StoredEntry) -> ReplayDifference {
     ReplayDifference {
         user: s.user.clone(),
         epoch: s.epoch,
         what: format!("entry {}/{}", Lsn(s.commit_lsn), s.ordinal),
-        stored: format!("{} {}", s.columns[0].1, s.columns[2].1),
+        stored: format!("{} {}", s.kind, norm(Some(s.points))),
         replayed: "no such entry".into(),
     }
 }
 
 async fn compare_totals(
     store: &Store,
-    replayed: &BTreeMap<(String, EpochId), Totals>,
+    mut replayed: ReplayedTotals,
     opts: &ReplayOptions,
     report: &mut ReplayReport,
 ) -> Result<(), ReplayError> {
-    let rows = store
-        .client()
-        .query(
-            "SELECT user_address, epoch, trading_points, referral_points, holding_points, \
-             pnl_points, total_points, trading_volume FROM walpoints.user_epoch_points",
-            &[],
-        )
-        .await
-        .map_err(StoreError::db("read user_epoch_points"))?;
-    let mut stored: BTreeMap<(String, i64), [Decimal; 6]> = BTreeMap::new();
-    for r in &rows {
-        let epoch = i64::from(r.get::<_, i32>(1));
-        stored.insert(
-            (r.get(0), epoch),
-            std::array::from_fn(|i| r.get::<_, Decimal>(i + 2)),
-        );
-    }
-    let mut all: BTreeMap<(String, i64), ([Decimal; 6], [Decimal; 6])> = BTreeMap::new();
-    for (k, v) in stored {
-        all.entry(k).or_default().0 = v;
-    }
-    for ((user, epoch), t) in replayed {
-        all.entry((user.clone(), i64::from(*epoch))).or_default().1 = [
-            t.trading_points,
-            t.referral_points,
-            t.holding_points,
-            t.pnl_points,
-            t.total_points,
-            t.trading_volume,
-        ];
-    }
     const NAMES: [&str; 6] = [
         "trading_points",
         "referral_points",
@@ -565,22 +709,75 @@ async fn compare_totals(
         "total_points",
         "trading_volume",
     ];
-    for ((user, epoch), (s, r)) in all {
-        if opts.epoch.is_some_and(|e| i64::from(e) != epoch) {
+    let as_array = |t: &Totals| {
+        [
+            t.trading_points,
+            t.referral_points,
+            t.holding_points,
+            t.pnl_points,
+            t.total_points,
+            t.trading_volume,
+        ]
+    };
+    let rows = store
+        .client()
+        .query_raw(
+            "SELECT user_address, epoch, trading_points, referral_points, holding_points, \
+             pnl_points, total_points, trading_volume FROM walpoints.user_epoch_points \
+             WHERE $1::int IS NULL OR epoch = $1",
+            [&opts.epoch.map(|e| i32::try_from(e).unwrap_or(i32::MAX))],
+        )
+        .await
+        .map_err(StoreError::db("read user_epoch_points"))?;
+    pin_mut!(rows);
+    // Differences are collected and listed in (user, epoch) order, as they always were.
+    let mut found: Vec<(String, i64, usize, Decimal, Decimal)> = Vec::new();
+    let wanted = |epoch: i64| opts.epoch.is_none_or(|e| i64::from(e) == epoch);
+    while let Some(r) = rows.next().await {
+        let r = r.map_err(StoreError::db("read user_epoch_points"))?;
+        let user: &str = r.get(0);
+        let epoch = i64::from(r.get::<_, i32>(1));
+        if !wanted(epoch) {
             continue;
         }
         report.totals += 1;
+        let stored: [Decimal; 6] = std::array::from_fn(|i| r.get::<_, Decimal>(i + 2));
+        let mine = replayed.get_mut(user).and_then(|v| {
+            v.iter()
+                .position(|(e, _)| i64::from(*e) == epoch)
+                .map(|i| v.swap_remove(i).1)
+        });
+        let mine = mine.as_ref().map(as_array).unwrap_or_default();
         for i in 0..6 {
-            if s[i] != r[i] {
-                report.differ(ReplayDifference {
-                    user: user.clone(),
-                    epoch,
-                    what: format!("total {}", NAMES[i]),
-                    stored: s[i].normalize().to_string(),
-                    replayed: r[i].normalize().to_string(),
-                });
+            if stored[i] != mine[i] {
+                found.push((user.to_owned(), epoch, i, stored[i], mine[i]));
             }
         }
+    }
+    // Replayed totals the store does not hold.
+    for (user, epochs) in replayed {
+        for (epoch, t) in epochs {
+            let epoch = i64::from(epoch);
+            if !wanted(epoch) {
+                continue;
+            }
+            report.totals += 1;
+            for (i, r) in as_array(&t).into_iter().enumerate() {
+                if r != Decimal::ZERO {
+                    found.push((user.clone(), epoch, i, Decimal::ZERO, r));
+                }
+            }
+        }
+    }
+    found.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
+    for (user, epoch, i, s, r) in found {
+        report.differ(ReplayDifference {
+            user,
+            epoch,
+            what: format!("total {}", NAMES[i]),
+            stored: s.normalize().to_string(),
+            replayed: r.normalize().to_string(),
+        });
     }
     Ok(())
 }

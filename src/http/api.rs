@@ -276,6 +276,15 @@ pub(super) fn checked_address(raw: &str) -> Result<String, ApiError> {
     Ok(normalize_address(raw).into_owned())
 }
 
+/// Whether decimal text `a` is less than `b` (both as PostgreSQL prints numerics); unparsable
+/// text is never less, so the caller counts instead.
+fn below(a: &str, b: &str) -> bool {
+    match (a.parse::<Decimal>(), b.parse::<Decimal>()) {
+        (Ok(a), Ok(b)) => a < b,
+        _ => false,
+    }
+}
+
 /// Cursors are opaque to clients: the hex of a tagged key of the last row served.
 fn encode_cursor(tag: char, parts: &[&str]) -> String {
     let mut text = String::from(tag);
@@ -481,6 +490,8 @@ impl Api {
         // The user's postings (newest batches first) name the commit LSNs of their entries:
         // each holds at least one, so limit + 2 postings and limit + 2 LSNs are enough (one
         // batch may straddle the cursor), and each LSN is an exact probe of the ledger's keys.
+        // `OFFSET 0` keeps the probe a subquery run per LSN: flattened, the planner may hash
+        // join the LSNs against a scan of the whole epoch's partition (seconds at a season).
         let (cursor_lsn, cursor_ordinal, cursor_source) = match &after {
             Some((lsn, ordinal, source)) => (Some(lsn.clone()), *ordinal, source.clone()),
             None => (None, 0, String::new()),
@@ -497,7 +508,8 @@ impl Api {
                        ORDER BY x.lsn DESC, b.source_id DESC LIMIT $3::int8 + 1) \
                      SELECT {columns} FROM (SELECT e.* FROM k CROSS JOIN LATERAL ( \
                        SELECT * FROM walpoints.ledger v WHERE v.source_id = k.source_id \
-                         AND v.epoch = $2 AND v.commit_lsn = k.lsn AND v.user_address = $1) e) l \
+                         AND v.epoch = $2 AND v.commit_lsn = k.lsn AND v.user_address = $1 \
+                         OFFSET 0) e) l \
                      WHERE $4::text IS NULL \
                         OR (l.commit_lsn, l.ordinal, l.source_id) < ($4::text::pg_lsn, $5, $6) \
                      ORDER BY l.commit_lsn DESC, l.ordinal DESC, l.source_id DESC LIMIT $3::int8"
@@ -649,6 +661,9 @@ impl Api {
             let rank = match &prev {
                 Some((t, rank)) if *t == total => *rank,
                 Some(_) => before_page + i as i64 + 1,
+                // Below the cursor's total, every user before the page has more points and no
+                // other has: the count just made is the rank (a tie needs its own count).
+                None if after.as_ref().is_some_and(|(t, _)| below(&total, t)) => before_page + 1,
                 None => db
                     .query_one(
                         &format!(

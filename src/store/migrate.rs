@@ -25,6 +25,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0003_journal.sql",
         include_str!("../../migrations/0003_journal.sql"),
     ),
+    (
+        4,
+        "0004_rank_cover_index.sql",
+        include_str!("../../migrations/0004_rank_cover_index.sql"),
+    ),
 ];
 
 /// Creates the schema and applies the migrations the store has not recorded yet; returns how

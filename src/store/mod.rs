@@ -16,6 +16,7 @@
 //! | `tx.rs` | the open transaction: checkpoint fence, totals, postings, dead letters |
 //! | `journal.rs` | the journal of inputs: appended per batch, read back by `replay` |
 //! | `ledger.rs` | the compact ledger (`ledger_fill`, `ledger_position`) and the awards read from it |
+//! | `ledger_read.rs` | the stored ledger read back entry by entry in commit order, for `replay` |
 //! | `rules.rs` | the `rules` table: every rules version with its text |
 //! | `state.rs` | the rules engine's state tables, loaded at start and written per batch |
 //! | `writer.rs` | the writer task that commits one batch while the next is built |
@@ -34,6 +35,7 @@ mod copy;
 mod error;
 mod journal;
 mod ledger;
+mod ledger_read;
 mod lock;
 mod migrate;
 mod rules;
@@ -45,6 +47,7 @@ pub use batch::{Batch, BatchAwards};
 pub use error::StoreError;
 pub use journal::{JournalChunk, JournalReader, JournaledTx};
 pub use ledger::FillRow;
+pub use ledger_read::{FillSlot, StoredEntry, StoredFill, StoredItem, StoredLedger};
 pub use tx::StoreTx;
 pub use writer::{write_batches, Seal, StoreWriter, WriterJobs};
 
