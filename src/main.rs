@@ -10,11 +10,6 @@ use walpoints::cmd::{demo, replay, status, tail, verify};
 use walpoints::config::Config;
 use walpoints::daemon;
 
-/// A batch allocates and frees millions of small strings and rows; glibc's malloc spent about a
-/// third of walpoints' CPU on them in the drain bench (README "Performance").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // verify: 1 means "the store differs", so its own failures to run exit 2.
