@@ -35,45 +35,42 @@ pub struct Sample {
     by_pid: BTreeMap<i32, (Role, Duration)>,
 }
 
-/// CPU time of the children a process has reaped (cutime + cstime of `/proc/<pid>/stat`):
-/// for the postmaster, every backend that has exited, such as pg_recvlogical's walsender.
-pub fn reaped_children(pid: i32) -> Duration {
-    ticks_of(pid, 13, 14)
+/// The fields of `/proc/<pid>/stat` after the command name (which is in parentheses and may
+/// hold spaces): stat's field N is index N - 3 here.
+fn stat_fields(pid: i32) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // The state (a letter) parses as 0; only numeric fields are read.
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
 }
 
-fn ticks_of(pid: i32, a: usize, b: usize) -> Duration {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return Duration::ZERO;
-    };
-    let Some(end) = stat.rfind(')') else {
-        return Duration::ZERO;
-    };
-    let fields: Vec<&str> = stat[end + 1..].split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+/// Clock ticks as a duration.
+fn ticks(n: u64) -> Duration {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_micros((field(a) + field(b)) * 1_000_000 / hz)
+    Duration::from_micros(n * 1_000_000 / hz)
 }
 
-/// utime + stime of `/proc/<pid>/stat`, the parent's pid, and the process's title (its
-/// cmdline).
+/// CPU time of the children a process has reaped (cutime + cstime, stat's fields 16 and 17):
+/// for the postmaster, every backend that has exited, such as pg_recvlogical's walsender.
+pub fn reaped_children(pid: i32) -> Duration {
+    stat_fields(pid)
+        .and_then(|f| Some(ticks(f.get(13)? + f.get(14)?)))
+        .unwrap_or_default()
+}
+
+/// utime + stime (stat's fields 14 and 15), the parent's pid (field 4), and the process's
+/// title (its cmdline).
 fn read(pid: i32) -> Option<(Duration, i32, String)> {
-    // The command name is in parentheses and may hold spaces: fields are counted after the
-    // last ')', so stat's fields 14 and 15 (utime, stime) are the 12th and 13th there.
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let title = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let ppid = stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some((ticks_of(pid, 11, 12), ppid, title))
+    let f = stat_fields(pid)?;
+    let ppid = i32::try_from(*f.get(1)?).ok()?;
+    Some((ticks(f.get(11)? + f.get(12)?), ppid, title))
 }
 
 impl Sample {

@@ -709,16 +709,6 @@ async fn compare_totals(
         "total_points",
         "trading_volume",
     ];
-    let as_array = |t: &Totals| {
-        [
-            t.trading_points,
-            t.referral_points,
-            t.holding_points,
-            t.pnl_points,
-            t.total_points,
-            t.trading_volume,
-        ]
-    };
     let rows = store
         .client()
         .query_raw(
@@ -747,7 +737,7 @@ async fn compare_totals(
                 .position(|(e, _)| i64::from(*e) == epoch)
                 .map(|i| v.swap_remove(i).1)
         });
-        let mine = mine.as_ref().map(as_array).unwrap_or_default();
+        let mine = mine.as_ref().map(Totals::columns).unwrap_or_default();
         for i in 0..6 {
             if stored[i] != mine[i] {
                 found.push((user.to_owned(), epoch, i, stored[i], mine[i]));
@@ -762,7 +752,7 @@ async fn compare_totals(
                 continue;
             }
             report.totals += 1;
-            for (i, r) in as_array(&t).into_iter().enumerate() {
+            for (i, r) in t.columns().into_iter().enumerate() {
                 if r != Decimal::ZERO {
                     found.push((user.clone(), epoch, i, Decimal::ZERO, r));
                 }

@@ -174,6 +174,19 @@ fn add(a: &mut Decimal, b: Decimal) -> Result<(), EventError> {
 }
 
 impl Totals {
+    /// The columns of `user_epoch_points`, in its order, so the store's writer and replay's
+    /// comparison list them in one place.
+    pub fn columns(&self) -> [Decimal; 6] {
+        [
+            self.trading_points,
+            self.referral_points,
+            self.holding_points,
+            self.pnl_points,
+            self.total_points,
+            self.trading_volume,
+        ]
+    }
+
     /// Adds one entry, so totals can be maintained incrementally per batch.
     pub fn add_entry(&mut self, e: &LedgerEntry) -> Result<(), EventError> {
         match e.kind {

@@ -322,14 +322,7 @@ impl StoreTx<'_> {
             let t = &u.totals;
             users.push(user.as_str());
             epochs.push(epoch_to_db(*epoch)?);
-            for (col, v) in cols.iter_mut().zip([
-                t.trading_points,
-                t.referral_points,
-                t.holding_points,
-                t.pnl_points,
-                t.total_points,
-                t.trading_volume,
-            ]) {
+            for (col, v) in cols.iter_mut().zip(t.columns()) {
                 col.push(v);
             }
         }
