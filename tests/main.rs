@@ -25,6 +25,7 @@ mod demo;
 mod example_config;
 mod failover;
 mod faults;
+mod holding;
 mod hostile;
 mod instances;
 mod matrix;

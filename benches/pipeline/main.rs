@@ -20,6 +20,8 @@
 //!   journaled fills, generated with the engine and loaded by COPY), then `walpoints replay
 //!   --verify` of it (wall time, fills/s) and the points API's p50/p99 against it while
 //!   `walpoints run` serves ([`season`]).
+//! - `settle` (only when named): what crossing an hour boundary costs with 1,000,000 open
+//!   positions ([`settle`]).
 //! - `soak` (only when named, and alone: it restarts the server): ten minutes at 1,000 trades/s
 //!   with a fault every minute; prints RSS, lag, catch-up times and whether the faulted
 //!   instance's ledger equals an undisturbed one's byte for byte ([`soak`]).
@@ -34,6 +36,7 @@ mod lab;
 mod live;
 mod memory;
 mod season;
+mod settle;
 mod soak;
 mod workload;
 
@@ -89,8 +92,8 @@ fn main() -> Result<()> {
         parts = vec!["drain".into(), "live".into(), "memory".into()];
     }
     for p in &parts {
-        if !["drain", "live", "memory", "season", "soak"].contains(&p.as_str()) {
-            bail!("unknown part {p:?}: expected drain, live, memory, season or soak");
+        if !["drain", "live", "memory", "season", "settle", "soak"].contains(&p.as_str()) {
+            bail!("unknown part {p:?}: expected drain, live, memory, season, settle or soak");
         }
     }
     let plan = plan()?;
@@ -106,6 +109,7 @@ fn main() -> Result<()> {
                 "live" => live::run(&lab, &plan).await?,
                 "memory" => memory::run(&lab, &plan).await?,
                 "season" => season::run(&lab, &plan).await?,
+                "settle" => settle::run(&lab, &plan).await?,
                 "soak" => soak::run(&lab, &plan).await?,
                 _ => {}
             }

@@ -21,7 +21,7 @@ use super::progress::ProgressLine;
 use crate::config::Config;
 use crate::lsn::Lsn;
 use crate::points::{Award, AwardBook};
-use crate::points::{Engine, EpochId, LedgerEntry, RulesError, State, Totals};
+use crate::points::{Engine, EpochId, HoldingCredit, LedgerEntry, RulesError, State, Totals};
 use crate::store::{
     BatchAwards, JournaledTx, Store, StoreError, StoredEntry, StoredFill, StoredItem,
 };
@@ -555,20 +555,31 @@ impl AwardBook for ReplayBook {
 type ReplayedTotals = HashMap<String, Vec<(EpochId, Totals)>>;
 
 fn add_total(totals: &mut ReplayedTotals, e: &LedgerEntry) -> Result<(), StoreError> {
-    let epochs = match totals.get_mut(e.user.as_str()) {
-        Some(v) => v,
-        None => totals.entry(e.user.clone()).or_default(),
-    };
-    let i = match epochs.iter().position(|(epoch, _)| *epoch == e.epoch) {
+    user_total(totals, &e.user, e.epoch)
+        .add_entry(e)
+        .map_err(|source| StoreError::bad_value("replayed totals", source))
+}
+
+fn add_credit(totals: &mut ReplayedTotals, c: &HoldingCredit) -> Result<(), StoreError> {
+    user_total(totals, &c.user, c.epoch)
+        .add_credit(c)
+        .map_err(|source| StoreError::bad_value("replayed totals", source))
+}
+
+fn user_total<'a>(totals: &'a mut ReplayedTotals, user: &str, epoch: EpochId) -> &'a mut Totals {
+    // Looked up by `&str`: no key allocation once the user is known.
+    if !totals.contains_key(user) {
+        totals.insert(user.to_owned(), Vec::new());
+    }
+    let epochs = totals.get_mut(user).expect("inserted just above");
+    let i = match epochs.iter().position(|(e, _)| *e == epoch) {
         Some(i) => i,
         None => {
-            epochs.push((e.epoch, Totals::default()));
+            epochs.push((epoch, Totals::default()));
             epochs.len() - 1
         }
     };
-    let t = &mut epochs[i].1;
-    t.add_entry(e)
-        .map_err(|source| StoreError::bad_value("replayed totals", source))
+    &mut epochs[i].1
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -594,6 +605,7 @@ async fn replay_source(
         expanded: std::collections::VecDeque::new(),
     };
     let mut state = State::new();
+    let mut previous: Option<&Engine> = None;
     let wanted = |epoch: i64| opts.epoch.is_none_or(|e| i64::from(e) == epoch);
     while let Some(batch) = txs.recv().await {
         for tx in batch? {
@@ -617,16 +629,20 @@ async fn replay_source(
                 book.inner.record_fetched(ids, found);
             }
             let outcome = engine
-                .apply_transaction(&mut state, &mut book, &tx.events)
+                .apply_transaction_after(previous, &mut state, &mut book, &tx.events)
                 .map_err(|source| ReplayError::Stream {
                     source_id: source_id.to_owned(),
                     lsn: Lsn(tx.events.commit_lsn),
                     source,
                 })?;
+            previous = Some(engine);
             let lsn = tx.events.commit_lsn;
             let entries = &outcome.entries;
             for e in entries {
                 add_total(totals, e)?;
+            }
+            for c in &outcome.credits {
+                add_credit(totals, c)?;
             }
             let mut i = 0;
             while let Some(e) = entries.get(i) {

@@ -56,6 +56,10 @@ pub(super) async fn run(
             after: limit,
         })??;
     let state = store.load_state(cp.stream_time).await?;
+    let previous_rules = match store.last_journaled_rules().await? {
+        Some(rules) => Some(Engine::new(rules)?),
+        None => None,
+    };
     tracing::info!(
         checkpoint = %cp.lsn,
         open_positions = state.open_positions(),
@@ -79,7 +83,8 @@ pub(super) async fn run(
                 telemetry.clone(),
             ))
         });
-    let evaluator = Evaluator::new(engine, mapper, config.truncate.policy, state);
+    let evaluator =
+        Evaluator::new(engine, mapper, config.truncate.policy, state).after_rules(previous_rules);
     let limits = BatchLimits {
         max_changes: config.batch.max_changes,
         max_delay: config.batch_delay(),

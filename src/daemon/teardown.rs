@@ -4,7 +4,8 @@
 use super::DaemonError;
 use crate::config::Config;
 use crate::pg::AdminSession;
-use crate::store::Store;
+use crate::points::Engine;
+use crate::store::{Store, StoreError};
 
 /// What `teardown` removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +36,19 @@ pub async fn teardown(
         match Store::connect(&config.store_url(), &config.source.id, false).await {
             Ok(mut store) => {
                 store.migrate().await?;
-                store.drop_source().await?;
+                // The open holding segments' credits are in the totals but in no ledger row yet.
+                let open_credits = match (
+                    store.checkpoint().await?,
+                    store.last_journaled_rules().await?,
+                ) {
+                    (Some(cp), Some(rules)) => Engine::new(rules)?
+                        .open_segment_credits(&store.load_state(cp.stream_time).await?)
+                        .map_err(|source| {
+                            StoreError::bad_value("the open holding credits", source)
+                        })?,
+                    _ => Default::default(),
+                };
+                store.drop_source(&open_credits).await?;
                 store_dropped = true;
             }
             Err(e) if e.is_missing_database() => {

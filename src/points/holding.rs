@@ -1,81 +1,153 @@
 //! Holding points: an exact time integral of each open position's notional.
 //!
-//! Notional = |size| × entry price, a step function of time. The integral is
-//! cut into segments at every change of the position's notional (or owner),
-//! at its close or delete, and at every UTC hour boundary; each segment of
-//! notional ≥ `holding.min_notional` and positive duration becomes one entry:
-//! round(rate_per_day × notional × seconds / 86 400), with the exact
-//! notional-seconds (duration in µs / 10⁶) recorded as its basis.
+//! Notional = |size| × entry price, a step function of time. Each UTC hour of
+//! an open position of notional ≥ `holding.min_notional` earns
+//! round(rate_per_day × notional × seconds / 86 400) for the part of the hour
+//! it was open at that notional: its **credit**, added to the owner's totals
+//! when stream time passes the hour's end (or when the position changes
+//! within the hour, for the part before the change).
+//!
+//! The ledger keeps one row per **segment**, not per hour: a segment runs from
+//! a change of the position's notional (or owner) to its next change, its
+//! close or delete, or the end of the epoch, whichever comes first. Its points
+//! are the sum of the credits of its hours, its basis the exact
+//! notional-seconds (duration in µs / 10⁶). So a position open all week at one
+//! notional writes one row a week, where hourly rows would be 168 of them (24
+//! million rows a day at a million open positions), and the totals still move
+//! every hour. Between those moments the credits of a segment that has not
+//! ended live only in the totals: totals = sum of the ledger + the credits of
+//! the open segments, which [`State::open_segment_credits`] computes.
 //!
 //! Decisions worth knowing:
 //! - A position event happens at stream time (the transaction's commit time,
 //!   never earlier than any previous one), so segments never run backwards.
 //! - An update that leaves status, owner and notional unchanged (e.g. a mark
 //!   price column) does not cut: the step function did not change.
-//! - A segment is written once it has ended: at the position's next change,
-//!   or when stream time passes the hour boundary. Hourly settlement visits
-//!   every open position, but only when an hour boundary is crossed; other
-//!   transactions touch only the positions they change. It writes nothing to
-//!   the state: the current segment starts at max(last change, start of the
-//!   current stream hour), so there is nothing to persist per hour.
-//! - Genesis is on a whole hour and epochs are whole hours, so a segment
-//!   (inside one hour) never crosses an epoch boundary; segments before
+//! - Hourly settlement visits every open position, but only when an hour
+//!   boundary is crossed; other transactions touch only the positions they
+//!   change. It writes nothing to the state: the open segment starts at
+//!   max(`since`, start of the current epoch), so there is nothing to persist
+//!   per hour.
+//! - A segment's credits are a pure function of its start, end and notional:
+//!   its first (partial) hour, its whole hours (all the same credit) and its
+//!   last partial hour, so the segment row equals the sum of what was credited
+//!   without anything being remembered per hour.
+//! - When the rules change between two transactions, the open segments end at
+//!   the last settled hour under the rules they were credited by
+//!   ([`Engine::begin_transaction_after`]), so no segment mixes two rule sets.
+//! - Genesis is on a whole hour and epochs are whole hours; segments before
 //!   genesis earn nothing.
 //! - Open positions of excluded addresses are not tracked.
 //! - An insert of a known id is an upsert; a key change is a delete of the
 //!   old id plus an upsert of the new one.
+//!
+//! [`Engine::begin_transaction_after`]: super::Engine::begin_transaction_after
 
 use std::cmp::max;
+use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 
+use super::epoch::EpochId;
 use super::error::EventError;
 use super::event::{Position, PositionStatus};
-use super::ledger::{round_points, EntryKind, LedgerEntry};
+use super::ledger::{round_points, EntryKind, HoldingCredit, LedgerEntry};
 use super::normalize_address;
 use super::pnl;
-use super::state::{OpenPosition, State};
+use super::state::{OpenPosition, State, UserId};
 use super::Ctx;
 use crate::time::{floor_hour, MICROS_PER_HOUR};
 
 const SECONDS_PER_DAY: i64 = 86_400;
 
-/// The entry for one segment `[start, end)` of `notional`, if it earns.
-pub(crate) fn segment_entry(
-    cx: &Ctx<'_>,
-    user: &str,
-    position_id: &str,
-    notional: Decimal,
-    start: i64,
-    end: i64,
-) -> Result<Option<LedgerEntry>, EventError> {
-    if end <= start || notional < cx.rules.holding.min_notional || cx.is_excluded(user) {
-        return Ok(None);
+/// Whether a position of `user` at `notional` earns holding points at all.
+fn earns(cx: &Ctx<'_>, user: &str, notional: Decimal) -> bool {
+    notional >= cx.rules.holding.min_notional && !cx.is_excluded(user)
+}
+
+/// The credit of `[start, end)` inside one hour at `notional`: the one rounding step.
+fn credit(cx: &Ctx<'_>, notional: Decimal, start: i64, end: i64) -> Result<Decimal, EventError> {
+    if end <= start {
+        return Ok(Decimal::ZERO);
     }
-    let Some(epoch) = cx.epoch_of(start) else {
-        return Ok(None);
-    };
+    let raw = notional_seconds(notional, start, end)?
+        .checked_mul(cx.rules.holding.rate_per_day)
+        .and_then(|x| x.checked_div(Decimal::from(SECONDS_PER_DAY)))
+        .ok_or(EventError::Overflow("holding points"))?;
+    Ok(round_points(raw))
+}
+
+/// notional × seconds of `[start, end)`, exact.
+fn notional_seconds(notional: Decimal, start: i64, end: i64) -> Result<Decimal, EventError> {
     let micros = end
         .checked_sub(start)
         .ok_or(EventError::Overflow("segment duration"))?;
     let seconds =
         Decimal::try_new(micros, 6).map_err(|_| EventError::Overflow("segment duration"))?;
-    let notional_seconds = notional
+    notional
         .checked_mul(seconds)
-        .ok_or(EventError::Overflow("notional-seconds"))?;
-    let rate = cx.rules.holding.rate_per_day;
-    let raw = notional_seconds
-        .checked_mul(rate)
-        .and_then(|x| x.checked_div(Decimal::from(SECONDS_PER_DAY)))
+        .ok_or(EventError::Overflow("notional-seconds"))
+}
+
+/// The sum of the hourly credits of `[start, end)`: first partial hour, whole hours, last
+/// partial hour, each rounded as it was credited.
+fn segment_points(
+    cx: &Ctx<'_>,
+    notional: Decimal,
+    start: i64,
+    end: i64,
+) -> Result<Decimal, EventError> {
+    if end <= start {
+        return Ok(Decimal::ZERO);
+    }
+    let first_end = floor_hour(start).saturating_add(MICROS_PER_HOUR);
+    if end <= first_end {
+        return credit(cx, notional, start, end);
+    }
+    let last_start = floor_hour(end);
+    let whole_hours = (last_start - first_end) / MICROS_PER_HOUR;
+    let whole = credit(cx, notional, 0, MICROS_PER_HOUR)?
+        .checked_mul(Decimal::from(whole_hours))
         .ok_or(EventError::Overflow("holding points"))?;
+    credit(cx, notional, start, first_end)?
+        .checked_add(whole)
+        .and_then(|x| x.checked_add(credit(cx, notional, last_start, end).ok()?))
+        .ok_or(EventError::Overflow("holding points"))
+}
+
+/// Where the open segment of a position last changed at `since` starts, with stream time
+/// settled up to `settled` (an hour boundary, or a change's time): segments end at epoch
+/// boundaries. `None` before genesis (nothing earns there).
+fn segment_start(cx: &Ctx<'_>, since: i64, settled: i64) -> Option<(i64, EpochId)> {
+    let epoch = cx.epoch_of(settled)?;
+    let epoch_start = cx.compiled.calendar.start_of(epoch)?;
+    Some((max(since, epoch_start), epoch))
+}
+
+/// The ledger row of the segment `[start, end)` of `notional` in `epoch`, if it earns.
+#[allow(clippy::too_many_arguments)]
+fn segment_entry(
+    cx: &Ctx<'_>,
+    user: &str,
+    position_id: &str,
+    notional: Decimal,
+    epoch: EpochId,
+    start: i64,
+    end: i64,
+) -> Result<Option<LedgerEntry>, EventError> {
+    if end <= start || !earns(cx, user, notional) {
+        return Ok(None);
+    }
+    let points = segment_points(cx, notional, start, end)?;
+    let basis = notional_seconds(notional, start, end)?;
     let mut e = cx.entry(
         user,
         epoch,
         EntryKind::Holding,
-        round_points(raw),
-        notional_seconds,
+        points,
+        basis,
         Decimal::ONE,
-        rate,
+        cx.rules.holding.rate_per_day,
         end,
     );
     e.position_notional = Some(notional);
@@ -84,8 +156,9 @@ pub(crate) fn segment_entry(
     Ok(Some(e))
 }
 
-/// Ends every open position's segment at each hour boundary in
-/// `(from_hour, to_hour]`, ordered by boundary then position id.
+/// Credits every open position's hours that end in `(from_hour, to_hour]`, and at each epoch
+/// boundary among them writes the segments that end there (ordered by boundary then position
+/// id).
 pub(crate) fn settle_hours(
     cx: &mut Ctx<'_>,
     state: &State,
@@ -94,13 +167,88 @@ pub(crate) fn settle_hours(
     out: &mut Vec<LedgerEntry>,
 ) -> Vec<EventError> {
     let mut errors = Vec::new();
+    let mut credits: BTreeMap<(UserId, EpochId), Decimal> = BTreeMap::new();
     let mut boundary = from_hour.saturating_add(MICROS_PER_HOUR);
     let positions = state.positions_iter();
     while boundary <= to_hour {
         let hour_start = boundary - MICROS_PER_HOUR;
+        let epoch_ends = cx.epoch_of(boundary) != cx.epoch_of(hour_start);
         for &(id, p) in &positions {
-            let start = max(p.since, hour_start);
-            match segment_entry(cx, state.user_name(p.user), id, p.notional, start, boundary) {
+            let user = state.user_name(p.user);
+            let Some((start, epoch)) = segment_start(cx, p.since, hour_start) else {
+                continue;
+            };
+            if !earns(cx, user, p.notional) {
+                continue;
+            }
+            let settled = (|| {
+                let c = credit(cx, p.notional, max(start, hour_start), boundary)?;
+                let sum = credits.entry((p.user, epoch)).or_default();
+                *sum = sum
+                    .checked_add(c)
+                    .ok_or(EventError::Overflow("holding points"))?;
+                if epoch_ends {
+                    if let Some(e) =
+                        segment_entry(cx, user, id, p.notional, epoch, start, boundary)?
+                    {
+                        cx.counters.holding_segments += 1;
+                        out.push(e);
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(e) = settled {
+                errors.push(e);
+            }
+        }
+        match boundary.checked_add(MICROS_PER_HOUR) {
+            Some(b) => boundary = b,
+            None => break,
+        }
+    }
+    // By user name, then epoch: interned ids depend on the order users were first seen.
+    let mut credited: Vec<HoldingCredit> = credits
+        .into_iter()
+        .filter(|(_, points)| !points.is_zero())
+        .map(|((user, epoch), points)| HoldingCredit {
+            user: state.user_name(user).to_owned(),
+            epoch,
+            points,
+        })
+        .collect();
+    credited.sort_unstable_by(|a, b| (&a.user, a.epoch).cmp(&(&b.user, b.epoch)));
+    cx.credits.extend(credited);
+    errors
+}
+
+/// Ends the open segments of every position at the last settled hour, under the rules they
+/// were credited by (the rules change after this), and starts their next segments there.
+/// Everything in them was credited already: this writes ledger rows, no credits.
+pub(crate) fn close_segments(
+    cx: &mut Ctx<'_>,
+    state: &mut State,
+    out: &mut Vec<LedgerEntry>,
+) -> Vec<EventError> {
+    let mut errors = Vec::new();
+    let Some(now) = state.stream_time() else {
+        return errors;
+    };
+    let settled = floor_hour(now);
+    let mut restart: Vec<(String, OpenPosition)> = Vec::new();
+    for (id, p) in state.positions_iter() {
+        if p.since >= settled {
+            continue;
+        }
+        if let Some((start, epoch)) = segment_start(cx, p.since, settled) {
+            match segment_entry(
+                cx,
+                state.user_name(p.user),
+                id,
+                p.notional,
+                epoch,
+                start,
+                settled,
+            ) {
                 Ok(Some(e)) => {
                     cx.counters.holding_segments += 1;
                     out.push(e);
@@ -109,23 +257,75 @@ pub(crate) fn settle_hours(
                 Err(e) => errors.push(e),
             }
         }
-        match boundary.checked_add(MICROS_PER_HOUR) {
-            Some(b) => boundary = b,
-            None => break,
-        }
+        restart.push((
+            id.to_owned(),
+            OpenPosition {
+                since: settled,
+                ..*p
+            },
+        ));
+    }
+    for (id, p) in restart {
+        state.put_position(&id, p);
     }
     errors
 }
 
-/// Ends the current segment of a tracked position at stream time.
+/// The credits of every open segment so far (its hours before the last settled hour), per
+/// (user, epoch).
+pub(crate) fn open_segment_credits(
+    cx: &Ctx<'_>,
+    state: &State,
+) -> Result<BTreeMap<(String, EpochId), Decimal>, EventError> {
+    let mut out: BTreeMap<(String, EpochId), Decimal> = BTreeMap::new();
+    let Some(now) = state.stream_time() else {
+        return Ok(out);
+    };
+    let settled = floor_hour(now);
+    for (_, p) in state.positions_iter() {
+        let user = state.user_name(p.user);
+        let Some((start, epoch)) = segment_start(cx, p.since, settled) else {
+            continue;
+        };
+        if start >= settled || !earns(cx, user, p.notional) {
+            continue;
+        }
+        let points = segment_points(cx, p.notional, start, settled)?;
+        if !points.is_zero() {
+            let sum = out.entry((user.to_owned(), epoch)).or_default();
+            *sum = sum
+                .checked_add(points)
+                .ok_or(EventError::Overflow("holding points"))?;
+        }
+    }
+    Ok(out)
+}
+
+/// What ending a tracked position's open segment at stream time yields: the segment's row and
+/// the credit of its last, unsettled part.
 fn cut(
     cx: &Ctx<'_>,
     state: &State,
     id: &str,
     p: &OpenPosition,
-) -> Result<Option<LedgerEntry>, EventError> {
-    let start = max(p.since, floor_hour(cx.now));
-    segment_entry(cx, state.user_name(p.user), id, p.notional, start, cx.now)
+) -> Result<(Option<LedgerEntry>, Option<HoldingCredit>), EventError> {
+    let user = state.user_name(p.user);
+    let settled = floor_hour(cx.now);
+    let Some((start, epoch)) = segment_start(cx, p.since, settled) else {
+        return Ok((None, None));
+    };
+    let Some(entry) = segment_entry(cx, user, id, p.notional, epoch, start, cx.now)? else {
+        return Ok((None, None));
+    };
+    let last = credit(cx, p.notional, max(start, settled), cx.now)?;
+    Ok((
+        Some(entry),
+        Some(HoldingCredit {
+            user: user.to_owned(),
+            epoch,
+            points: last,
+        }),
+    ))
 }
 
 /// An inserted or updated position row.
@@ -159,11 +359,16 @@ pub(crate) fn on_position(
     let uid = state.intern(&user)?;
 
     let mut staged: Vec<LedgerEntry> = Vec::new();
+    let mut credits: Vec<HoldingCredit> = Vec::new();
+    let mut stage = |(e, c): (Option<LedgerEntry>, Option<HoldingCredit>)| {
+        staged.extend(e);
+        credits.extend(c);
+    };
     let mut remove_old: Option<&str> = None;
     let mut was_open = inserted || old.is_some_and(|o| o.status == PositionStatus::Open);
     if let Some(o) = old.filter(|o| o.id != new.id) {
         if let Some(p) = state.position(&o.id) {
-            staged.extend(cut(cx, state, &o.id, &p)?);
+            stage(cut(cx, state, &o.id, &p)?);
             remove_old = Some(&o.id);
             was_open = true;
         }
@@ -178,7 +383,7 @@ pub(crate) fn on_position(
             was_open = true;
             let unchanged = new_open && p.user == uid && p.notional == notional;
             if !unchanged {
-                staged.extend(cut(cx, state, &new.id, &p)?);
+                stage(cut(cx, state, &new.id, &p)?);
                 if new_open {
                     put = Some(OpenPosition {
                         user: uid,
@@ -228,6 +433,8 @@ pub(crate) fn on_position(
         }
         out.push(e);
     }
+    cx.credits
+        .extend(credits.into_iter().filter(|c| !c.points.is_zero()));
     Ok(())
 }
 
@@ -241,11 +448,12 @@ pub(crate) fn on_position_deleted(
     let Some(p) = state.position(id) else {
         return Ok(());
     };
-    let e = cut(cx, state, id, &p)?;
+    let (e, c) = cut(cx, state, id, &p)?;
     state.remove_position(id);
     if let Some(e) = e {
         cx.counters.holding_segments += 1;
         out.push(e);
     }
+    cx.credits.extend(c.filter(|c| !c.points.is_zero()));
     Ok(())
 }

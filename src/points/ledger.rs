@@ -3,7 +3,9 @@
 //!
 //! The ledger is append-only: corrections are new, negative entries, never
 //! edits, so that (commit LSN, ordinal) identifies an entry forever and
-//! totals are always plain sums of entries.
+//! totals are always plain sums: of the entries, except that holding points
+//! are the sum of hourly [`HoldingCredit`]s (a holding entry records a whole
+//! segment, whose hours were credited as they passed).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,7 +35,8 @@ pub enum EntryKind {
     ReferralL1,
     /// Referrer's referrer's share.
     ReferralL2,
-    /// One holding segment of an open position.
+    /// One holding segment of an open position: a record of hours already credited (see
+    /// [`HoldingCredit`]), so it adds nothing to the totals itself.
     Holding,
     /// Share of positive realized PnL on close.
     Pnl,
@@ -197,10 +200,17 @@ impl Totals {
             EntryKind::ReferralL1 | EntryKind::ReferralL2 => {
                 add(&mut self.referral_points, e.points)?
             }
-            EntryKind::Holding => add(&mut self.holding_points, e.points)?,
+            // Its hours were credited as they passed.
+            EntryKind::Holding => return Ok(()),
             EntryKind::Pnl => add(&mut self.pnl_points, e.points)?,
         }
         add(&mut self.total_points, e.points)
+    }
+
+    /// Adds holding points credited for an hour (or the part of one) that passed.
+    pub fn add_credit(&mut self, c: &HoldingCredit) -> Result<(), EventError> {
+        add(&mut self.holding_points, c.points)?;
+        add(&mut self.total_points, c.points)
     }
 
     /// Adds another set of totals (e.g. a batch's delta onto stored totals).
@@ -214,16 +224,36 @@ impl Totals {
     }
 }
 
-/// Folds entries into per-(user, epoch) totals: the definition of "totals"
-/// that the store's `user_epoch_points` table must always equal.
+/// Holding points earned by one user in one epoch as an hour (or the part of one before a
+/// change) passed. Credits go to the totals only: the ledger keeps one row per segment of
+/// hours instead of one per hour, and the segment's points are the sum of its credits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldingCredit {
+    /// Owner address, lowercase.
+    pub user: String,
+    /// Epoch of the hour.
+    pub epoch: EpochId,
+    /// Points credited.
+    #[serde(with = "dec")]
+    pub points: Decimal,
+}
+
+/// Folds entries and holding credits into per-(user, epoch) totals: the definition of
+/// "totals" that the store's `user_epoch_points` table must always equal.
 pub fn fold_totals<'a>(
     entries: impl IntoIterator<Item = &'a LedgerEntry>,
+    credits: impl IntoIterator<Item = &'a HoldingCredit>,
 ) -> Result<BTreeMap<(String, EpochId), Totals>, EventError> {
     let mut out: BTreeMap<(String, EpochId), Totals> = BTreeMap::new();
     for e in entries {
         out.entry((e.user.clone(), e.epoch))
             .or_default()
             .add_entry(e)?;
+    }
+    for c in credits {
+        out.entry((c.user.clone(), c.epoch))
+            .or_default()
+            .add_credit(c)?;
     }
     Ok(out)
 }

@@ -9,8 +9,9 @@
 //!
 //! One call per source transaction: [`Engine::apply_transaction`]. In order it
 //! 1. advances stream time to max(stream time, commit time) (never backwards),
-//! 2. when that crosses UTC hour boundaries, settles one holding segment per
-//!    open position per boundary (ordered by boundary, then position id),
+//! 2. when that crosses UTC hour boundaries, credits each open position's
+//!    holding points for the hours that passed (and at an epoch boundary ends
+//!    their segments: one entry per open position, ordered by position id),
 //! 3. applies each event at the new stream time, in order.
 //!
 //! A failing event (overflow, negative price) is reported in
@@ -20,6 +21,7 @@
 //! each rule is evaluated and which ambiguities were resolved how.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
@@ -54,16 +56,16 @@ pub use counters::{Counters, Rejection};
 pub use epoch::{EpochCalendar, EpochId};
 pub use error::{EventError, StreamError};
 pub use event::{Event, Position, PositionStatus, ReferralLink, Trade, TxEvents};
-pub use ledger::{fold_totals, round_points, EntryKind, LedgerEntry, Totals};
+pub use ledger::{fold_totals, round_points, EntryKind, HoldingCredit, LedgerEntry, Totals};
 pub use rules::{
     EpochRules, HoldingRules, PnlRules, ReferralRules, RuleSet, RulesError, Tier, TradingRules,
 };
 pub use state::{OpenPositionRow, PositionRow, ReferralRow, State, StateDelta, VolumeRow};
 
 /// Most hour boundaries one transaction may cross while positions are open
-/// (366 days). Each crossed hour writes one entry per open position, so a
-/// corrupt commit timestamp years ahead must stop the stream rather than
-/// try to write billions of entries.
+/// (366 days). Each crossed hour visits every open position, so a corrupt
+/// commit timestamp years ahead must stop the stream rather than settle
+/// billions of position-hours.
 pub const MAX_SETTLED_HOURS_PER_TX: i64 = 366 * 24;
 
 /// Lowercases an address only when needed, because addresses are compared
@@ -99,12 +101,16 @@ pub struct TxOutcome {
     /// The transaction's commit LSN, echoed so that (commit LSN, ordinal)
     /// can be formed from the outcome alone.
     pub commit_lsn: u64,
-    /// Entries with ordinals 0..n in this order: holding settlements first
-    /// (by hour boundary, then position id), then each event's entries.
+    /// Entries with ordinals 0..n in this order: holding segments ended by a
+    /// rules change, then those ended at epoch boundaries (by boundary, then
+    /// position id), then each event's entries.
     pub entries: Vec<LedgerEntry>,
     /// Every change of a trade's award, in order; its trading and referral entries are among
     /// `entries` too, from [`FillRecord::first_entry`] on.
     pub fills: Vec<FillRecord>,
+    /// Holding points credited to totals as hours passed (per user and epoch) and at position
+    /// changes; holding entries among `entries` record segments of those hours.
+    pub credits: Vec<HoldingCredit>,
     /// Decision counts for metrics.
     pub counters: Counters,
     /// Events to dead-letter; they contributed nothing.
@@ -132,6 +138,8 @@ pub(crate) struct Ctx<'a> {
     /// Award changes so far; `first_entry` holds the index into the call's entries until the
     /// cursor numbers them.
     pub(crate) fills: Vec<FillRecord>,
+    /// Holding credits so far.
+    pub(crate) credits: Vec<HoldingCredit>,
 }
 
 impl Ctx<'_> {
@@ -219,11 +227,24 @@ impl Engine {
         book: &mut B,
         tx: &TxEvents,
     ) -> Result<TxOutcome, StreamError> {
+        self.apply_transaction_after(None, state, book, tx)
+    }
+
+    /// [`Engine::apply_transaction`] for a transaction that follows one run under `previous`
+    /// rules (see [`Engine::begin_transaction_after`]).
+    pub fn apply_transaction_after<B: AwardBook + ?Sized>(
+        &self,
+        previous: Option<&Engine>,
+        state: &mut State,
+        book: &mut B,
+        tx: &TxEvents,
+    ) -> Result<TxOutcome, StreamError> {
         let (mut cursor, mut outcome) =
-            self.begin_transaction(state, tx.commit_lsn, tx.commit_time)?;
+            self.begin_transaction_after(previous, state, tx.commit_lsn, tx.commit_time)?;
         let events = self.apply_events(&mut cursor, state, book, &tx.events);
         outcome.entries.extend(events.entries);
         outcome.fills.extend(events.fills);
+        outcome.credits.extend(events.credits);
         outcome.counters.merge(&events.counters);
         outcome.errors.extend(events.errors);
         Ok(outcome)
@@ -241,11 +262,35 @@ impl Engine {
         commit_lsn: u64,
         commit_time: i64,
     ) -> Result<(TxCursor, TxOutcome), StreamError> {
+        self.begin_transaction_after(None, state, commit_lsn, commit_time)
+    }
+
+    /// [`Engine::begin_transaction`] for the first transaction under these rules after
+    /// transactions under `previous` (a rules change at a restart): the open holding segments
+    /// end at the last settled hour under the rules they were credited by, as this
+    /// transaction's first entries, so that a segment's row always equals its credits.
+    /// `previous` equal to these rules (or `None`) changes nothing.
+    pub fn begin_transaction_after(
+        &self,
+        previous: Option<&Engine>,
+        state: &mut State,
+        commit_lsn: u64,
+        commit_time: i64,
+    ) -> Result<(TxCursor, TxOutcome), StreamError> {
         let prev = state.stream_time();
         let now = prev.map_or(commit_time, |p| p.max(commit_time));
-        let mut cx = self.ctx(now);
         let mut entries = Vec::new();
         let mut errors = Vec::new();
+        let mut closing = Counters::default();
+        if let Some(old) = previous.filter(|old| old.version != self.version) {
+            let mut cx = old.ctx(prev.unwrap_or(now));
+            for error in holding::close_segments(&mut cx, state, &mut entries) {
+                errors.push(EventFailure { index: None, error });
+            }
+            closing = cx.counters;
+        }
+        let mut cx = self.ctx(now);
+        cx.counters.merge(&closing);
 
         if let Some(p) = prev {
             let (from_hour, to_hour) = (floor_hour(p), floor_hour(now));
@@ -281,6 +326,7 @@ impl Engine {
                 commit_lsn,
                 entries,
                 fills: Vec::new(),
+                credits: cx.credits,
                 counters: cx.counters,
                 errors,
             },
@@ -303,6 +349,7 @@ impl Engine {
         for (i, ev) in events.iter().enumerate() {
             let mark = entries.len();
             let fills_mark = cx.fills.len();
+            let credits_mark = cx.credits.len();
             let saved = cx.counters;
             let r = match ev {
                 Event::TradeInserted { new } => {
@@ -335,6 +382,7 @@ impl Engine {
             if let Err(error) = r {
                 entries.truncate(mark);
                 cx.fills.truncate(fills_mark);
+                cx.credits.truncate(credits_mark);
                 cx.counters = saved;
                 cx.counters.events_failed += 1;
                 errors.push(EventFailure {
@@ -355,6 +403,7 @@ impl Engine {
             commit_lsn: cursor.commit_lsn,
             entries,
             fills,
+            credits: std::mem::take(&mut cx.credits),
             counters: cx.counters,
             errors,
         }
@@ -368,7 +417,18 @@ impl Engine {
             now,
             counters: Counters::default(),
             fills: Vec::new(),
+            credits: Vec::new(),
         }
+    }
+
+    /// The holding points credited to the open segments of `state`'s positions, per (user,
+    /// epoch): what the totals hold beyond the ledger's sums until those segments end (see
+    /// [`fold_totals`]). Computed from the positions alone, as the segments' rows will be.
+    pub fn open_segment_credits(
+        &self,
+        state: &State,
+    ) -> Result<BTreeMap<(String, EpochId), Decimal>, EventError> {
+        holding::open_segment_credits(&self.ctx(state.stream_time().unwrap_or(0)), state)
     }
 }
 

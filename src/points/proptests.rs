@@ -277,13 +277,27 @@ fn run(
     book: &mut MemoryAwardBook,
     txs: &[TxEvents],
 ) -> Vec<Vec<LedgerEntry>> {
-    txs.iter()
+    run_with_credits(engine, state, book, txs).0
+}
+
+/// Runs transactions, returning each one's entries and all their holding credits.
+fn run_with_credits(
+    engine: &Engine,
+    state: &mut State,
+    book: &mut MemoryAwardBook,
+    txs: &[TxEvents],
+) -> (Vec<Vec<LedgerEntry>>, Vec<HoldingCredit>) {
+    let mut credits = Vec::new();
+    let entries = txs
+        .iter()
         .map(|tx| {
             let out = engine.apply_transaction(state, book, tx).unwrap();
             assert!(out.errors.is_empty(), "{:?}", out.errors);
+            credits.extend(out.credits);
             out.entries
         })
-        .collect()
+        .collect();
+    (entries, credits)
 }
 
 /// Reference holding integral, computed without hours or segments: per
@@ -327,24 +341,31 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     /// Holding points of a position = 0.002 × Σ notional × duration (days),
-    /// within half a unit of the 6th decimal per entry.
+    /// within half a unit of the 6th decimal per hour credited; and the credits
+    /// (what the totals got) sum to the segments (what the ledger keeps).
     #[test]
     fn holding_equals_the_exact_integral(specs in txs()) {
         let txs = build(&specs);
         let eng = engine();
-        let ledger: Vec<LedgerEntry> = run(&eng, &mut State::new(), &mut MemoryAwardBook::new(), &txs).concat();
+        let (per_tx, credits) = run_with_credits(&eng, &mut State::new(), &mut MemoryAwardBook::new(), &txs);
+        let ledger: Vec<LedgerEntry> = per_tx.concat();
         let expected = reference_holding(&txs);
         let mut got: BTreeMap<String, (Decimal, Decimal, u32)> = BTreeMap::new();
         for e in ledger.iter().filter(|e| e.kind == EntryKind::Holding) {
             let g = got.entry(e.position_id.clone().unwrap()).or_default();
             g.0 += e.points;
             g.1 += e.basis;
-            g.2 += 1;
-            // Segments never straddle an hour (hence an epoch) boundary.
+            // One rounding per hour the segment touches.
             let start = e.segment_start.unwrap();
-            prop_assert_eq!(floor_hour(start), floor_hour(e.event_time - 1));
+            let hours = (floor_hour(e.event_time - 1) - floor_hour(start)) / MICROS_PER_HOUR + 1;
+            g.2 += u32::try_from(hours).unwrap();
+            // Segments never straddle an epoch boundary.
             prop_assert_eq!(eng.epoch_of(start), Some(e.epoch));
+            prop_assert_eq!(eng.epoch_of(e.event_time - 1), Some(e.epoch));
         }
+        // Every position is deleted at the end: no segment is open, so credits = segments.
+        let segments: Decimal = ledger.iter().filter(|e| e.kind == EntryKind::Holding).map(|e| e.points).sum();
+        prop_assert_eq!(credits.iter().map(|c| c.points).sum::<Decimal>(), segments);
         let ids: std::collections::BTreeSet<_> = expected.keys().chain(got.keys()).cloned().collect();
         for id in ids {
             let exact_ns = expected.get(&id).copied().unwrap_or_default();
@@ -356,28 +377,38 @@ proptest! {
         }
     }
 
-    /// The sum of a user's entries equals their totals, whether folded at
-    /// once or merged per transaction, and their trading volume equals the
-    /// engine's epoch volume (checked before the final deletes).
+    /// The sum of a user's entries, plus the credits of their still-open holding
+    /// segments, equals their totals, whether folded at once or merged per
+    /// transaction, and their trading volume equals the engine's epoch volume
+    /// (checked before the final deletes, so segments are open).
     #[test]
     fn entries_sum_to_totals(specs in txs()) {
         let mut txs = build(&specs);
         txs.pop();
         let eng = engine();
         let mut state = State::new();
-        let per_tx = run(&eng, &mut state, &mut MemoryAwardBook::new(), &txs);
-        let all: Vec<LedgerEntry> = per_tx.concat();
-        let folded = fold_totals(&all).unwrap();
         let mut merged: BTreeMap<(String, EpochId), Totals> = BTreeMap::new();
-        for entries in &per_tx {
-            for (k, t) in fold_totals(entries).unwrap() {
+        let mut all: Vec<LedgerEntry> = Vec::new();
+        let mut credits: Vec<HoldingCredit> = Vec::new();
+        let mut book = MemoryAwardBook::new();
+        for tx in &txs {
+            let (entries, c) = run_with_credits(&eng, &mut state, &mut book, std::slice::from_ref(tx));
+            for (k, t) in fold_totals(&entries[0], &c).unwrap() {
                 merged.entry(k).or_default().merge(&t).unwrap();
             }
+            all.extend(entries.concat());
+            credits.extend(c);
         }
+        let folded = fold_totals(&all, &credits).unwrap();
         prop_assert_eq!(&folded, &merged);
+        let open = eng.open_segment_credits(&state).unwrap();
         for ((user, epoch), t) in &folded {
-            let sum: Decimal = all.iter().filter(|e| &e.user == user && e.epoch == *epoch).map(|e| e.points).sum();
-            prop_assert_eq!(t.total_points, sum);
+            let mine = |e: &&LedgerEntry| &e.user == user && e.epoch == *epoch;
+            let holding: Decimal = all.iter().filter(mine).filter(|e| e.kind == EntryKind::Holding).map(|e| e.points).sum();
+            let others: Decimal = all.iter().filter(mine).filter(|e| e.kind != EntryKind::Holding).map(|e| e.points).sum();
+            let still_open = open.get(&(user.clone(), *epoch)).copied().unwrap_or_default();
+            prop_assert_eq!(t.holding_points, holding + still_open);
+            prop_assert_eq!(t.total_points, others + holding + still_open);
             prop_assert_eq!(
                 t.total_points,
                 t.trading_points + t.referral_points + t.holding_points + t.pnl_points
@@ -396,7 +427,7 @@ proptest! {
     fn split_persist_resume_is_identical(specs in txs(), split in any::<prop::sample::Index>()) {
         let txs = build(&specs);
         let eng = engine();
-        let whole = run(&eng, &mut State::new(), &mut MemoryAwardBook::new(), &txs);
+        let (whole, whole_credits) = run_with_credits(&eng, &mut State::new(), &mut MemoryAwardBook::new(), &txs);
         let k = split.index(txs.len() + 1);
 
         let mut state = State::new();
@@ -404,8 +435,11 @@ proptest! {
         let mut book = MemoryAwardBook::new();
         let mut from_deltas = State::new();
         let mut first = Vec::new();
+        let mut first_credits = Vec::new();
         for tx in &txs[..k] {
-            first.extend(run(&eng, &mut state, &mut book, std::slice::from_ref(tx)));
+            let (e, c) = run_with_credits(&eng, &mut state, &mut book, std::slice::from_ref(tx));
+            first.extend(e);
+            first_credits.extend(c);
             from_deltas.apply_delta(state.drain_delta()).unwrap();
         }
         let state_json = serde_json::to_string(&state).unwrap();
@@ -415,8 +449,11 @@ proptest! {
         let mut st: State = serde_json::from_str(&state_json).unwrap();
         let mut bk: MemoryAwardBook = serde_json::from_str(&book_json).unwrap();
         let mut resumed = first.clone();
-        resumed.extend(run(&eng, &mut st, &mut bk, &txs[k..]));
+        let (rest, rest_credits) = run_with_credits(&eng, &mut st, &mut bk, &txs[k..]);
+        resumed.extend(rest);
         prop_assert_eq!(&resumed, &whole);
+        first_credits.extend(rest_credits);
+        prop_assert_eq!(&first_credits, &whole_credits);
 
         let mut bk2: MemoryAwardBook = serde_json::from_str(&book_json).unwrap();
         let mut via_deltas = first;

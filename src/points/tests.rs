@@ -20,6 +20,7 @@ struct Harness {
     book: MemoryAwardBook,
     lsn: u64,
     ledger: Vec<LedgerEntry>,
+    credits: Vec<HoldingCredit>,
     counters: Counters,
 }
 
@@ -32,6 +33,7 @@ impl Harness {
             book: MemoryAwardBook::new(),
             lsn: 0,
             ledger: Vec::new(),
+            credits: Vec::new(),
             counters: Counters::default(),
         }
     }
@@ -48,6 +50,7 @@ impl Harness {
             .apply_transaction(&mut self.state, &mut self.book, &tx)
             .unwrap();
         self.ledger.extend(out.entries.iter().cloned());
+        self.credits.extend(out.credits.iter().cloned());
         self.counters.merge(&out.counters);
         out
     }
@@ -391,10 +394,12 @@ fn position_opened_resized_closed_in_profit_across_hour_and_epoch() {
         }],
     );
     assert!(out.entries.is_empty());
-    // Close at 01:05 with realized PnL 150. First the 01:00 boundary:
-    // [00:20, 01:00) = 2,400 s × 3,000 = 7,200,000 → 0.1666… → 0.166667;
-    // then the close cuts [01:00, 01:05) = 300 s × 3,000 = 900,000 →
-    // 0.0208333… → 0.020833; then PnL 150 × 0.05 = 7.5.
+    // Close at 01:05 with realized PnL 150. First the 01:00 boundary credits
+    // [00:20, 01:00) = 2,400 s × 3,000 = 7,200,000 → 0.1666… → 0.166667, and
+    // writes nothing (the segment goes on); then the close cuts the segment
+    // [00:20, 01:05): its last part [01:00, 01:05) = 300 s × 3,000 = 900,000 →
+    // 0.0208333… → 0.020833 is credited, and its row holds both hours' credits,
+    // 0.187500; then PnL 150 × 0.05 = 7.5.
     let out = h.tx(
         epoch1 + H + 5 * M,
         vec![Event::PositionUpdated {
@@ -405,19 +410,25 @@ fn position_opened_resized_closed_in_profit_across_hour_and_epoch() {
     assert_eq!(
         summary(&out.entries),
         vec![
-            s("0xalice", Holding, false, "0.166667"),
-            s("0xalice", Holding, false, "0.020833"),
+            s("0xalice", Holding, false, "0.187500"),
             s("0xalice", Pnl, false, "7.50"),
         ]
     );
+    let e = &out.entries[0];
+    assert_eq!(
+        (e.basis, e.segment_start, e.event_time),
+        (d("8100000"), Some(epoch1 + 20 * M), epoch1 + H + 5 * M)
+    );
+    let credited: Vec<Decimal> = out.credits.iter().map(|c| c.points).collect();
+    assert_eq!(credited, vec![d("0.166667"), d("0.020833")]);
     assert_eq!(
         out.entries.iter().map(|e| e.ordinal).collect::<Vec<_>>(),
-        vec![0, 1, 2]
+        vec![0, 1]
     );
-    assert_eq!(out.entries[2].epoch, 1);
+    assert_eq!(out.entries[1].epoch, 1);
     assert_eq!(h.state.open_positions(), 0);
     // Exact integral: 14,100,000 notional-seconds × 0.002 / 86,400 =
-    // 0.3263888…; the four entries sum to 0.326389.
+    // 0.3263888…; the three segments, like the four credits, sum to 0.326389.
     let holding: Decimal = h
         .ledger
         .iter()
@@ -425,7 +436,9 @@ fn position_opened_resized_closed_in_profit_across_hour_and_epoch() {
         .map(|e| e.points)
         .sum();
     assert_eq!(holding, d("0.326389"));
-    let totals = fold_totals(&h.ledger).unwrap();
+    let credited: Decimal = h.credits.iter().map(|c| c.points).sum();
+    assert_eq!(credited, d("0.326389"));
+    let totals = fold_totals(&h.ledger, &h.credits).unwrap();
     assert_eq!(
         totals[&("0xalice".to_string(), 0)].holding_points,
         d("0.083333")
@@ -653,15 +666,18 @@ fn stream_time_never_goes_backwards_and_heartbeats_settle() {
     let out = h.tx(G + 5 * M, vec![]);
     assert!(out.entries.is_empty());
     assert_eq!(h.state.stream_time(), Some(G + 10 * M));
-    // Heartbeats crossing two hours: two entries, 50 min and 60 min of 360.
+    // Heartbeats crossing two hours credit 50 min and 60 min of 360, one
+    // credit for the user and epoch, and write no entry (the segment goes on):
     // 3,000 s × 360 = 1,080,000 → 0.025; 3,600 s × 360 = 1,296,000 → 0.03.
     let out = h.tx(G + 2 * H + M, vec![]);
+    assert!(out.entries.is_empty());
     assert_eq!(
-        summary(&out.entries),
-        vec![
-            s("0xa", Holding, false, "0.025"),
-            s("0xa", Holding, false, "0.03")
-        ]
+        out.credits,
+        vec![HoldingCredit {
+            user: "0xa".into(),
+            epoch: 0,
+            points: d("0.055")
+        }]
     );
     // A corrupt jump years ahead is refused and changes nothing.
     let before = serde_json::to_string(&h.state).unwrap();
@@ -682,8 +698,9 @@ fn stream_time_never_goes_backwards_and_heartbeats_settle() {
 }
 
 #[test]
-fn settlement_is_ordered_by_boundary_then_position_id() {
-    let mut h = Harness::new("");
+fn segments_end_at_epoch_boundaries_ordered_by_boundary_then_position_id() {
+    // Epochs of 2 hours: a transaction 5 hours on crosses the boundaries at 2 h and 4 h.
+    let mut h = Harness::new("[epoch]\nlength = \"2h\"");
     h.tx(
         G,
         vec![
@@ -695,21 +712,114 @@ fn settlement_is_ordered_by_boundary_then_position_id() {
             },
         ],
     );
-    let out = h.tx(G + 2 * H, vec![]);
+    let out = h.tx(G + 5 * H, vec![]);
     let ids: Vec<_> = out
         .entries
         .iter()
-        .map(|e| (e.event_time, e.position_id.clone().unwrap()))
+        .map(|e| {
+            (
+                e.epoch,
+                e.segment_start,
+                e.event_time,
+                e.position_id.clone().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         ids,
         vec![
-            (G + H, "a".to_string()),
-            (G + H, "b".to_string()),
-            (G + 2 * H, "a".to_string()),
-            (G + 2 * H, "b".to_string()),
+            (0, Some(G), G + 2 * H, "a".to_string()),
+            (0, Some(G), G + 2 * H, "b".to_string()),
+            (1, Some(G + 2 * H), G + 4 * H, "a".to_string()),
+            (1, Some(G + 2 * H), G + 4 * H, "b".to_string()),
         ]
     );
+    // 100 for 2 hours: 2 × round(0.002 × 360,000 / 86,400) = 2 × 0.008333.
+    assert!(out.entries.iter().all(|e| e.points == d("0.016666")));
+    // Five hours credited per user, in three epochs: 2 + 2 + 1.
+    let credited: Vec<_> = out
+        .credits
+        .iter()
+        .map(|c| (c.user.as_str(), c.epoch, c.points))
+        .collect();
+    assert_eq!(
+        credited,
+        vec![
+            ("0xa", 0, d("0.016666")),
+            ("0xa", 1, d("0.016666")),
+            ("0xa", 2, d("0.008333")),
+            ("0xb", 0, d("0.016666")),
+            ("0xb", 1, d("0.016666")),
+            ("0xb", 2, d("0.008333")),
+        ]
+    );
+    // What the totals hold beyond the ledger: the open segments' credits.
+    let open = h.engine.open_segment_credits(&h.state).unwrap();
+    assert_eq!(open[&("0xa".to_string(), 2)], d("0.008333"));
+    assert_eq!(open.len(), 2);
+}
+
+#[test]
+fn a_rules_change_ends_the_open_segments_under_the_old_rules() {
+    let mut h = Harness::new("");
+    h.tx(
+        G + 30 * M,
+        vec![Event::PositionInserted {
+            new: pos("p1", "0xa", "1", "360", true, None),
+        }],
+    );
+    // Credited under the default rate (0.002 a day): [00:30, 01:00) and [01:00, 02:00) of 360:
+    // 0.015 + 0.03.
+    h.tx(G + 2 * H + 10 * M, vec![]);
+    // Now the rate doubles. The first transaction under the new rules writes the segment the
+    // old rules credited, [00:30, 02:00) = 0.045, and the next segment starts at 02:00.
+    let old = h.engine.clone();
+    let rules: RuleSet = toml::from_str("[holding]\nrate_per_day = 0.004").unwrap();
+    h.engine = Engine::new(rules).unwrap();
+    h.lsn += 1;
+    let tx = TxEvents {
+        commit_lsn: h.lsn,
+        commit_time: G + 3 * H + 30 * M,
+        events: vec![Event::PositionDeleted { id: "p1".into() }],
+    };
+    let out = h
+        .engine
+        .apply_transaction_after(Some(&old), &mut h.state, &mut h.book, &tx)
+        .unwrap();
+    let segments: Vec<_> = out
+        .entries
+        .iter()
+        .map(|e| (e.segment_start, e.event_time, e.points, e.rate))
+        .collect();
+    // Then [02:00, 03:30) under the new rate: 0.06 + 0.03.
+    assert_eq!(
+        segments,
+        vec![
+            (Some(G + 30 * M), G + 2 * H, d("0.045"), d("0.002")),
+            (Some(G + 2 * H), G + 3 * H + 30 * M, d("0.09"), d("0.004")),
+        ]
+    );
+    let credited: Vec<Decimal> = out.credits.iter().map(|c| c.points).collect();
+    assert_eq!(credited, vec![d("0.06"), d("0.03")]);
+    // The same rules as before change nothing.
+    let mut again = Harness::new("");
+    again.tx(
+        G,
+        vec![Event::PositionInserted {
+            new: pos("p1", "0xa", "1", "360", true, None),
+        }],
+    );
+    let same = again.engine.clone();
+    let tx = TxEvents {
+        commit_lsn: 9,
+        commit_time: G + 2 * H,
+        events: vec![],
+    };
+    let out = again
+        .engine
+        .apply_transaction_after(Some(&same), &mut again.state, &mut again.book, &tx)
+        .unwrap();
+    assert!(out.entries.is_empty());
 }
 
 #[test]
@@ -785,17 +895,19 @@ fn readme_worked_example() {
             new: pos("p", "0xalice", "0", "30000", false, Some("1000")),
         }],
     );
-    // [10:30,11:00) 1,800 s → 0.002 × 60,000 × 1,800 / 86,400 = 2.5;
-    // [11:00,12:00) → 5; [12:00,12:30) → 2.5; PnL 1,000 × 0.05 = 50.
+    // Credited: [10:30,11:00) 1,800 s → 0.002 × 60,000 × 1,800 / 86,400 = 2.5;
+    // [11:00,12:00) → 5; [12:00,12:30) → 2.5. One segment entry of 10; PnL
+    // 1,000 × 0.05 = 50.
     assert_eq!(
         summary(&out.entries),
         vec![
-            s("0xalice", Holding, false, "2.5"),
-            s("0xalice", Holding, false, "5"),
-            s("0xalice", Holding, false, "2.5"),
-            s("0xalice", Pnl, false, "50"),
+            s("0xalice", Holding, false, "10"),
+            s("0xalice", Pnl, false, "50")
         ]
     );
+    // The two hours passed in one transaction: one credit for Alice's epoch 0.
+    let credited: Vec<Decimal> = h.credits.iter().map(|c| c.points).collect();
+    assert_eq!(credited, vec![d("7.5"), d("2.5")]);
     // Alice's second fill, 150,000 notional, is still at ×1.00 (60,000 before);
     // her third, at 210,000 before it, gets ×1.10: 10,000 × 0.01 × 1.1 = 110.
     h.tx(
@@ -815,7 +927,7 @@ fn readme_worked_example() {
             s("0xcarol", TradingMaker, false, "55"),
         ]
     );
-    let totals = fold_totals(&h.ledger).unwrap();
+    let totals = fold_totals(&h.ledger, &h.credits).unwrap();
     let alice = &totals[&("0xalice".to_string(), 0)];
     // 600 + 1,500 + 110 trading, 10 holding, 50 PnL.
     assert_eq!(alice.trading_points, d("2210"));
@@ -892,6 +1004,7 @@ fn a_transaction_in_chunks_equals_it_whole() {
                 .apply_events(&mut cursor, &mut h.state, &mut h.book, part);
             got.entries.extend(out.entries);
             got.fills.extend(out.fills);
+            got.credits.extend(out.credits);
             got.counters.merge(&out.counters);
             got.errors.extend(out.errors.into_iter().map(|mut f| {
                 f.index = f.index.map(|i| i + k * chunk);

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use super::{FillRow, JournalChunk, StoreError};
 use crate::dead_letter::DeadLetter;
 use crate::lsn::Lsn;
-use crate::points::{Award, AwardBook, EpochId, FillRecord, LedgerEntry, StateDelta, Totals};
+use crate::points::{
+    Award, AwardBook, EpochId, FillRecord, HoldingCredit, LedgerEntry, StateDelta, Totals,
+};
 
 /// Everything one store transaction writes besides the checkpoint.
 #[derive(Debug, Default)]
@@ -18,8 +20,9 @@ pub struct Batch {
     /// Holding and PnL entries with their transaction's commit LSN and commit time (trading
     /// and referral entries are stored as `fills`).
     pub entries: Vec<(Lsn, i64, LedgerEntry)>,
-    /// Per (user, epoch) with entries in the batch: the increment of `user_epoch_points` and
-    /// the commit LSNs of those entries (its `user_batch` posting).
+    /// Per (user, epoch) with entries or holding credits in the batch: the increment of
+    /// `user_epoch_points` and the commit LSNs of its entries (its `user_batch` posting; a
+    /// user with credits only has none).
     pub totals: BTreeMap<(String, EpochId), UserBatch>,
     /// Commit LSNs of the batch's first and last transactions (for `user_batch`).
     pub lsn_range: Option<(Lsn, Lsn)>,
@@ -31,13 +34,14 @@ pub struct Batch {
 
 impl Batch {
     /// Adds a transaction's entries (folded into the totals; holding and PnL entries kept as
-    /// rows) and its award changes.
+    /// rows), its award changes and its holding credits (totals only: they have no row).
     pub fn add_entries(
         &mut self,
         commit_lsn: Lsn,
         commit_time: i64,
         entries: Vec<LedgerEntry>,
         fills: Vec<FillRecord>,
+        credits: Vec<HoldingCredit>,
     ) -> Result<(), StoreError> {
         let range = self.lsn_range.get_or_insert((commit_lsn, commit_lsn));
         range.1 = commit_lsn;
@@ -52,6 +56,14 @@ impl Batch {
             if !(e.kind.is_trading() || e.kind.is_referral()) {
                 self.entries.push((commit_lsn, commit_time, e));
             }
+        }
+        for c in credits {
+            self.totals
+                .entry((c.user.clone(), c.epoch))
+                .or_default()
+                .totals
+                .add_credit(&c)
+                .map_err(|source| StoreError::bad_value("user_epoch_points", source))?;
         }
         self.fills.extend(fills.into_iter().map(|fill| FillRow {
             commit_lsn,

@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0004_rank_cover_index.sql",
         include_str!("../../migrations/0004_rank_cover_index.sql"),
     ),
+    (
+        5,
+        "0005_holding_segments.sql",
+        include_str!("../../migrations/0005_holding_segments.sql"),
+    ),
 ];
 
 /// Creates the schema and applies the migrations the store has not recorded yet; returns how

@@ -22,6 +22,9 @@
 //! | `writer.rs` | the writer task that commits one batch while the next is built |
 //! | `copy.rs`, `lock.rs`, `migrate.rs` | binary COPY encoding, the one-instance lock, migrations |
 
+use std::collections::BTreeMap;
+
+use rust_decimal::Decimal;
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::Client;
 
@@ -171,7 +174,12 @@ impl Store {
     /// Deletes everything of this source (for `teardown --drop-store`), its share of the shared
     /// totals included; drops the whole schema when no other source is left in it. Returns
     /// whether the schema was dropped.
-    pub async fn drop_source(&mut self) -> Result<bool, StoreError> {
+    /// `open_credits` are the holding credits of the source's open segments (per user and
+    /// epoch), which the totals hold but no ledger row does yet.
+    pub async fn drop_source(
+        &mut self,
+        open_credits: &BTreeMap<(String, EpochId), Decimal>,
+    ) -> Result<bool, StoreError> {
         let tx = self
             .client
             .transaction()
@@ -202,6 +210,25 @@ impl Store {
         )
         .await
         .map_err(StoreError::db("take the source's share out of the totals"))?;
+        let (mut users, mut epochs, mut points) = (Vec::new(), Vec::new(), Vec::new());
+        for ((user, epoch), p) in open_credits {
+            users.push(user.as_str());
+            epochs.push(epoch_to_db(*epoch)?);
+            points.push(*p);
+        }
+        tx.execute(
+            "UPDATE walpoints.user_epoch_points u SET
+               holding_points = u.holding_points - c.p,
+               total_points = u.total_points - c.p,
+               updated_at = now()
+             FROM unnest($1::text[], $2::int4[], $3::numeric[]) AS c(user_address, epoch, p)
+             WHERE u.user_address = c.user_address AND u.epoch = c.epoch",
+            &[&users, &epochs, &points],
+        )
+        .await
+        .map_err(StoreError::db(
+            "take the source's open holding credits out of the totals",
+        ))?;
         tx.execute(
             "DELETE FROM walpoints.user_epoch_points WHERE trading_points = 0 \
              AND referral_points = 0 AND holding_points = 0 AND pnl_points = 0 \

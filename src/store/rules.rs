@@ -61,6 +61,33 @@ impl Store {
 }
 
 impl Store {
+    /// The rules the last journaled transaction of this source ran under (`None` before the
+    /// first): when they differ from the rules starting now, the engine ends the open holding
+    /// segments under them first, exactly as `replay` will when the journal's rules change.
+    pub async fn last_journaled_rules(&self) -> Result<Option<RuleSet>, StoreError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT r.rules_id, r.version, r.rules FROM walpoints.rules r
+                 JOIN (SELECT rules_id FROM walpoints.journal WHERE source_id = $1
+                       ORDER BY epoch DESC, commit_lsn DESC, ordinal DESC LIMIT 1) j
+                   USING (rules_id)",
+                &[&self.source_id],
+            )
+            .await
+            .map_err(StoreError::db("read the last journaled rules"))?;
+        row.map(|r| {
+            let id: i16 = r.get(0);
+            let version: &str = r.get(1);
+            serde_json::from_str(r.get(2)).map_err(|source| {
+                StoreError::bad_value(format!("walpoints.rules {id} ({version})"), source)
+            })
+        })
+        .transpose()
+    }
+}
+
+impl Store {
     /// Creates the journal and ledger partitions of epochs `from ..= from + ahead` (and of
     /// "before genesis") that do not exist yet, outside any batch, so that batches seldom
     /// create one while API readers wait on its lock.

@@ -229,7 +229,8 @@ impl StoreTx<'_> {
     }
 
     /// One `user_batch` row per (user, epoch) with entries in this batch: how the API finds a
-    /// user's entries without an index entry per ledger row.
+    /// user's entries without an index entry per ledger row. Holding credits have no row, so a
+    /// user with credits only gets no posting.
     async fn add_postings(&self, batch: &Batch) -> Result<(), StoreError> {
         let Some((first, last)) = batch.lsn_range else {
             return Ok(());
@@ -240,7 +241,11 @@ impl StoreTx<'_> {
         let mut users = Vec::with_capacity(batch.totals.len());
         let mut epochs = Vec::with_capacity(batch.totals.len());
         let mut lsns = Vec::with_capacity(batch.totals.len());
-        for ((user, epoch), u) in &batch.totals {
+        for ((user, epoch), u) in batch
+            .totals
+            .iter()
+            .filter(|(_, u)| !u.commit_lsns.is_empty())
+        {
             users.push(user.as_str());
             epochs.push(epoch_to_db(*epoch)?);
             // An array literal per posting: one text value instead of one per entry.
@@ -254,6 +259,9 @@ impl StoreTx<'_> {
             }
             text.push('}');
             lsns.push(text);
+        }
+        if users.is_empty() {
+            return Ok(());
         }
         self.tx
             .execute(

@@ -89,6 +89,78 @@ pub async fn ledger_sums(store: &tokio_postgres::Transaction<'_>) -> ByUserEpoch
     sums
 }
 
+/// The holding credits of every source's open segments, per (user, epoch): what the totals hold
+/// beyond the ledger until those segments end. Summed here hour by hour (each hour rounded on its
+/// own), from the store's open positions, stream time and rules (the walpoints engine uses a
+/// closed form instead: first hour, whole hours, last hour).
+pub async fn open_segment_credits(store: &tokio_postgres::Transaction<'_>) -> ByUserEpoch {
+    const H: i64 = 3_600_000_000;
+    let rows = store
+        .query(
+            "SELECT p.user_address, p.notional, p.since, c.stream_time, r.rules
+             FROM walpoints.state_open_position p
+             JOIN walpoints.checkpoint c USING (source_id)
+             CROSS JOIN LATERAL (
+               SELECT rules FROM walpoints.rules WHERE rules_id = (
+                 SELECT rules_id FROM walpoints.journal j WHERE j.source_id = p.source_id
+                 ORDER BY epoch DESC, commit_lsn DESC, ordinal DESC LIMIT 1)) r
+             WHERE c.stream_time IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("read the open positions");
+    let mut sums = ByUserEpoch::new();
+    for r in &rows {
+        let user: String = r.get(0);
+        let notional: Decimal = r.get(1);
+        let since: i64 = r.get(2);
+        let now: i64 = r.get(3);
+        let rules: walpoints::points::RuleSet =
+            serde_json::from_str(r.get(4)).expect("the recorded rules");
+        let excluded = rules
+            .excluded_addresses
+            .iter()
+            .any(|a| a.trim().eq_ignore_ascii_case(&user));
+        if notional < rules.holding.min_notional || excluded {
+            continue;
+        }
+        let calendar = rules.calendar().expect("the recorded calendar");
+        let settled = now - now.rem_euclid(H);
+        let Some(epoch) = calendar.epoch_of(settled) else {
+            continue;
+        };
+        let epoch_start = calendar.start_of(epoch).expect("epoch start");
+        let mut from = since.max(epoch_start);
+        let mut credited = Decimal::ZERO;
+        while from < settled {
+            let to = (from - from.rem_euclid(H) + H).min(settled);
+            let seconds = Decimal::new(to - from, 6);
+            let raw = notional * seconds * rules.holding.rate_per_day / Decimal::from(86_400);
+            credited +=
+                raw.round_dp_with_strategy(6, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+            from = to;
+        }
+        if !credited.is_zero() {
+            let s = sums
+                .entry((user, i32::try_from(epoch).expect("epoch")))
+                .or_default();
+            s.holding += credited;
+            s.total += credited;
+        }
+    }
+    sums
+}
+
+/// `ledger` plus `more`, per (user, epoch).
+pub fn plus(mut ledger: ByUserEpoch, more: &ByUserEpoch) -> ByUserEpoch {
+    for (k, m) in more {
+        let s = ledger.entry(k.clone()).or_default();
+        s.holding += m.holding;
+        s.total += m.total;
+    }
+    ledger
+}
+
 /// The store's `user_epoch_points`, per (user, epoch).
 pub async fn stored_totals(store: &tokio_postgres::Transaction<'_>) -> ByUserEpoch {
     store

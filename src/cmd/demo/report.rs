@@ -83,14 +83,16 @@ pub(super) async fn print_totals(
     )?;
     let row = store
         .query_one(
-            "SELECT count(*),
-                    coalesce(sum(points) FILTER (WHERE kind LIKE 'trading%'), 0)::text,
-                    coalesce(sum(points) FILTER (WHERE kind LIKE 'referral%'), 0)::text,
-                    coalesce(sum(points) FILTER (WHERE kind = 'holding'), 0)::text,
-                    coalesce(sum(points) FILTER (WHERE kind = 'pnl'), 0)::text,
-                    coalesce(sum(points), 0)::text,
+            // Points from the totals: a holding segment still open is credited there but has
+            // no ledger row yet.
+            "SELECT (SELECT count(*) FROM walpoints.ledger),
+                    coalesce(sum(trading_points), 0)::text,
+                    coalesce(sum(referral_points), 0)::text,
+                    coalesce(sum(holding_points), 0)::text,
+                    coalesce(sum(pnl_points), 0)::text,
+                    coalesce(sum(total_points), 0)::text,
                     (SELECT count(*) FROM walpoints.dead_letter)
-             FROM walpoints.ledger",
+             FROM walpoints.user_epoch_points",
             &[],
         )
         .await?;

@@ -15,7 +15,7 @@ use crate::dead_letter::DeadLetter;
 use crate::lsn::Lsn;
 use crate::mapping::{row_json, Mapped, Mapper, RowRejected, TableKind};
 use crate::pgoutput::Relation;
-use crate::points::{Engine, State, TxCursor, TxEvents, TxOutcome};
+use crate::points::{Engine, EntryKind, State, TxCursor, TxEvents, TxOutcome};
 use crate::store::{Batch, JournalChunk, StoreWriter};
 
 /// Where a dead-lettered event came from.
@@ -64,6 +64,9 @@ pub struct Evaluator {
     mapper: Mapper,
     truncate: TruncatePolicy,
     state: State,
+    /// The rules the state's open holding segments were credited under, until the first
+    /// transaction ends them (see [`Engine::begin_transaction_after`]).
+    previous_rules: Option<Engine>,
     /// Relations already checked against the mapping, by oid, with the table they are.
     checked: HashMap<u32, (Arc<Relation>, Option<TableKind>)>,
     progress: Progress,
@@ -77,9 +80,17 @@ impl Evaluator {
             mapper,
             truncate,
             state,
+            previous_rules: None,
             checked: HashMap::new(),
             progress: Progress::default(),
         }
+    }
+
+    /// Says which rules the last transaction before this session ran under, so that the first
+    /// one ends the open holding segments under them when they differ from this engine's.
+    pub fn after_rules(mut self, previous: Option<Engine>) -> Self {
+        self.previous_rules = previous;
+        self
     }
 
     /// The engine.
@@ -114,9 +125,15 @@ impl Evaluator {
         let commit_lsn = t.begin.commit_lsn;
         let commit_time = t.begin.commit_time;
         if t.cursor.is_none() {
+            let previous = self.previous_rules.take();
             let (cursor, settled) = self
                 .engine
-                .begin_transaction(&mut self.state, commit_lsn.0, commit_time)
+                .begin_transaction_after(
+                    previous.as_ref(),
+                    &mut self.state,
+                    commit_lsn.0,
+                    commit_time,
+                )
                 .map_err(|source| BatchError::Rules {
                     lsn: commit_lsn,
                     source,
@@ -211,9 +228,10 @@ impl Evaluator {
             commit_lsn: Lsn(txe.commit_lsn),
             commit_time: txe.commit_time,
         };
+        let previous = self.previous_rules.take();
         let outcome = self
             .engine
-            .apply_transaction(&mut self.state, &mut open.awards, txe)
+            .apply_transaction_after(previous.as_ref(), &mut self.state, &mut open.awards, txe)
             .map_err(|source| BatchError::Rules {
                 lsn: begin.commit_lsn,
                 source,
@@ -300,7 +318,9 @@ impl Evaluator {
         self.progress.points += outcome
             .entries
             .iter()
+            .filter(|e| e.kind != EntryKind::Holding)
             .map(|e| e.points)
+            .chain(outcome.credits.iter().map(|c| c.points))
             .sum::<rust_decimal::Decimal>();
         open.tally.counters.merge(&outcome.counters);
         open.add(
@@ -308,6 +328,7 @@ impl Evaluator {
             tx.commit_time,
             outcome.entries,
             outcome.fills,
+            outcome.credits,
             dead,
         )?;
         Ok(next)

@@ -10,7 +10,7 @@ use crate::changes::Op;
 use crate::dead_letter::{DeadLetter, Reason};
 use crate::lsn::Lsn;
 use crate::mapping::TableKind;
-use crate::points::{Counters, EntryKind, FillRecord, LedgerEntry};
+use crate::points::{Counters, EntryKind, FillRecord, HoldingCredit, LedgerEntry};
 use crate::store::{Batch, BatchAwards, StoreError};
 
 /// What one batch has collected so far.
@@ -52,17 +52,22 @@ impl OpenBatch {
         commit_time: i64,
         entries: Vec<LedgerEntry>,
         fills: Vec<FillRecord>,
+        credits: Vec<HoldingCredit>,
         dead: Vec<DeadLetter>,
     ) -> Result<(), StoreError> {
-        for e in &entries {
+        // A holding entry records hours its credits already counted.
+        for e in entries.iter().filter(|e| e.kind != EntryKind::Holding) {
             self.tally.points(e.kind, e.points);
+        }
+        for c in &credits {
+            self.tally.points(EntryKind::Holding, c.points);
         }
         for d in &dead {
             *self.tally.dead.entry(d.reason).or_default() += 1;
         }
         self.batch.dead.extend(dead);
         self.batch
-            .add_entries(commit_lsn, commit_time, entries, fills)
+            .add_entries(commit_lsn, commit_time, entries, fills, credits)
     }
 
     /// The journal, ledger rows and dead letters so far, for the writer to add to the batch's
