@@ -3,8 +3,8 @@
 //! - `rules/trades`: `Engine::apply_transaction` over transactions of 1,000 fills among 10,000
 //!   users, two in three of them referred (so most fills also pay a level-1 referral), volumes
 //!   growing through the tiers as the benchmark repeats;
-//! - `rules/settle_hour`: one transaction crossing an hour boundary with 100,000 open positions:
-//!   one holding entry per position.
+//! - `rules/settle_hour`: one transaction crossing an hour boundary (not an epoch's) with 100,000
+//!   open positions of as many users: one holding credit per user, no ledger entry.
 //!
 //! Throughput is reported in events (elements) per second; for `settle_hour`, in positions.
 

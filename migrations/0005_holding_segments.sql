@@ -16,7 +16,7 @@ WHERE c.source_id = p.source_id AND c.stream_time IS NOT NULL;
 -- holding entries in the compact ledger (or whose journal began at an earlier upgrade), replay
 -- now starts here: the journal is complete from this checkpoint, with the rules engine's state
 -- of this moment kept beside it.
-CREATE TEMPORARY TABLE restarted ON COMMIT DROP AS
+CREATE TEMPORARY TABLE restarted AS
 SELECT c.source_id FROM walpoints.checkpoint c
 WHERE c.journal_from IS NOT NULL
    OR EXISTS (SELECT 1 FROM walpoints.ledger_position l
@@ -36,3 +36,4 @@ INSERT INTO walpoints.open_position_at_journal_start
 SELECT * FROM walpoints.state_open_position WHERE source_id IN (SELECT source_id FROM restarted);
 INSERT INTO walpoints.pnl_paid_at_journal_start
 SELECT * FROM walpoints.state_pnl_paid WHERE source_id IN (SELECT source_id FROM restarted);
+DROP TABLE restarted;

@@ -72,7 +72,7 @@ impl Drop for AbortOnDrop {
 
 /// Writes a transactional logical message on the source every `every`: it keeps the slot
 /// moving (and WAL recyclable) when the followed tables are idle but the database is not, and
-/// advances stream time so holding segments settle at hour boundaries without trades.
+/// advances stream time so holding hours are credited at hour boundaries without trades.
 pub(super) async fn heartbeat_loop(
     url: ConnUrl,
     source_id: String,
