@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use rust_decimal::Decimal;
+
 use super::{FillRow, JournalChunk, StoreError};
 use crate::dead_letter::DeadLetter;
 use crate::lsn::Lsn;
@@ -24,6 +26,11 @@ pub struct Batch {
     /// `user_epoch_points` and the commit LSNs of its entries (its `user_batch` posting; a
     /// user with credits only has none).
     pub totals: BTreeMap<(String, EpochId), UserBatch>,
+    /// Per (user, epoch): the holding points credited in the batch (added to
+    /// `user_epoch_points` with `totals`). Kept apart because an hour boundary credits every
+    /// open position's owner: a million of these need a key and a number each, not the six
+    /// columns and the posting of a [`UserBatch`].
+    pub credits: BTreeMap<(String, EpochId), Decimal>,
     /// Commit LSNs of the batch's first and last transactions (for `user_batch`).
     pub lsn_range: Option<(Lsn, Lsn)>,
     /// Changed engine state.
@@ -58,12 +65,13 @@ impl Batch {
             }
         }
         for c in credits {
-            self.totals
-                .entry((c.user.clone(), c.epoch))
-                .or_default()
-                .totals
-                .add_credit(&c)
-                .map_err(|source| StoreError::bad_value("user_epoch_points", source))?;
+            let sum = self.credits.entry((c.user, c.epoch)).or_default();
+            *sum = sum.checked_add(c.points).ok_or_else(|| {
+                StoreError::bad_value(
+                    "user_epoch_points",
+                    crate::points::EventError::Overflow("holding points"),
+                )
+            })?;
         }
         self.fills.extend(fills.into_iter().map(|fill| FillRow {
             commit_lsn,

@@ -159,7 +159,7 @@ impl StoreTx<'_> {
         self.copy_journal(&batch.journal).await?;
         self.copy_fills(&batch.fills).await?;
         self.copy_position_entries(&batch.entries).await?;
-        self.add_totals(&batch.totals).await?;
+        self.add_totals(&batch.totals, &batch.credits).await?;
         self.add_postings(batch).await?;
         self.write_state(&batch.state).await?;
         self.write_dead_letters(&batch.dead).await
@@ -315,25 +315,57 @@ impl StoreTx<'_> {
         Ok(())
     }
 
+    /// Adds the batch's totals and holding credits to `user_epoch_points`, in key order (so
+    /// concurrent sources lock rows in the same order), [`TOTALS_CHUNK`] rows a statement so
+    /// that an hour boundary crediting a million users needs bounded memory on both sides.
     async fn add_totals(
         &self,
         totals: &BTreeMap<(String, EpochId), UserBatch>,
+        credits: &BTreeMap<(String, EpochId), Decimal>,
     ) -> Result<(), StoreError> {
-        if totals.is_empty() {
-            return Ok(());
-        }
-        // Sorted by key (BTreeMap), so concurrent sources lock rows in the same order.
-        let mut users = Vec::with_capacity(totals.len());
-        let mut epochs = Vec::with_capacity(totals.len());
-        let mut cols: [Vec<Decimal>; 6] = Default::default();
-        for ((user, epoch), u) in totals {
-            let t = &u.totals;
-            users.push(user.as_str());
-            epochs.push(epoch_to_db(*epoch)?);
-            for (col, v) in cols.iter_mut().zip(t.columns()) {
+        let mut chunk = TotalsChunk::default();
+        let mut a = totals.iter().peekable();
+        let mut b = credits.iter().peekable();
+        loop {
+            let (key, row) = match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some((ka, _)), Some((kb, _))) if kb < ka => {
+                    let (k, c) = b.next().expect("peeked");
+                    (k, credit_row(*c))
+                }
+                (Some((ka, _)), Some((kb, _))) if ka == kb => {
+                    let (k, u) = a.next().expect("peeked");
+                    let (_, c) = b.next().expect("peeked");
+                    let mut row = u.totals.columns();
+                    add_credit_to(&mut row, *c)?;
+                    (k, row)
+                }
+                (Some(_), _) => {
+                    let (k, u) = a.next().expect("peeked");
+                    (k, u.totals.columns())
+                }
+                (None, Some(_)) => {
+                    let (k, c) = b.next().expect("peeked");
+                    (k, credit_row(*c))
+                }
+            };
+            chunk.users.push(key.0.as_str());
+            chunk.epochs.push(epoch_to_db(key.1)?);
+            for (col, v) in chunk.cols.iter_mut().zip(row) {
                 col.push(v);
             }
+            if chunk.users.len() == TOTALS_CHUNK {
+                self.write_totals(&mut chunk).await?;
+            }
         }
+        self.write_totals(&mut chunk).await
+    }
+
+    async fn write_totals(&self, chunk: &mut TotalsChunk<'_>) -> Result<(), StoreError> {
+        if chunk.users.is_empty() {
+            return Ok(());
+        }
+        let c = &chunk.cols;
         self.tx
             .execute(
                 "INSERT INTO walpoints.user_epoch_points AS t (user_address, epoch, \
@@ -350,11 +382,55 @@ impl StoreTx<'_> {
                  trading_volume = t.trading_volume + excluded.trading_volume, \
                  updated_at = now()",
                 &[
-                    &users, &epochs, &cols[0], &cols[1], &cols[2], &cols[3], &cols[4], &cols[5],
+                    &chunk.users,
+                    &chunk.epochs,
+                    &c[0],
+                    &c[1],
+                    &c[2],
+                    &c[3],
+                    &c[4],
+                    &c[5],
                 ],
             )
             .await
             .map_err(StoreError::db("add to user_epoch_points"))?;
+        chunk.users.clear();
+        chunk.epochs.clear();
+        for col in &mut chunk.cols {
+            col.clear();
+        }
         Ok(())
     }
+}
+
+/// Rows of `user_epoch_points` a statement adds at most.
+const TOTALS_CHUNK: usize = 20_000;
+
+/// One statement's worth of `user_epoch_points` increments, column by column.
+#[derive(Default)]
+struct TotalsChunk<'a> {
+    users: Vec<&'a str>,
+    epochs: Vec<i32>,
+    cols: [Vec<Decimal>; 6],
+}
+
+/// The `user_epoch_points` increment of a holding credit alone, in `Totals::columns` order.
+fn credit_row(points: Decimal) -> [Decimal; 6] {
+    let mut row = [Decimal::ZERO; 6];
+    row[2] = points;
+    row[4] = points;
+    row
+}
+
+/// Adds a holding credit to a `Totals::columns` row.
+fn add_credit_to(row: &mut [Decimal; 6], points: Decimal) -> Result<(), StoreError> {
+    for i in [2, 4] {
+        row[i] = row[i].checked_add(points).ok_or_else(|| {
+            StoreError::bad_value(
+                "user_epoch_points",
+                crate::points::EventError::Overflow("holding points"),
+            )
+        })?;
+    }
+    Ok(())
 }
