@@ -139,6 +139,8 @@ impl Lab {
         cmd.env("WALPOINTS_SOURCE_URL", self.exchange_url())
             .env("WALPOINTS_CONFIG", "/dev/null")
             .env("WALPOINTS_HEARTBEAT_INTERVAL", "0s")
+            // Any free port: another walpoints on this machine may hold the default one.
+            .env("WALPOINTS_HTTP_LISTEN", "127.0.0.1:0")
             .env(
                 "RUST_LOG",
                 std::env::var("WALPOINTS_BENCH_LOG").unwrap_or_else(|_| "info".into()),

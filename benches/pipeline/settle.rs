@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::lab::{mib, Daemon, Lab};
+use crate::lab::{mib, reset_statements, statements, Daemon, Lab};
 use crate::workload::{commit_trades, open_positions};
 use crate::Plan;
 
@@ -59,7 +59,9 @@ pub async fn run(lab: &Lab, plan: &Plan) -> Result<()> {
              UPDATE walpoints.state_open_position SET since = since - {HOUR_MICROS};"
         ))
         .await?;
+    reset_statements(&store).await?;
     let (crossing, crossing_kib) = restart("settle-hour").await?;
+    eprint!("{}", statements(&store).await?);
     let after = counts().await?;
     println!(
         "\n## Hourly settlement\n\n\
