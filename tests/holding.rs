@@ -14,20 +14,24 @@ use crate::support::{totals, TestDb};
 
 const HOUR: i64 = 3_600_000_000;
 
-/// The holding entries of the store: (position, segment start µs, end µs, points, rate).
-async fn segments(store: &tokio_postgres::Client) -> Vec<(String, i64, i64, Decimal, Decimal)> {
+/// A holding entry of the store: (position, segment start µs, end µs, points, rate).
+type Segment = (String, i64, i64, Decimal, Decimal);
+
+/// The store's holding entries, with the rules version each is stamped with.
+async fn segments(store: &tokio_postgres::Client) -> Vec<(Segment, String)> {
     store
         .query(
             "SELECT position_id,
                     (extract(epoch FROM segment_start) * 1000000)::bigint,
-                    (extract(epoch FROM event_time) * 1000000)::bigint, points, rate
+                    (extract(epoch FROM event_time) * 1000000)::bigint, points, rate,
+                    rules_version
              FROM walpoints.ledger WHERE kind = 'holding' ORDER BY commit_lsn, ordinal",
             &[],
         )
         .await
         .unwrap()
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .map(|r| ((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)), r.get(5)))
         .collect()
 }
 
@@ -128,9 +132,21 @@ async fn hours_are_credited_as_they_pass_and_a_rules_change_ends_the_open_segmen
     .unwrap();
     let until = fence(&ex).await;
     wp.wait_for(until, Duration::from_secs(30), &running).await;
+    let old_version: String = store
+        .query_one(
+            "SELECT version FROM walpoints.rules WHERE rules_id = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     let ended = segments(&store).await;
     assert_eq!(ended.len(), 2, "{ended:?}");
-    for (id, start, end, points, rate) in &ended {
+    for ((id, start, end, points, rate), version) in &ended {
+        assert_eq!(
+            version, &old_version,
+            "{id} is stamped with the rules it was credited by"
+        );
         assert_eq!(
             *end, old_settled,
             "{id} ends at the last hour the old rules settled"
@@ -158,10 +174,11 @@ async fn hours_are_credited_as_they_pass_and_a_rules_change_ends_the_open_segmen
     wp.wait_for(until, Duration::from_secs(30), &running).await;
     let all = segments(&store).await;
     assert_eq!(all.len(), 3, "{all:?}");
-    let (id, start, _, points, rate) = &all[2];
+    let ((id, start, _, points, rate), version) = &all[2];
     assert_eq!(id, "00000000-0000-0000-0000-0000000000a1");
     assert_eq!((*start, *rate), (old_settled, Decimal::new(4, 3)));
     assert!(*points > Decimal::ZERO);
+    assert_ne!(version, &old_version);
     wp.assert_totals_match_ledger().await;
     running.signal(libc::SIGTERM);
     assert!(

@@ -62,8 +62,12 @@ impl StoreTx<'_> {
             return Ok(());
         }
         let rules_id = self.rules_id()?;
+        let others = self
+            .other_rules_ids(entries.iter().map(|(_, _, e)| &*e.rules_version))
+            .await?;
         let mut chunks = copy::Chunks::new();
         for (commit_lsn, commit_time, e) in entries {
+            let rules_id = others.get(&*e.rules_version).copied().unwrap_or(rules_id);
             let kind = match e.kind {
                 EntryKind::Holding => "holding",
                 EntryKind::Pnl => "pnl",

@@ -87,6 +87,9 @@ pub struct Store {
     pub(super) source_id: String,
     /// The rules version batches are stamped with ([`Store::use_rules`]).
     pub(super) rules_id: Option<i16>,
+    /// That version's hash: rows of entries made under another version (the holding segments
+    /// a rules change ends) are stamped with that one's id instead.
+    pub(super) rules_version: Option<String>,
     /// Epochs whose journal and ledger partitions are known to exist.
     pub(super) partitions: std::sync::Mutex<std::collections::BTreeSet<i32>>,
 }
@@ -115,6 +118,7 @@ impl Store {
             client,
             source_id: source_id.to_owned(),
             rules_id: None,
+            rules_version: None,
             partitions: Default::default(),
         })
     }
@@ -167,6 +171,7 @@ impl Store {
             tx,
             source_id: &self.source_id,
             rules_id: self.rules_id,
+            rules_version: self.rules_version.as_deref(),
             partitions: &self.partitions,
         })
     }

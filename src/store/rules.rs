@@ -37,6 +37,7 @@ impl Store {
             .get(0);
         tx.commit().await.map_err(StoreError::db("commit"))?;
         self.rules_id = Some(id);
+        self.rules_version = Some(version);
         Ok(id)
     }
 

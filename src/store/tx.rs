@@ -23,6 +23,7 @@ pub struct StoreTx<'a> {
     pub(super) tx: Transaction<'a>,
     pub(super) source_id: &'a str,
     pub(super) rules_id: Option<i16>,
+    pub(super) rules_version: Option<&'a str>,
     /// Epochs whose partitions exist, shared by the connection's transactions.
     pub(super) partitions: &'a std::sync::Mutex<std::collections::BTreeSet<i32>>,
 }
@@ -163,6 +164,38 @@ impl StoreTx<'_> {
         self.add_postings(batch).await?;
         self.write_state(&batch.state).await?;
         self.write_dead_letters(&batch.dead).await
+    }
+
+    /// The ids of the rules versions among `versions` other than this connection's (entries
+    /// made under the rules in force before a change: the holding segments it ended).
+    pub(super) async fn other_rules_ids<'v>(
+        &self,
+        versions: impl Iterator<Item = &'v str>,
+    ) -> Result<std::collections::HashMap<String, i16>, StoreError> {
+        let mut others: Vec<&str> = versions
+            .filter(|v| Some(*v) != self.rules_version)
+            .collect();
+        if others.is_empty() {
+            return Ok(Default::default());
+        }
+        others.sort_unstable();
+        others.dedup();
+        let rows = self
+            .tx
+            .query(
+                "SELECT version, rules_id FROM walpoints.rules WHERE version = ANY($1)",
+                &[&others],
+            )
+            .await
+            .map_err(StoreError::db("read walpoints.rules"))?;
+        let ids: std::collections::HashMap<String, i16> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        if let Some(missing) = others.iter().find(|v| !ids.contains_key(**v)) {
+            return Err(StoreError::Schema(format!(
+                "an entry names rules version {missing}, which walpoints.rules does not hold"
+            )));
+        }
+        Ok(ids)
     }
 
     /// The rules version rows are stamped with.
