@@ -14,6 +14,18 @@ use crate::support::{totals, TestDb};
 
 const HOUR: i64 = 3_600_000_000;
 
+/// Commits `sql` on the exchange and waits until walpoints has it in the store.
+async fn commit_and_follow(
+    ex: &tokio_postgres::Client,
+    wp: &Walpoints<'_>,
+    running: &crate::support::Running,
+    sql: &str,
+) {
+    ex.batch_execute(sql).await.unwrap();
+    let until = fence(ex).await;
+    wp.wait_for(until, Duration::from_secs(30), running).await;
+}
+
 /// A holding entry of the store: (position, segment start µs, end µs, points, rate).
 type Segment = (String, i64, i64, Decimal, Decimal);
 
@@ -41,15 +53,15 @@ async fn hours_are_credited_as_they_pass_and_a_rules_change_ends_the_open_segmen
     let ex = db.client().await;
     let wp = Walpoints::set_up(&db, "hold");
     let mut running = wp.start();
-    ex.batch_execute(
+    commit_and_follow(
+        &ex,
+        &wp,
+        &running,
         "INSERT INTO positions (id, user_address, symbol, size, entry_price)
          VALUES ('00000000-0000-0000-0000-0000000000a1', '0xhold_a', 'BTC-PERP', 1, 1000),
                 ('00000000-0000-0000-0000-0000000000b2', '0xhold_b', 'ETH-PERP', -2, 500);",
     )
-    .await
-    .unwrap();
-    let until = fence(&ex).await;
-    wp.wait_for(until, Duration::from_secs(30), &running).await;
+    .await;
     running.signal(libc::SIGTERM);
     assert!(
         running.wait(Duration::from_secs(10)).success(),
@@ -124,14 +136,14 @@ async fn hours_are_credited_as_they_pass_and_a_rules_change_ends_the_open_segmen
         .unwrap();
     let wp = wp.env("WALPOINTS_CONFIG", config.path().to_str().unwrap());
     let mut running = wp.start();
-    ex.batch_execute(
+    commit_and_follow(
+        &ex,
+        &wp,
+        &running,
         "INSERT INTO trades (id, symbol, price, amount, taker_address, maker_address)
          VALUES (1, 'BTC-PERP', 100, 1, '0xhold_a', '0xhold_b');",
     )
-    .await
-    .unwrap();
-    let until = fence(&ex).await;
-    wp.wait_for(until, Duration::from_secs(30), &running).await;
+    .await;
     let old_version: String = store
         .query_one(
             "SELECT version FROM walpoints.rules WHERE rules_id = 1",
@@ -164,14 +176,14 @@ async fn hours_are_credited_as_they_pass_and_a_rules_change_ends_the_open_segmen
     wp.assert_totals_match_ledger().await;
 
     // Closing one position writes its next segment, at the new rate, from the old settled hour.
-    ex.batch_execute(
+    commit_and_follow(
+        &ex,
+        &wp,
+        &running,
         "UPDATE positions SET status = 'closed', realized_pnl = 0
          WHERE id = '00000000-0000-0000-0000-0000000000a1'",
     )
-    .await
-    .unwrap();
-    let until = fence(&ex).await;
-    wp.wait_for(until, Duration::from_secs(30), &running).await;
+    .await;
     let all = segments(&store).await;
     assert_eq!(all.len(), 3, "{all:?}");
     let ((id, start, _, points, rate), version) = &all[2];

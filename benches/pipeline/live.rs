@@ -1,7 +1,8 @@
 //! Live following: pgbench commits one-row trades while `walpoints run` follows; the latency from
 //! each trade's commit to the store commit that makes its points visible is read afterwards
 //! from commit timestamps (`track_commit_timestamp`): the trade's `commit_time` column and
-//! `pg_xact_commit_timestamp(xmin)` of its ledger rows, both from the same server clock.
+//! `pg_xact_commit_timestamp(xmin)` of its journal rows (committed with its ledger rows), both
+//! from the same server clock.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -162,7 +163,7 @@ async fn latencies(store: &tokio_postgres::Client, from: SystemTime) -> Result<V
         .query(
             "SELECT extract(epoch FROM commit_time - $1)::float8, \
              extract(epoch FROM pg_xact_commit_timestamp(xmin) - commit_time)::float8 * 1000 \
-             FROM (SELECT DISTINCT ON (commit_lsn) commit_time, xmin FROM walpoints.ledger \
+             FROM (SELECT DISTINCT ON (commit_lsn) commit_time, xmin FROM walpoints.journal \
                    WHERE commit_time >= $1 ORDER BY commit_lsn) t ORDER BY 1",
             &[&from],
         )
