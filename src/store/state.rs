@@ -3,12 +3,13 @@
 //! brought up to date with each batch's [`StateDelta`] inside the batch's transaction.
 //!
 //! Every table is written the same way ([`TableChanges`]): the keys whose row goes are deleted,
-//! then the changed rows are upserted, each as one statement over `unnest`ed arrays, so a batch
-//! costs at most two statements per table whatever its size.
+//! then the changed rows are upserted, each as statements over `unnest`ed arrays of up to
+//! `ROWS_PER_STATEMENT` rows, so a batch costs two statements per table per 10,000 changed rows.
 
 use rust_decimal::Decimal;
 use tokio_postgres::types::{FromSql, ToSql};
 
+use super::tx::ROWS_PER_STATEMENT;
 use super::{epoch_to_db, Store, StoreError, StoreTx};
 use crate::points::{
     EpochId, OpenPositionRow, PositionRow, ReferralRow, State, StateDelta, VolumeRow,
@@ -152,10 +153,12 @@ impl StoreTx<'_> {
                 placeholders(&t.gone),
                 on.join(" AND ")
             );
-            self.tx
-                .execute(&sql, &params(&self.source_id, &t.gone))
-                .await
-                .map_err(&err)?;
+            for part in parts(&t.gone) {
+                self.tx
+                    .execute(&sql, &params(&self.source_id, &part))
+                    .await
+                    .map_err(&err)?;
+            }
         }
         if !t.kept.is_empty() {
             let columns = t.keys.iter().chain(t.values).copied().collect::<Vec<_>>();
@@ -176,10 +179,12 @@ impl StoreTx<'_> {
                 columns.join(", "),
                 placeholders(&t.kept)
             );
-            self.tx
-                .execute(&sql, &params(&self.source_id, &t.kept))
-                .await
-                .map_err(&err)?;
+            for part in parts(&t.kept) {
+                self.tx
+                    .execute(&sql, &params(&self.source_id, &part))
+                    .await
+                    .map_err(&err)?;
+            }
         }
         Ok(())
     }
@@ -283,7 +288,7 @@ enum Column<'a> {
     Numeric(Vec<Decimal>),
 }
 
-impl Column<'_> {
+impl<'a> Column<'a> {
     fn sql_type(&self) -> &'static str {
         match self {
             Column::Text(_) => "text",
@@ -293,14 +298,59 @@ impl Column<'_> {
         }
     }
 
-    fn param(&self) -> &(dyn ToSql + Sync) {
+    fn len(&self) -> usize {
         match self {
-            Column::Text(v) => v,
-            Column::Int4(v) => v,
-            Column::Int8(v) => v,
-            Column::Numeric(v) => v,
+            Column::Text(v) => v.len(),
+            Column::Int4(v) => v.len(),
+            Column::Int8(v) => v.len(),
+            Column::Numeric(v) => v.len(),
         }
     }
+
+    /// Rows `range` of the column (clamped to its length).
+    fn slice(&self, range: std::ops::Range<usize>) -> Slice<'_, 'a> {
+        let clamp = |len: usize| range.start.min(len)..range.end.min(len);
+        match self {
+            Column::Text(v) => Slice::Text(&v[clamp(v.len())]),
+            Column::Int4(v) => Slice::Int4(&v[clamp(v.len())]),
+            Column::Int8(v) => Slice::Int8(&v[clamp(v.len())]),
+            Column::Numeric(v) => Slice::Numeric(&v[clamp(v.len())]),
+        }
+    }
+}
+
+/// Some rows of a [`Column`]: the array parameter of one statement.
+enum Slice<'c, 'a> {
+    Text(&'c [&'a str]),
+    Int4(&'c [i32]),
+    Int8(&'c [i64]),
+    Numeric(&'c [Decimal]),
+}
+
+impl Slice<'_, '_> {
+    fn param(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Slice::Text(v) => v,
+            Slice::Int4(v) => v,
+            Slice::Int8(v) => v,
+            Slice::Numeric(v) => v,
+        }
+    }
+}
+
+/// The rows of `columns` in parts of [`ROWS_PER_STATEMENT`], one statement each, so that a
+/// batch of 200,000 changed users is never encoded as one message.
+fn parts<'c, 'a>(columns: &'c [Column<'a>]) -> Vec<Vec<Slice<'c, 'a>>> {
+    let rows = columns.first().map_or(0, Column::len);
+    (0..rows)
+        .step_by(ROWS_PER_STATEMENT)
+        .map(|start| {
+            columns
+                .iter()
+                .map(|c| c.slice(start..start + ROWS_PER_STATEMENT))
+                .collect()
+        })
+        .collect()
 }
 
 /// Appends one row's cells to `columns`, creating each column with its first cell. Every row
@@ -338,10 +388,10 @@ fn placeholders(columns: &[Column<'_>]) -> String {
 /// The source id and the columns, as statement parameters.
 fn params<'p>(
     source_id: &'p (dyn ToSql + Sync),
-    columns: &'p [Column<'_>],
+    columns: &'p [Slice<'_, '_>],
 ) -> Vec<&'p (dyn ToSql + Sync)> {
     std::iter::once(source_id)
-        .chain(columns.iter().map(Column::param))
+        .chain(columns.iter().map(Slice::param))
         .collect()
 }
 
