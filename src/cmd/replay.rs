@@ -21,7 +21,9 @@ use super::progress::ProgressLine;
 use crate::config::Config;
 use crate::lsn::Lsn;
 use crate::points::{Award, AwardBook};
-use crate::points::{Engine, EpochId, HoldingCredit, LedgerEntry, RulesError, State, Totals};
+use crate::points::{
+    Engine, EpochId, EventError, HoldingCredit, LedgerEntry, RulesError, State, Totals,
+};
 use crate::store::{
     BatchAwards, JournaledTx, Store, StoreError, StoredEntry, StoredFill, StoredItem,
 };
@@ -555,23 +557,25 @@ impl AwardBook for ReplayBook {
 type ReplayedTotals = HashMap<String, Vec<(EpochId, Totals)>>;
 
 fn add_total(totals: &mut ReplayedTotals, e: &LedgerEntry) -> Result<(), StoreError> {
-    user_total(totals, &e.user, e.epoch)
-        .add_entry(e)
-        .map_err(|source| StoreError::bad_value("replayed totals", source))
+    with_total(totals, &e.user, e.epoch, |t| t.add_entry(e))
 }
 
 fn add_credit(totals: &mut ReplayedTotals, c: &HoldingCredit) -> Result<(), StoreError> {
-    user_total(totals, &c.user, c.epoch)
-        .add_credit(c)
-        .map_err(|source| StoreError::bad_value("replayed totals", source))
+    with_total(totals, &c.user, c.epoch, |t| t.add_credit(c))
 }
 
-fn user_total<'a>(totals: &'a mut ReplayedTotals, user: &str, epoch: EpochId) -> &'a mut Totals {
-    // Looked up by `&str`: no key allocation once the user is known.
-    if !totals.contains_key(user) {
-        totals.insert(user.to_owned(), Vec::new());
-    }
-    let epochs = totals.get_mut(user).expect("inserted just above");
+/// Applies `add` to the replayed totals of (`user`, `epoch`), looked up by `&str`: no key
+/// allocation once the user is known.
+fn with_total(
+    totals: &mut ReplayedTotals,
+    user: &str,
+    epoch: EpochId,
+    add: impl FnOnce(&mut Totals) -> Result<(), EventError>,
+) -> Result<(), StoreError> {
+    let epochs = match totals.get_mut(user) {
+        Some(v) => v,
+        None => totals.entry(user.to_owned()).or_default(),
+    };
     let i = match epochs.iter().position(|(e, _)| *e == epoch) {
         Some(i) => i,
         None => {
@@ -579,7 +583,7 @@ fn user_total<'a>(totals: &'a mut ReplayedTotals, user: &str, epoch: EpochId) ->
             epochs.len() - 1
         }
     };
-    &mut epochs[i].1
+    add(&mut epochs[i].1).map_err(|source| StoreError::bad_value("replayed totals", source))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -109,19 +109,21 @@ fn segment_points(
     let whole = credit(cx, notional, 0, MICROS_PER_HOUR)?
         .checked_mul(Decimal::from(whole_hours))
         .ok_or(EventError::Overflow("holding points"))?;
-    credit(cx, notional, start, first_end)?
+    let first = credit(cx, notional, start, first_end)?;
+    let last = credit(cx, notional, last_start, end)?;
+    first
         .checked_add(whole)
-        .and_then(|x| x.checked_add(credit(cx, notional, last_start, end).ok()?))
+        .and_then(|x| x.checked_add(last))
         .ok_or(EventError::Overflow("holding points"))
 }
 
-/// Where the open segment of a position last changed at `since` starts, with stream time
-/// settled up to `settled` (an hour boundary, or a change's time): segments end at epoch
-/// boundaries. `None` before genesis (nothing earns there).
-fn segment_start(cx: &Ctx<'_>, since: i64, settled: i64) -> Option<(i64, EpochId)> {
+/// The epoch open segments are in with stream time settled up to `settled` (an hour boundary,
+/// or a change's time), and where it starts: a position last changed at `since` has its open
+/// segment from max(`since`, that start), since segments end at epoch boundaries. `None` before
+/// genesis (nothing earns there). The same for every position, so callers ask once per instant.
+fn open_epoch(cx: &Ctx<'_>, settled: i64) -> Option<(EpochId, i64)> {
     let epoch = cx.epoch_of(settled)?;
-    let epoch_start = cx.compiled.calendar.start_of(epoch)?;
-    Some((max(since, epoch_start), epoch))
+    Some((epoch, cx.compiled.calendar.start_of(epoch)?))
 }
 
 /// The ledger row of the segment `[start, end)` of `notional` in `epoch`, if it earns.
@@ -171,33 +173,13 @@ pub(crate) fn settle_hours(
     let mut boundary = from_hour.saturating_add(MICROS_PER_HOUR);
     let positions = state.positions_iter();
     while boundary <= to_hour {
-        let hour_start = boundary - MICROS_PER_HOUR;
-        let epoch_ends = cx.epoch_of(boundary) != cx.epoch_of(hour_start);
+        let hour = Hour {
+            end: boundary,
+            open: open_epoch(cx, boundary - MICROS_PER_HOUR),
+            epoch_ends: cx.epoch_of(boundary) != cx.epoch_of(boundary - MICROS_PER_HOUR),
+        };
         for &(id, p) in &positions {
-            let user = state.user_name(p.user);
-            let Some((start, epoch)) = segment_start(cx, p.since, hour_start) else {
-                continue;
-            };
-            if !earns(cx, user, p.notional) {
-                continue;
-            }
-            let settled = (|| {
-                let c = credit(cx, p.notional, max(start, hour_start), boundary)?;
-                let sum = credits.entry((p.user, epoch)).or_default();
-                *sum = sum
-                    .checked_add(c)
-                    .ok_or(EventError::Overflow("holding points"))?;
-                if epoch_ends {
-                    if let Some(e) =
-                        segment_entry(cx, user, id, p.notional, epoch, start, boundary)?
-                    {
-                        cx.counters.holding_segments += 1;
-                        out.push(e);
-                    }
-                }
-                Ok(())
-            })();
-            if let Err(e) = settled {
+            if let Err(e) = settle_hour(cx, state, id, p, &hour, &mut credits, out) {
                 errors.push(e);
             }
         }
@@ -221,6 +203,49 @@ pub(crate) fn settle_hours(
     errors
 }
 
+/// An hour being settled, the same for every position.
+struct Hour {
+    /// Its end, the boundary stream time passed.
+    end: i64,
+    /// [`open_epoch`] at its start: `None` before genesis, where nothing earns.
+    open: Option<(EpochId, i64)>,
+    /// Whether an epoch ends with it, and with it every open segment.
+    epoch_ends: bool,
+}
+
+/// One open position's `hour`: its credit, and its segment's row when the epoch ends there.
+fn settle_hour(
+    cx: &mut Ctx<'_>,
+    state: &State,
+    id: &str,
+    p: &OpenPosition,
+    hour: &Hour,
+    credits: &mut BTreeMap<(UserId, EpochId), Decimal>,
+    out: &mut Vec<LedgerEntry>,
+) -> Result<(), EventError> {
+    let (boundary, hour_start) = (hour.end, hour.end - MICROS_PER_HOUR);
+    let user = state.user_name(p.user);
+    let Some((epoch, epoch_start)) = hour.open else {
+        return Ok(());
+    };
+    if !earns(cx, user, p.notional) {
+        return Ok(());
+    }
+    let start = max(p.since, epoch_start);
+    let c = credit(cx, p.notional, max(start, hour_start), boundary)?;
+    let sum = credits.entry((p.user, epoch)).or_default();
+    *sum = sum
+        .checked_add(c)
+        .ok_or(EventError::Overflow("holding points"))?;
+    if hour.epoch_ends {
+        if let Some(e) = segment_entry(cx, user, id, p.notional, epoch, start, boundary)? {
+            cx.counters.holding_segments += 1;
+            out.push(e);
+        }
+    }
+    Ok(())
+}
+
 /// Ends the open segments of every position at the last settled hour, under the rules they
 /// were credited by (the rules change after this), and starts their next segments there.
 /// Everything in them was credited already: this writes ledger rows, no credits.
@@ -234,12 +259,14 @@ pub(crate) fn close_segments(
         return errors;
     };
     let settled = floor_hour(now);
+    let open = open_epoch(cx, settled);
     let mut restart: Vec<(String, OpenPosition)> = Vec::new();
     for (id, p) in state.positions_iter() {
         if p.since >= settled {
             continue;
         }
-        if let Some((start, epoch)) = segment_start(cx, p.since, settled) {
+        if let Some((epoch, epoch_start)) = open {
+            let start = max(p.since, epoch_start);
             match segment_entry(
                 cx,
                 state.user_name(p.user),
@@ -282,11 +309,12 @@ pub(crate) fn open_segment_credits(
         return Ok(out);
     };
     let settled = floor_hour(now);
+    let Some((epoch, epoch_start)) = open_epoch(cx, settled) else {
+        return Ok(out);
+    };
     for (_, p) in state.positions_iter() {
         let user = state.user_name(p.user);
-        let Some((start, epoch)) = segment_start(cx, p.since, settled) else {
-            continue;
-        };
+        let start = max(p.since, epoch_start);
         if start >= settled || !earns(cx, user, p.notional) {
             continue;
         }
@@ -311,9 +339,10 @@ fn cut(
 ) -> Result<(Option<LedgerEntry>, Option<HoldingCredit>), EventError> {
     let user = state.user_name(p.user);
     let settled = floor_hour(cx.now);
-    let Some((start, epoch)) = segment_start(cx, p.since, settled) else {
+    let Some((epoch, epoch_start)) = open_epoch(cx, settled) else {
         return Ok((None, None));
     };
+    let start = max(p.since, epoch_start);
     let Some(entry) = segment_entry(cx, user, id, p.notional, epoch, start, cx.now)? else {
         return Ok((None, None));
     };

@@ -209,8 +209,13 @@ impl Totals {
 
     /// Adds holding points credited for an hour (or the part of one) that passed.
     pub fn add_credit(&mut self, c: &HoldingCredit) -> Result<(), EventError> {
-        add(&mut self.holding_points, c.points)?;
-        add(&mut self.total_points, c.points)
+        self.add_holding(c.points)
+    }
+
+    /// Adds holding points credited (the store sums a batch's credits per user first).
+    pub fn add_holding(&mut self, points: Decimal) -> Result<(), EventError> {
+        add(&mut self.holding_points, points)?;
+        add(&mut self.total_points, points)
     }
 
     /// Adds another set of totals (e.g. a batch's delta onto stored totals).

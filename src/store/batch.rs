@@ -22,9 +22,8 @@ pub struct Batch {
     /// Holding and PnL entries with their transaction's commit LSN and commit time (trading
     /// and referral entries are stored as `fills`).
     pub entries: Vec<(Lsn, i64, LedgerEntry)>,
-    /// Per (user, epoch) with entries or holding credits in the batch: the increment of
-    /// `user_epoch_points` and the commit LSNs of its entries (its `user_batch` posting; a
-    /// user with credits only has none).
+    /// Per (user, epoch) with entries in the batch: the increment of `user_epoch_points` and
+    /// the commit LSNs of those entries (its `user_batch` posting).
     pub totals: BTreeMap<(String, EpochId), UserBatch>,
     /// Per (user, epoch): the holding points credited in the batch (added to
     /// `user_epoch_points` with `totals`). Kept apart because an hour boundary credits every

@@ -15,7 +15,7 @@ use super::batch::UserBatch;
 use super::{epoch_to_db, lsn_of, pg_lsn, Batch, Checkpoint, StoreError};
 use crate::dead_letter::DeadLetter;
 use crate::lsn::Lsn;
-use crate::points::EpochId;
+use crate::points::{EpochId, Totals};
 use crate::time::system_time;
 
 /// Rows of a per-user table (`user_epoch_points`, `user_batch`, the rule state) written by one
@@ -279,11 +279,8 @@ impl StoreTx<'_> {
         if batch.totals.is_empty() {
             return Ok(());
         }
-        let totals: Vec<_> = batch
-            .totals
-            .iter()
-            .filter(|(_, u)| !u.commit_lsns.is_empty())
-            .collect();
+        // Every (user, epoch) here has entries (credits are kept apart), so each gets a posting.
+        let totals: Vec<_> = batch.totals.iter().collect();
         for part in totals.chunks(ROWS_PER_STATEMENT) {
             self.add_postings_part(part, first, last).await?;
         }
@@ -314,9 +311,6 @@ impl StoreTx<'_> {
             }
             text.push('}');
             lsns.push(text);
-        }
-        if users.is_empty() {
-            return Ok(());
         }
         self.tx
             .execute(
@@ -379,41 +373,39 @@ impl StoreTx<'_> {
         credits: &BTreeMap<(String, EpochId), Decimal>,
     ) -> Result<(), StoreError> {
         let mut chunk = TotalsChunk::default();
-        let mut a = totals.iter().peekable();
-        let mut b = credits.iter().peekable();
-        loop {
-            let (key, row) = match (a.peek(), b.peek()) {
-                (None, None) => break,
-                (Some((ka, _)), Some((kb, _))) if kb < ka => {
-                    let (k, c) = b.next().expect("peeked");
-                    (k, credit_row(*c))
-                }
-                (Some((ka, _)), Some((kb, _))) if ka == kb => {
-                    let (k, u) = a.next().expect("peeked");
-                    let (_, c) = b.next().expect("peeked");
-                    let mut row = u.totals.columns();
-                    add_credit_to(&mut row, *c)?;
-                    (k, row)
-                }
-                (Some(_), _) => {
-                    let (k, u) = a.next().expect("peeked");
-                    (k, u.totals.columns())
-                }
-                (None, Some(_)) => {
-                    let (k, c) = b.next().expect("peeked");
-                    (k, credit_row(*c))
-                }
-            };
-            chunk.users.push(key.0.as_str());
-            chunk.epochs.push(epoch_to_db(key.1)?);
-            for (col, v) in chunk.cols.iter_mut().zip(row) {
-                col.push(v);
+        let mut credits = credits.iter().peekable();
+        let credit_only = |c: &Decimal| {
+            let mut t = Totals::default();
+            t.add_holding(*c).map(|()| t).map_err(overflow)
+        };
+        for (key, u) in totals {
+            while let Some((k, c)) = credits.next_if(|(k, _)| *k < key) {
+                self.push_total(&mut chunk, k, &credit_only(c)?).await?;
             }
-            if chunk.users.len() == ROWS_PER_STATEMENT {
-                self.write_totals(&mut chunk).await?;
+            let mut t = u.totals.clone();
+            if let Some((_, c)) = credits.next_if(|(k, _)| *k == key) {
+                t.add_holding(*c).map_err(overflow)?;
             }
+            self.push_total(&mut chunk, key, &t).await?;
+        }
+        for (k, c) in credits {
+            self.push_total(&mut chunk, k, &credit_only(c)?).await?;
         }
         self.write_totals(&mut chunk).await
+    }
+
+    /// Adds one (user, epoch)'s increment to `chunk`, writing the chunk once it is full.
+    async fn push_total<'k>(
+        &self,
+        chunk: &mut TotalsChunk<'k>,
+        key: &'k (String, EpochId),
+        t: &Totals,
+    ) -> Result<(), StoreError> {
+        chunk.push(key, t)?;
+        if chunk.users.len() >= ROWS_PER_STATEMENT {
+            self.write_totals(chunk).await?;
+        }
+        Ok(())
     }
 
     async fn write_totals(&self, chunk: &mut TotalsChunk<'_>) -> Result<(), StoreError> {
@@ -466,23 +458,17 @@ struct TotalsChunk<'a> {
     cols: [Vec<Decimal>; 6],
 }
 
-/// The `user_epoch_points` increment of a holding credit alone, in `Totals::columns` order.
-fn credit_row(points: Decimal) -> [Decimal; 6] {
-    let mut row = [Decimal::ZERO; 6];
-    row[2] = points;
-    row[4] = points;
-    row
+impl<'a> TotalsChunk<'a> {
+    fn push(&mut self, (user, epoch): &'a (String, EpochId), t: &Totals) -> Result<(), StoreError> {
+        self.epochs.push(epoch_to_db(*epoch)?);
+        self.users.push(user);
+        for (col, v) in self.cols.iter_mut().zip(t.columns()) {
+            col.push(v);
+        }
+        Ok(())
+    }
 }
 
-/// Adds a holding credit to a `Totals::columns` row.
-fn add_credit_to(row: &mut [Decimal; 6], points: Decimal) -> Result<(), StoreError> {
-    for i in [2, 4] {
-        row[i] = row[i].checked_add(points).ok_or_else(|| {
-            StoreError::bad_value(
-                "user_epoch_points",
-                crate::points::EventError::Overflow("holding points"),
-            )
-        })?;
-    }
-    Ok(())
+fn overflow(source: crate::points::EventError) -> StoreError {
+    StoreError::bad_value("user_epoch_points", source)
 }
