@@ -22,12 +22,15 @@ struct Live {
 }
 
 /// Target rates of the live runs (trades/s); `None` is pgbench unthrottled.
-const RATES: [Option<u32>; 6] = [
+const RATES: [Option<u32>; 9] = [
     Some(1_000),
     Some(2_000),
     Some(3_000),
     Some(4_000),
+    Some(5_000),
     Some(6_000),
+    Some(8_000),
+    Some(10_000),
     None,
 ];
 

@@ -92,6 +92,10 @@ pub struct Store {
     pub(super) rules_version: Option<String>,
     /// Epochs whose journal and ledger partitions are known to exist.
     pub(super) partitions: std::sync::Mutex<std::collections::BTreeSet<i32>>,
+    /// The hot path's statements, prepared once on this connection: each then costs one round
+    /// trip to the server instead of two (parse and describe, then execute), which is most of
+    /// a small batch's commit latency.
+    pub(super) statements: tx::Statements,
 }
 
 impl std::fmt::Debug for Store {
@@ -120,6 +124,7 @@ impl Store {
             rules_id: None,
             rules_version: None,
             partitions: Default::default(),
+            statements: Default::default(),
         })
     }
 
@@ -173,6 +178,7 @@ impl Store {
             rules_id: self.rules_id,
             rules_version: self.rules_version.as_deref(),
             partitions: &self.partitions,
+            statements: &self.statements,
         })
     }
 

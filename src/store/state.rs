@@ -154,8 +154,7 @@ impl StoreTx<'_> {
                 on.join(" AND ")
             );
             for part in parts(&t.gone) {
-                self.tx
-                    .execute(&sql, &params(&self.source_id, &part))
+                self.execute_prepared(&sql, &params(&self.source_id, &part))
                     .await
                     .map_err(&err)?;
             }
@@ -180,8 +179,7 @@ impl StoreTx<'_> {
                 placeholders(&t.kept)
             );
             for part in parts(&t.kept) {
-                self.tx
-                    .execute(&sql, &params(&self.source_id, &part))
+                self.execute_prepared(&sql, &params(&self.source_id, &part))
                     .await
                     .map_err(&err)?;
             }

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
-use tokio_postgres::types::PgLsn;
-use tokio_postgres::Transaction;
+use tokio_postgres::types::{PgLsn, ToSql};
+use tokio_postgres::{Statement, Transaction};
 
 use super::batch::UserBatch;
 use super::{epoch_to_db, lsn_of, pg_lsn, Batch, Checkpoint, StoreError};
@@ -34,9 +34,45 @@ pub struct StoreTx<'a> {
     pub(super) rules_version: Option<&'a str>,
     /// Epochs whose partitions exist, shared by the connection's transactions.
     pub(super) partitions: &'a std::sync::Mutex<std::collections::BTreeSet<i32>>,
+    /// The connection's prepared statements ([`StoreTx::prepared`]).
+    pub(super) statements: &'a Statements,
 }
 
+/// A connection's prepared statements by their text. A prepared statement outlives the
+/// transaction that prepared it (even one rolled back), so the cache lives with the connection.
+pub(super) type Statements = std::sync::Mutex<std::collections::HashMap<String, Statement>>;
+
 impl StoreTx<'_> {
+    /// `sql` prepared on this connection, once: the hot path's statements then cost one round
+    /// trip each, and independent ones sent together ([`StoreTx::write_keyed`]) one between them.
+    pub(super) async fn prepared(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        let cached = self
+            .statements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sql)
+            .cloned();
+        if let Some(statement) = cached {
+            return Ok(statement);
+        }
+        let statement = self.tx.prepare(sql).await?;
+        self.statements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    /// Executes `sql` as a prepared statement ([`StoreTx::prepared`]).
+    pub(super) async fn execute_prepared(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let statement = self.prepared(sql).await?;
+        self.tx.execute(&statement, params).await
+    }
+
     /// Records a new source (the end of `setup`); fails if it exists.
     pub async fn insert_checkpoint(&self, cp: &Checkpoint) -> Result<(), StoreError> {
         self.tx
@@ -64,8 +100,8 @@ impl StoreTx<'_> {
     }
 
     /// Moves the checkpoint from `from` (where this process left it) to `to`; refuses with
-    /// [`StoreError::Fenced`] if it is elsewhere. Run it first: its row lock also keeps a second
-    /// instance's batch waiting until this one commits.
+    /// [`StoreError::Fenced`] if it is elsewhere. The batch's [`StoreTx::lock_checkpoint`] took
+    /// the row's lock at its start; this runs at its end, sent with the keyed statements.
     pub async fn advance_checkpoint(
         &self,
         from: Lsn,
@@ -76,8 +112,7 @@ impl StoreTx<'_> {
         rules_version: &str,
     ) -> Result<(), StoreError> {
         let n = self
-            .tx
-            .execute(
+            .execute_prepared(
                 "UPDATE walpoints.checkpoint SET lsn = $2, commit_time = $3, stream_time = $4, \
                  transactions = transactions + $5, rules_version = $6, updated_at = now() \
                  WHERE source_id = $1 AND lsn = $7",
@@ -101,8 +136,7 @@ impl StoreTx<'_> {
     /// that far: PostgreSQL's shutdown waits for its walsenders' clients to confirm all WAL.
     pub async fn advance_idle(&self, from: Lsn, to: Lsn) -> Result<(), StoreError> {
         let n = self
-            .tx
-            .execute(
+            .execute_prepared(
                 "UPDATE walpoints.checkpoint SET lsn = $2, updated_at = now() \
                  WHERE source_id = $1 AND lsn = $3",
                 &[&self.source_id, &pg_lsn(to), &pg_lsn(from)],
@@ -141,7 +175,12 @@ impl StoreTx<'_> {
         let found: Option<PgLsn> = self
             .tx
             .query_opt(
-                "SELECT lsn FROM walpoints.checkpoint WHERE source_id = $1 FOR UPDATE",
+                &self
+                    .prepared(
+                        "SELECT lsn FROM walpoints.checkpoint WHERE source_id = $1 FOR UPDATE",
+                    )
+                    .await
+                    .map_err(StoreError::db("lock the checkpoint"))?,
                 &[&self.source_id],
             )
             .await
@@ -164,14 +203,36 @@ impl StoreTx<'_> {
     /// order), one total increment and one `user_batch` posting per (user, epoch), state rows
     /// and dead letters.
     pub async fn write(&self, batch: &mut Batch) -> Result<(), StoreError> {
+        self.write_appends(batch).await?;
+        self.write_keyed(batch).await
+    }
+
+    /// The appended part of [`StoreTx::write`]: the journal and the compact ledger, each one
+    /// `COPY` (which holds the connection until it ends, so these go one after another).
+    pub async fn write_appends(&self, batch: &mut Batch) -> Result<(), StoreError> {
         self.ensure_partitions(batch).await?;
         self.copy_journal(&batch.journal).await?;
         self.copy_fills(&batch.fills).await?;
-        self.copy_position_entries(&batch.entries).await?;
-        self.add_totals(&batch.totals, &batch.credits).await?;
-        self.add_postings(batch).await?;
-        self.write_state(&batch.state).await?;
-        self.write_dead_letters(&batch.dead).await
+        self.copy_position_entries(&batch.entries).await
+    }
+
+    /// The keyed part of [`StoreTx::write`]: totals, postings, rule state and dead letters.
+    /// They touch different tables, so they are sent together (pipelined on the connection)
+    /// and a small batch pays one round trip for them, not one each: the commit latency of a
+    /// live batch is mostly round trips. The first statement to fail is the error reported.
+    pub async fn write_keyed(&self, batch: &Batch) -> Result<(), StoreError> {
+        let (totals, postings, state, dead) = tokio::join!(
+            self.add_totals(&batch.totals, &batch.credits),
+            self.add_postings(batch),
+            self.write_state(&batch.state),
+            self.write_dead_letters(&batch.dead),
+        );
+        // In the order sent: after the first failure the others only say the transaction
+        // is aborted.
+        totals?;
+        postings?;
+        state?;
+        dead
     }
 
     /// The ids of the rules versions among `versions` other than this connection's (entries
@@ -221,9 +282,13 @@ impl StoreTx<'_> {
         chunks: Vec<bytes::Bytes>,
     ) -> Result<(), StoreError> {
         use futures_util::SinkExt;
+        let statement = self
+            .prepared(statement)
+            .await
+            .map_err(StoreError::db(table))?;
         let sink = self
             .tx
-            .copy_in(statement)
+            .copy_in(&statement)
             .await
             .map_err(StoreError::db(table))?;
         futures_util::pin_mut!(sink);
@@ -312,24 +377,23 @@ impl StoreTx<'_> {
             text.push('}');
             lsns.push(text);
         }
-        self.tx
-            .execute(
-                "INSERT INTO walpoints.user_batch (user_address, epoch, source_id, first_lsn, \
+        self.execute_prepared(
+            "INSERT INTO walpoints.user_batch (user_address, epoch, source_id, first_lsn, \
                  last_lsn, commit_lsns) \
                  SELECT u, e, $3, $4, $5, l::pg_lsn[] \
                  FROM unnest($1::text[], $2::int4[], $6::text[]) AS x(u, e, l) \
                  ON CONFLICT DO NOTHING",
-                &[
-                    &users,
-                    &epochs,
-                    &self.source_id,
-                    &pg_lsn(first),
-                    &pg_lsn(last),
-                    &lsns,
-                ],
-            )
-            .await
-            .map_err(StoreError::db("add to user_batch"))?;
+            &[
+                &users,
+                &epochs,
+                &self.source_id,
+                &pg_lsn(first),
+                &pg_lsn(last),
+                &lsns,
+            ],
+        )
+        .await
+        .map_err(StoreError::db("add to user_batch"))?;
         Ok(())
     }
 
@@ -340,26 +404,25 @@ impl StoreTx<'_> {
 
     async fn write_dead_letters(&self, dead: &[DeadLetter]) -> Result<(), StoreError> {
         for d in dead {
-            self.tx
-                .execute(
-                    "INSERT INTO walpoints.dead_letter (source_id, commit_lsn, seq, lsn, \
+            self.execute_prepared(
+                "INSERT INTO walpoints.dead_letter (source_id, commit_lsn, seq, lsn, \
                      table_name, op, reason, detail, row, at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::text::jsonb, $10)",
-                    &[
-                        &self.source_id,
-                        &pg_lsn(d.commit_lsn),
-                        &i32::try_from(d.seq).unwrap_or(i32::MAX),
-                        &pg_lsn(d.lsn),
-                        &d.table,
-                        &d.op,
-                        &d.reason.as_str(),
-                        &d.detail,
-                        &d.row.to_string(),
-                        &system_time(d.at),
-                    ],
-                )
-                .await
-                .map_err(StoreError::db("write a dead letter"))?;
+                &[
+                    &self.source_id,
+                    &pg_lsn(d.commit_lsn),
+                    &i32::try_from(d.seq).unwrap_or(i32::MAX),
+                    &pg_lsn(d.lsn),
+                    &d.table,
+                    &d.op,
+                    &d.reason.as_str(),
+                    &d.detail,
+                    &d.row.to_string(),
+                    &system_time(d.at),
+                ],
+            )
+            .await
+            .map_err(StoreError::db("write a dead letter"))?;
         }
         Ok(())
     }
@@ -413,9 +476,8 @@ impl StoreTx<'_> {
             return Ok(());
         }
         let c = &chunk.cols;
-        self.tx
-            .execute(
-                "INSERT INTO walpoints.user_epoch_points AS t (user_address, epoch, \
+        self.execute_prepared(
+            "INSERT INTO walpoints.user_epoch_points AS t (user_address, epoch, \
                  trading_points, referral_points, holding_points, pnl_points, total_points, \
                  trading_volume) \
                  SELECT * FROM unnest($1::text[], $2::int4[], $3::numeric[], $4::numeric[], \
@@ -428,19 +490,19 @@ impl StoreTx<'_> {
                  total_points = t.total_points + excluded.total_points, \
                  trading_volume = t.trading_volume + excluded.trading_volume, \
                  updated_at = now()",
-                &[
-                    &chunk.users,
-                    &chunk.epochs,
-                    &c[0],
-                    &c[1],
-                    &c[2],
-                    &c[3],
-                    &c[4],
-                    &c[5],
-                ],
-            )
-            .await
-            .map_err(StoreError::db("add to user_epoch_points"))?;
+            &[
+                &chunk.users,
+                &chunk.epochs,
+                &c[0],
+                &c[1],
+                &c[2],
+                &c[3],
+                &c[4],
+                &c[5],
+            ],
+        )
+        .await
+        .map_err(StoreError::db("add to user_epoch_points"))?;
         chunk.users.clear();
         chunk.epochs.clear();
         for col in &mut chunk.cols {

@@ -144,16 +144,21 @@ pub async fn write_batches(
                 }
                 Job::Seal(seal) => {
                     let mut seal = *seal;
-                    tx.write(&mut seal.batch).await?;
-                    tx.advance_checkpoint(
-                        from,
-                        seal.end_lsn,
-                        seal.commit_time,
-                        seal.stream_time,
-                        seal.transactions,
-                        &seal.rules_version,
-                    )
-                    .await?;
+                    tx.write_appends(&mut seal.batch).await?;
+                    // The checkpoint's move goes with the keyed statements: one round trip.
+                    let (keyed, advanced) = tokio::join!(
+                        tx.write_keyed(&seal.batch),
+                        tx.advance_checkpoint(
+                            from,
+                            seal.end_lsn,
+                            seal.commit_time,
+                            seal.stream_time,
+                            seal.transactions,
+                            &seal.rules_version,
+                        )
+                    );
+                    keyed?;
+                    advanced?;
                     tx.commit().await?;
                     from = seal.end_lsn;
                     // The batch loop may have stopped listening (it is stopping); nothing to do.
