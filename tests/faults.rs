@@ -518,3 +518,35 @@ async fn a_black_holed_source_connection_is_dropped_after_the_silence_timeout_an
     writer.await.unwrap();
     assert_complete(&db, &wp, &running, "wp_ref", 2_000).await;
 }
+
+/// A walsender busy with a long stretch of WAL that holds nothing for walpoints (one big
+/// transaction on a table it does not follow) sends nothing for longer than the silence
+/// timeout: the watchdog's second probe sees it reading on, and the stream is kept. Before, the
+/// stream was dropped, and every reconnect decoded the same transaction again from the slot's
+/// restart point, never getting past it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_walsender_busy_with_wal_of_other_tables_is_not_presumed_dead() {
+    let db = TestDb::own_exchange("fault_busy_walsender", &[]).await;
+    let wp = Walpoints::new(&db, "busy").env("WALPOINTS_SOURCE_SILENCE_TIMEOUT", "2s");
+    let running = wp.setup_and_stream().await;
+    let source = db.client().await;
+    source
+        .batch_execute(
+            "CREATE TABLE public.noise (id bigint, pad text); \
+             INSERT INTO public.noise SELECT g, repeat('x', 20) FROM generate_series(1, 3000000) g",
+        )
+        .await
+        .expect("the noise transaction");
+    workload(db.url.clone(), 1, 100, 100).await;
+    let until = fence(&source).await;
+    wp.wait_for(until, Duration::from_secs(240), &running).await;
+    let stderr = running.stderr();
+    assert!(
+        stderr.contains("its walsender is reading WAL"),
+        "the walsender was never silent for a whole timeout, so this proves nothing; stderr:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains(PRESUMED_DEAD),
+        "a busy walsender was presumed dead; stderr:\n{stderr}"
+    );
+}

@@ -10,7 +10,7 @@
 //!
 //! Exit codes: 0 equal, 1 differences (the first ones listed), 2 cannot compare.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures_util::{pin_mut, StreamExt};
@@ -201,7 +201,7 @@ pub async fn verify(config: &Config, opts: &ReplayOptions) -> Result<ReplayRepor
         engines.insert(id, engine);
     }
     let mut report = ReplayReport::default();
-    let mut totals = ReplayedTotals::new();
+    let mut totals = ReplayedTotals::default();
     let total_tx: i64 = sources.iter().map(|r| r.get::<_, i64>(3)).sum();
     let mut progress = ProgressLine::new(
         "replay",
@@ -554,7 +554,7 @@ impl AwardBook for ReplayBook {
 
 /// Replayed totals per user, then per epoch (a user has entries in few epochs): looked up by
 /// the entry's `&str`, so an entry costs no key allocation once its user is known.
-type ReplayedTotals = HashMap<String, Vec<(EpochId, Totals)>>;
+type ReplayedTotals = crate::points::FastMap<String, Vec<(EpochId, Totals)>>;
 
 fn add_total(totals: &mut ReplayedTotals, e: &LedgerEntry) -> Result<(), StoreError> {
     with_total(totals, &e.user, e.epoch, |t| t.add_entry(e))

@@ -198,6 +198,7 @@ async fn start_stream(
             .map(|timeout| SilenceWatch {
                 timeout,
                 probe_url: config.source.url.clone(),
+                slot: config.source.slot.clone(),
             }),
     })
     .await?;

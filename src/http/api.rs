@@ -626,23 +626,38 @@ impl Api {
                 0i64,
             ),
             Some((total, addr)) => {
-                let keyset = "(total_points < $3::text::numeric \
-                           OR (total_points = $3::text::numeric AND user_address > $4))";
+                // The page after the cursor, as two index ranges that each start at the cursor
+                // (the rest of its tie, then fewer points): one `OR` of the two would be read
+                // from the top of the ranking, every row before the cursor filtered out.
                 let rows = db
                     .query(
                         &format!(
-                            "SELECT {columns} FROM walpoints.user_epoch_points u \
-                         WHERE {eligible} AND {keyset} \
-                         ORDER BY u.total_points DESC, u.user_address LIMIT $5"
+                            "SELECT * FROM (\
+                             (SELECT {columns}, total_points AS by_points \
+                              FROM walpoints.user_epoch_points \
+                              WHERE {eligible} AND total_points = $3::text::numeric \
+                              AND user_address > $4 ORDER BY user_address LIMIT $5) \
+                             UNION ALL \
+                             (SELECT {columns}, total_points AS by_points \
+                              FROM walpoints.user_epoch_points \
+                              WHERE {eligible} AND total_points < $3::text::numeric \
+                              ORDER BY total_points DESC, user_address LIMIT $5)) page \
+                             ORDER BY by_points DESC, user_address LIMIT $5"
                         ),
                         &[&epoch_i, &api.excluded, total, addr, &(limit + 1)],
                     )
                     .await?;
+                // The rows before the cursor, as two index ranges (more points; as many and
+                // not after the cursor's address): `NOT keyset` in one count is an OR the
+                // planner can only answer by reading every row of the epoch.
                 let before: i64 = db
                     .query_one(
                         &format!(
-                            "SELECT count(*) FROM walpoints.user_epoch_points \
-                         WHERE {eligible} AND NOT {keyset}"
+                            "SELECT (SELECT count(*) FROM walpoints.user_epoch_points \
+                             WHERE {eligible} AND total_points > $3::text::numeric) \
+                             + (SELECT count(*) FROM walpoints.user_epoch_points \
+                             WHERE {eligible} AND total_points = $3::text::numeric \
+                             AND user_address <= $4)"
                         ),
                         &[&epoch_i, &api.excluded, total, addr],
                     )

@@ -164,16 +164,26 @@ pub struct SourceOptions {
 /// all, because the transport's standby status updates (every second) keep the walsender from
 /// ever asking for a reply. So after half the timeout of silence the watchdog *probes*: it
 /// commits a transactional logical message ([`PROBE_PREFIX`]) on `probe_url`, which a live
-/// stream must then deliver. The stream is presumed dead only when, a whole timeout after the
+/// stream must then deliver. The stream is presumed dead when, a whole timeout after the
 /// silence began, nothing has arrived although the probe committed at least half a timeout ago,
 /// or the probe could not reach the source at all. A probe the source refuses (no privilege to
 /// emit messages) proves nothing: then the watchdog warns once and keeps waiting.
+///
+/// A walsender can also be silent because it is busy: decoding a long stretch of WAL with
+/// nothing for walpoints (a bulk load of a table it does not follow, or of another database on
+/// the same server) delivers nothing, and the probe waits behind it. So each probe also reads how
+/// far the slot's walsender has read (`pg_stat_replication.sent_lsn`) and where the WAL ends
+/// after the probe's commit; at the deadline a second probe looks again ([`progress`]). Read
+/// further, but not yet past the first probe: the walsender is working, and the silence starts
+/// over. Not moved, or past the first probe with nothing delivered: the connection is dead.
 #[derive(Debug, Clone)]
 pub struct SilenceWatch {
     /// How long the stream may stay silent (see above).
     pub timeout: Duration,
     /// Where the probe is committed: the source, or its primary when decoding on a standby.
     pub probe_url: ConnUrl,
+    /// The slot the stream reads, whose walsender's progress the probe reads.
+    pub slot: String,
 }
 
 /// Prefix of the silence watchdog's probe messages in the WAL (the batch loop ignores them,
@@ -187,8 +197,43 @@ struct Watchdog {
     /// When the stream was first found with nothing to deliver, since the last event.
     silent_since: Option<Instant>,
     probe: Probe,
+    /// What the first probe of this silence read, once a second one has been started to look
+    /// again ([`progress`]).
+    looked: Option<Reading>,
     /// A refused probe was already reported.
     warned: bool,
+}
+
+/// What a probe read on the source right after committing its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Reading {
+    /// How far the slot's walsender had read (`sent_lsn`).
+    sent: Lsn,
+    /// The end of the WAL after the probe's commit: a walsender that read past it decoded and
+    /// sent the probe's message.
+    end: Lsn,
+}
+
+/// What two probes of one silence say about the walsender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// It read further, not yet past the first probe: busy with older WAL, alive.
+    Working,
+    /// It read past the first probe, whose message never arrived: the connection is dead.
+    SentProbe,
+    /// It did not move: stuck, or blocked on a connection nobody reads.
+    Stalled,
+}
+
+/// Judges the walsender from the first probe's reading and the second's.
+fn progress(first: Reading, second: Reading) -> Progress {
+    if second.sent >= first.end {
+        Progress::SentProbe
+    } else if second.sent > first.sent {
+        Progress::Working
+    } else {
+        Progress::Stalled
+    }
 }
 
 /// The probe of one silence.
@@ -196,9 +241,10 @@ enum Probe {
     /// Not sent (yet) in this silence.
     None,
     /// On its way.
-    Running(tokio::task::JoinHandle<Result<(), ConnectError>>),
-    /// Committed on the source at this instant.
-    Committed(Instant),
+    Running(tokio::task::JoinHandle<Result<Option<Reading>, ConnectError>>),
+    /// Committed on the source at this instant, with what it read of the walsender (`None`
+    /// when the source would not say).
+    Committed(Instant, Option<Reading>),
     /// Could not reach the source (transient failure or no answer).
     Unreachable(String),
     /// The source refused it: it proves nothing.
@@ -210,6 +256,7 @@ impl Watchdog {
     /// statement, within half the timeout.
     fn start_probe(&mut self) {
         let url = self.watch.probe_url.clone();
+        let slot = self.watch.slot.clone();
         let limit = self.watch.timeout / 2;
         self.probe = Probe::Running(tokio::spawn(async move {
             let emit = async {
@@ -221,7 +268,27 @@ impl Watchdog {
                     )
                     .await
                     .map_err(|e| ConnectError::of("committing the silence probe", e))?;
-                Ok(())
+                // A role that may not see its walsender's row reads nothing: the probe then
+                // proves only what its commit proves.
+                let reading = client
+                    .query_opt(
+                        "SELECT r.sent_lsn, pg_current_wal_insert_lsn() \
+                         FROM pg_replication_slots s JOIN pg_stat_replication r \
+                         ON r.pid = s.active_pid WHERE s.slot_name = $1",
+                        &[&slot],
+                    )
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|r| {
+                        let sent: Option<tokio_postgres::types::PgLsn> = r.get(0);
+                        let end: tokio_postgres::types::PgLsn = r.get(1);
+                        Some(Reading {
+                            sent: Lsn(u64::from(sent?)),
+                            end: Lsn(u64::from(end)),
+                        })
+                    });
+                Ok(reading)
             };
             match tokio::time::timeout(limit, emit).await {
                 Ok(r) => r,
@@ -234,9 +301,26 @@ impl Watchdog {
     }
 
     /// Records how a finished probe ended.
-    fn probe_ended(&mut self, result: Result<Result<(), ConnectError>, tokio::task::JoinError>) {
+    fn probe_ended(
+        &mut self,
+        result: Result<Result<Option<Reading>, ConnectError>, tokio::task::JoinError>,
+    ) {
         self.probe = match result {
-            Ok(Ok(())) => Probe::Committed(Instant::now()),
+            Ok(Ok(reading)) => {
+                if let (Some(first), Some(second)) = (self.looked, reading) {
+                    if progress(first, second) == Progress::Working {
+                        tracing::info!(
+                            from = %first.sent,
+                            to = %second.sent,
+                            "the replication stream is silent, but its walsender is reading WAL \
+                             with nothing for walpoints yet: waiting on"
+                        );
+                        self.silent_since = Some(Instant::now());
+                        self.looked = None;
+                    }
+                }
+                Probe::Committed(Instant::now(), reading)
+            }
             Ok(Err(e)) if e.is_transient() => Probe::Unreachable(e.to_string()),
             Ok(Err(e)) => {
                 if !self.warned {
@@ -254,9 +338,12 @@ impl Watchdog {
         let t = self.watch.timeout;
         match &self.probe {
             Probe::None => Some(since + t / 2),
-            Probe::Running(_) | Probe::Unreachable(_) => Some(since + t),
-            Probe::Committed(at) => Some((since + t).max(*at + t / 2)),
-            Probe::Refused => None,
+            // A probe gives up within half the timeout by itself.
+            Probe::Running(_) | Probe::Refused => None,
+            Probe::Unreachable(_) => Some(since + t),
+            // The second look found no progress: the deadline has passed.
+            Probe::Committed(..) if self.looked.is_some() => Some(since + t),
+            Probe::Committed(at, _) => Some((since + t).max(*at + t / 2)),
         }
     }
 
@@ -264,12 +351,26 @@ impl Watchdog {
     fn verdict(&self, since: Instant) -> String {
         let silent = since.elapsed().as_secs();
         match &self.probe {
-            Probe::Committed(at) => format!(
-                "nothing arrived for {silent}s, although a probe message committed on the source \
-                 {}s ago (a dead connection, or a walsender held back: see the server log, e.g. \
-                 for a synchronized_standby_slots entry naming a slot that does not exist)",
-                at.elapsed().as_secs()
-            ),
+            Probe::Committed(at, reading) => {
+                let walsender = match (self.looked, reading) {
+                    (Some(first), Some(second)) => match progress(first, *second) {
+                        Progress::SentProbe => format!(
+                            "; its walsender has read past the probe ({} >= {}), so the message \
+                             was sent on a connection that delivers nothing",
+                            second.sent, first.end
+                        ),
+                        _ => format!("; its walsender has not moved from {}", second.sent),
+                    },
+                    _ => String::new(),
+                };
+                format!(
+                    "nothing arrived for {silent}s, although a probe message committed on the \
+                     source {}s ago{walsender} (a dead connection, or a walsender held back: see \
+                     the server log, e.g. for a synchronized_standby_slots entry naming a slot \
+                     that does not exist)",
+                    at.elapsed().as_secs()
+                )
+            }
             Probe::Unreachable(e) => {
                 format!(
                     "nothing arrived for {silent}s, and a probe could not reach the source: {e}"
@@ -433,6 +534,7 @@ impl ReplicationSource {
                 watch,
                 silent_since: None,
                 probe: Probe::None,
+                looked: None,
                 warned: false,
             }),
         })
@@ -567,13 +669,23 @@ impl ReplicationSource {
                         handle.abort();
                     }
                     dog.probe = Probe::None;
+                    dog.looked = None;
                     return Ok(event?);
                 }
                 ended = probe => dog.probe_ended(ended),
                 () = sleep => {
-                    if matches!(dog.probe, Probe::None) {
-                        dog.start_probe();
-                        continue;
+                    match &dog.probe {
+                        Probe::None => {
+                            dog.start_probe();
+                            continue;
+                        }
+                        // Look again: a busy walsender reads on, a dead connection does not.
+                        Probe::Committed(_, Some(first)) if dog.looked.is_none() => {
+                            dog.looked = Some(*first);
+                            dog.start_probe();
+                            continue;
+                        }
+                        _ => {}
                     }
                     let why = dog.verdict(since);
                     tracing::warn!(%why, "the replication stream is silent: dropping the connection");
@@ -733,6 +845,22 @@ fn from_wire(lsn: pgwire_replication::Lsn) -> Lsn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_probe_tells_a_busy_walsender_from_a_dead_connection() {
+        let first = Reading {
+            sent: Lsn(1_000),
+            end: Lsn(5_000),
+        };
+        let at = |sent| Reading {
+            sent: Lsn(sent),
+            end: Lsn(9_000),
+        };
+        assert_eq!(progress(first, at(3_000)), Progress::Working);
+        assert_eq!(progress(first, at(1_000)), Progress::Stalled);
+        assert_eq!(progress(first, at(5_000)), Progress::SentProbe);
+        assert_eq!(progress(first, at(6_000)), Progress::SentProbe);
+    }
 
     fn classify(e: PgWireError) -> bool {
         SourceError::from(e).is_transient()

@@ -60,7 +60,9 @@ pub use ledger::{fold_totals, round_points, EntryKind, HoldingCredit, LedgerEntr
 pub use rules::{
     EpochRules, HoldingRules, PnlRules, ReferralRules, RuleSet, RulesError, Tier, TradingRules,
 };
-pub use state::{OpenPositionRow, PositionRow, ReferralRow, State, StateDelta, VolumeRow};
+pub use state::{
+    FastMap, NameHasher, OpenPositionRow, PositionRow, ReferralRow, State, StateDelta, VolumeRow,
+};
 
 /// Most hour boundaries one transaction may cross while positions are open
 /// (366 days). Each crossed hour visits every open position, so a corrupt
