@@ -633,15 +633,15 @@ impl Api {
                     .query(
                         &format!(
                             "SELECT * FROM (\
-                             (SELECT {columns}, total_points AS by_points \
-                              FROM walpoints.user_epoch_points \
-                              WHERE {eligible} AND total_points = $3::text::numeric \
-                              AND user_address > $4 ORDER BY user_address LIMIT $5) \
+                             (SELECT {columns}, u.total_points AS by_points \
+                              FROM walpoints.user_epoch_points u \
+                              WHERE {eligible} AND u.total_points = $3::text::numeric \
+                              AND u.user_address > $4 ORDER BY u.user_address LIMIT $5) \
                              UNION ALL \
-                             (SELECT {columns}, total_points AS by_points \
-                              FROM walpoints.user_epoch_points \
-                              WHERE {eligible} AND total_points < $3::text::numeric \
-                              ORDER BY total_points DESC, user_address LIMIT $5)) page \
+                             (SELECT {columns}, u.total_points AS by_points \
+                              FROM walpoints.user_epoch_points u \
+                              WHERE {eligible} AND u.total_points < $3::text::numeric \
+                              ORDER BY u.total_points DESC, u.user_address LIMIT $5)) page \
                              ORDER BY by_points DESC, user_address LIMIT $5"
                         ),
                         &[&epoch_i, &api.excluded, total, addr, &(limit + 1)],

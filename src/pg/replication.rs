@@ -172,10 +172,12 @@ pub struct SourceOptions {
 /// A walsender can also be silent because it is busy: decoding a long stretch of WAL with
 /// nothing for walpoints (a bulk load of a table it does not follow, or of another database on
 /// the same server) delivers nothing, and the probe waits behind it. So each probe also reads how
-/// far the slot's walsender has read (`pg_stat_replication.sent_lsn`) and where the WAL ends
-/// after the probe's commit; at the deadline a second probe looks again ([`progress`]). Read
-/// further, but not yet past the first probe: the walsender is working, and the silence starts
-/// over. Not moved, or past the first probe with nothing delivered: the connection is dead.
+/// far the slot's walsender has read (`pg_stat_replication.sent_lsn`), whether it is at work
+/// or waiting (`pg_stat_activity.wait_event_type`), and where the WAL ends after the probe's
+/// commit; at the deadline a second probe looks again ([`progress`]). Read further but not yet
+/// past the first probe, or at work: the walsender is busy, and the silence starts over. Past
+/// the first probe with nothing delivered, or not moved and waiting (on a client that does not
+/// read, typically): the connection is dead.
 #[derive(Debug, Clone)]
 pub struct SilenceWatch {
     /// How long the stream may stay silent (see above).
@@ -212,16 +214,21 @@ struct Reading {
     /// The end of the WAL after the probe's commit: a walsender that read past it decoded and
     /// sent the probe's message.
     end: Lsn,
+    /// The walsender was at work (on a core, or reading and writing its spill files), not
+    /// waiting on its client or for WAL. While it hands a big transaction's changes to the
+    /// output plugin at its commit, `sent_lsn` stands still for as long as that takes.
+    busy: bool,
 }
 
 /// What two probes of one silence say about the walsender.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Progress {
-    /// It read further, not yet past the first probe: busy with older WAL, alive.
+    /// It read further, not yet past the first probe, or it is at work: busy with older WAL,
+    /// alive.
     Working,
     /// It read past the first probe, whose message never arrived: the connection is dead.
     SentProbe,
-    /// It did not move: stuck, or blocked on a connection nobody reads.
+    /// It did not move and waits: blocked on a connection nobody reads, or idle.
     Stalled,
 }
 
@@ -229,7 +236,7 @@ enum Progress {
 fn progress(first: Reading, second: Reading) -> Progress {
     if second.sent >= first.end {
         Progress::SentProbe
-    } else if second.sent > first.sent {
+    } else if second.sent > first.sent || second.busy {
         Progress::Working
     } else {
         Progress::Stalled
@@ -272,9 +279,12 @@ impl Watchdog {
                 // proves only what its commit proves.
                 let reading = client
                     .query_opt(
-                        "SELECT r.sent_lsn, pg_current_wal_insert_lsn() \
+                        "SELECT r.sent_lsn, pg_current_wal_insert_lsn(), \
+                         a.wait_event_type IS DISTINCT FROM 'Client' \
+                         AND a.wait_event_type IS DISTINCT FROM 'Activity' \
                          FROM pg_replication_slots s JOIN pg_stat_replication r \
-                         ON r.pid = s.active_pid WHERE s.slot_name = $1",
+                         ON r.pid = s.active_pid JOIN pg_stat_activity a ON a.pid = r.pid \
+                         WHERE s.slot_name = $1",
                         &[&slot],
                     )
                     .await
@@ -286,6 +296,7 @@ impl Watchdog {
                         Some(Reading {
                             sent: Lsn(u64::from(sent?)),
                             end: Lsn(u64::from(end)),
+                            busy: r.get(2),
                         })
                     });
                 Ok(reading)
@@ -851,15 +862,19 @@ mod tests {
         let first = Reading {
             sent: Lsn(1_000),
             end: Lsn(5_000),
+            busy: true,
         };
-        let at = |sent| Reading {
+        let at = |sent, busy| Reading {
             sent: Lsn(sent),
             end: Lsn(9_000),
+            busy,
         };
-        assert_eq!(progress(first, at(3_000)), Progress::Working);
-        assert_eq!(progress(first, at(1_000)), Progress::Stalled);
-        assert_eq!(progress(first, at(5_000)), Progress::SentProbe);
-        assert_eq!(progress(first, at(6_000)), Progress::SentProbe);
+        assert_eq!(progress(first, at(3_000, false)), Progress::Working);
+        // Handing a big transaction to the output plugin at its commit: sent_lsn stands still.
+        assert_eq!(progress(first, at(1_000, true)), Progress::Working);
+        assert_eq!(progress(first, at(1_000, false)), Progress::Stalled);
+        assert_eq!(progress(first, at(5_000, true)), Progress::SentProbe);
+        assert_eq!(progress(first, at(6_000, false)), Progress::SentProbe);
     }
 
     fn classify(e: PgWireError) -> bool {
