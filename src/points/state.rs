@@ -218,7 +218,8 @@ pub(crate) struct OpenPosition {
 #[derive(Debug, Clone, Default)]
 struct Changes {
     stream_time: bool,
-    volumes: BTreeSet<(UserId, EpochId)>,
+    /// Hashed (a fill adds two, a backlog batch hundreds of thousands); drained in order.
+    volumes: hashbrown::HashSet<(UserId, EpochId), std::hash::BuildHasherDefault<NameHasher>>,
     referrals: BTreeSet<UserId>,
     positions: BTreeSet<Box<str>>,
     pnl_paid: Vec<Box<str>>,
@@ -426,15 +427,18 @@ impl State {
             } else {
                 None
             },
-            volumes: ch
-                .volumes
-                .iter()
-                .map(|k| VolumeRow {
-                    user: self.users.name(k.0).to_owned(),
-                    epoch: k.1,
-                    volume: self.volumes.get(k).copied().unwrap_or(Decimal::ZERO),
-                })
-                .collect(),
+            volumes: {
+                let mut keys: Vec<&(UserId, EpochId)> = ch.volumes.iter().collect();
+                keys.sort_unstable();
+                keys
+            }
+            .into_iter()
+            .map(|k| VolumeRow {
+                user: self.users.name(k.0).to_owned(),
+                epoch: k.1,
+                volume: self.volumes.get(k).copied().unwrap_or(Decimal::ZERO),
+            })
+            .collect(),
             referrals: ch
                 .referrals
                 .iter()

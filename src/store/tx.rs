@@ -221,9 +221,10 @@ impl StoreTx<'_> {
     /// and a small batch pays one round trip for them, not one each: the commit latency of a
     /// live batch is mostly round trips. The first statement to fail is the error reported.
     pub async fn write_keyed(&self, batch: &Batch) -> Result<(), StoreError> {
+        let sorted = batch.sorted_totals();
         let (totals, postings, state, dead) = tokio::join!(
-            self.add_totals(&batch.totals, &batch.credits),
-            self.add_postings(batch),
+            self.add_totals(&sorted, &batch.credits),
+            self.add_postings(batch, &sorted),
             self.write_state(&batch.state),
             self.write_dead_letters(&batch.dead),
         );
@@ -337,15 +338,15 @@ impl StoreTx<'_> {
     /// One `user_batch` row per (user, epoch) with entries in this batch: how the API finds a
     /// user's entries without an index entry per ledger row. Holding credits have no row, so a
     /// user with credits only gets no posting.
-    async fn add_postings(&self, batch: &Batch) -> Result<(), StoreError> {
+    async fn add_postings(
+        &self,
+        batch: &Batch,
+        totals: &[(&(String, EpochId), &UserBatch)],
+    ) -> Result<(), StoreError> {
         let Some((first, last)) = batch.lsn_range else {
             return Ok(());
         };
-        if batch.totals.is_empty() {
-            return Ok(());
-        }
         // Every (user, epoch) here has entries (credits are kept apart), so each gets a posting.
-        let totals: Vec<_> = batch.totals.iter().collect();
         for part in totals.chunks(ROWS_PER_STATEMENT) {
             self.add_postings_part(part, first, last).await?;
         }
@@ -432,7 +433,7 @@ impl StoreTx<'_> {
     /// that an hour boundary crediting a million users needs bounded memory on both sides.
     async fn add_totals(
         &self,
-        totals: &BTreeMap<(String, EpochId), UserBatch>,
+        totals: &[(&(String, EpochId), &UserBatch)],
         credits: &BTreeMap<(String, EpochId), Decimal>,
     ) -> Result<(), StoreError> {
         let mut chunk = TotalsChunk::default();
@@ -441,7 +442,7 @@ impl StoreTx<'_> {
             let mut t = Totals::default();
             t.add_holding(*c).map(|()| t).map_err(overflow)
         };
-        for (key, u) in totals {
+        for &(key, u) in totals {
             while let Some((k, c)) = credits.next_if(|(k, _)| *k < key) {
                 self.push_total(&mut chunk, k, &credit_only(c)?).await?;
             }
