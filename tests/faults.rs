@@ -520,25 +520,30 @@ async fn a_black_holed_source_connection_is_dropped_after_the_silence_timeout_an
 }
 
 /// A walsender busy with a long stretch of WAL that holds nothing for walpoints (one big
-/// transaction on a table it does not follow) sends nothing for longer than the silence
-/// timeout: the watchdog's second probe sees it reading on, and the stream is kept. Before, the
-/// stream was dropped, and every reconnect decoded the same transaction again from the slot's
-/// restart point, never getting past it.
+/// transaction on a table it does not follow, committed while walpoints was stopped) sends
+/// nothing for longer than the silence timeout while it decodes it: the watchdog's second
+/// probe sees it reading on or at work, and the stream is kept. Before, the stream was
+/// dropped, and every reconnect decoded the same transaction again from the slot's restart
+/// point, never getting past it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_walsender_busy_with_wal_of_other_tables_is_not_presumed_dead() {
     let db = TestDb::own_exchange("fault_busy_walsender", &[]).await;
     let wp = Walpoints::new(&db, "busy").env("WALPOINTS_SOURCE_SILENCE_TIMEOUT", "2s");
-    let running = wp.setup_and_stream().await;
+    wp.setup();
     let source = db.client().await;
+    // Decoding it takes seconds (the walsender reads it into its spill files, then hands
+    // every change to pgoutput at the commit), with no wait for WAL and so no keepalive.
     source
         .batch_execute(
             "CREATE TABLE public.noise (id bigint, pad text); \
-             INSERT INTO public.noise SELECT g, repeat('x', 20) FROM generate_series(1, 3000000) g",
+             INSERT INTO public.noise SELECT g, repeat('x', 20) FROM generate_series(1, 5000000) g",
         )
         .await
         .expect("the noise transaction");
     workload(db.url.clone(), 1, 100, 100).await;
     let until = fence(&source).await;
+    let mut running = wp.start();
+    wp.wait_streaming(&mut running).await;
     wp.wait_for(until, Duration::from_secs(240), &running).await;
     let stderr = running.stderr();
     assert!(

@@ -122,9 +122,14 @@ impl From<PgWireError> for SourceError {
             "SQLSTATE 57P03", // cannot_connect_now (starting up, recovering)
             "SQLSTATE 53300", // too_many_connections
         ];
+        // The transport's worker ended while the `recv` joining it was cancelled (a `select!`
+        // branch that lost): its error went with that call (the transport logged it), and the
+        // session is over. Reconnecting from the checkpoint is what any ended session needs.
+        let worker_gone = matches!(&e, PgWireError::Internal(m) if m.contains("already joined"));
         if e.is_server() && text.contains("SQLSTATE 55006") {
             SourceError::SlotBusy(e)
-        } else if e.is_transient()
+        } else if worker_gone
+            || e.is_transient()
             || (e.is_server() && RETRY_STATES.iter().any(|s| text.contains(s)))
         {
             SourceError::Transient(e)
@@ -856,6 +861,13 @@ fn from_wire(lsn: pgwire_replication::Lsn) -> Lsn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_joined_by_a_cancelled_recv_ends_the_session_transiently() {
+        assert!(classify(PgWireError::Internal(
+            "replication worker already joined".into()
+        )));
+    }
 
     #[test]
     fn a_second_probe_tells_a_busy_walsender_from_a_dead_connection() {
