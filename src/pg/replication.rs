@@ -179,7 +179,7 @@ pub struct SourceOptions {
 /// the same server) delivers nothing, and the probe waits behind it. So each probe also reads how
 /// far the slot's walsender has read (`pg_stat_replication.sent_lsn`), whether it is at work
 /// or waiting (`pg_stat_activity.wait_event_type`), and where the WAL ends after the probe's
-/// commit; at the deadline a second probe looks again ([`progress`]). Read further but not yet
+/// commit; at the deadline a second probe looks again (`progress`). Read further but not yet
 /// past the first probe, or at work: the walsender is busy, and the silence starts over. Past
 /// the first probe with nothing delivered, or not moved and waiting (on a client that does not
 /// read, typically): the connection is dead.

@@ -24,7 +24,7 @@ pub struct Batch {
     pub entries: Vec<(Lsn, i64, LedgerEntry)>,
     /// Per (user, epoch) with entries in the batch: the increment of `user_epoch_points` and
     /// the commit LSNs of those entries (its `user_batch` posting). Hashed and looked up by
-    /// `&str` ([`UserEpoch`]): a B-tree keyed by owned strings cost a key clone and a dozen
+    /// `&str` (`UserEpoch`): a B-tree keyed by owned strings cost a key clone and a dozen
     /// string comparisons per entry, the largest item of the drain's profile (perf, 11 % of the
     /// walpoints process). Written in key order ([`Batch::sorted_totals`]).
     pub totals: FastMap<(String, EpochId), UserBatch>,
