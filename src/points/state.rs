@@ -60,6 +60,9 @@ impl Hasher for NameHasher {
 /// depends on their order: dumps sort ([`State::to_delta`]).
 pub type FastMap<K, V> = hashbrown::HashMap<K, V, std::hash::BuildHasherDefault<NameHasher>>;
 
+/// A hash set under [`NameHasher`], for the same reason as [`FastMap`].
+type FastSet<K> = hashbrown::HashSet<K, std::hash::BuildHasherDefault<NameHasher>>;
+
 fn hash_name(name: &str) -> u64 {
     let mut h = NameHasher::default();
     h.write(name.as_bytes());
@@ -219,7 +222,7 @@ pub(crate) struct OpenPosition {
 struct Changes {
     stream_time: bool,
     /// Hashed (a fill adds two, a backlog batch hundreds of thousands); drained in order.
-    volumes: hashbrown::HashSet<(UserId, EpochId), std::hash::BuildHasherDefault<NameHasher>>,
+    volumes: FastSet<(UserId, EpochId)>,
     referrals: BTreeSet<UserId>,
     positions: BTreeSet<Box<str>>,
     pnl_paid: Vec<Box<str>>,
@@ -421,24 +424,22 @@ impl State {
         let Some(ch) = self.changes.as_mut().map(std::mem::take) else {
             return StateDelta::default();
         };
+        let mut volumes: Vec<&(UserId, EpochId)> = ch.volumes.iter().collect();
+        volumes.sort_unstable();
         StateDelta {
             stream_time: if ch.stream_time {
                 self.stream_time
             } else {
                 None
             },
-            volumes: {
-                let mut keys: Vec<&(UserId, EpochId)> = ch.volumes.iter().collect();
-                keys.sort_unstable();
-                keys
-            }
-            .into_iter()
-            .map(|k| VolumeRow {
-                user: self.users.name(k.0).to_owned(),
-                epoch: k.1,
-                volume: self.volumes.get(k).copied().unwrap_or(Decimal::ZERO),
-            })
-            .collect(),
+            volumes: volumes
+                .into_iter()
+                .map(|k| VolumeRow {
+                    user: self.users.name(k.0).to_owned(),
+                    epoch: k.1,
+                    volume: self.volumes.get(k).copied().unwrap_or(Decimal::ZERO),
+                })
+                .collect(),
             referrals: ch
                 .referrals
                 .iter()

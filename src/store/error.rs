@@ -76,6 +76,17 @@ impl StoreError {
         }
     }
 
+    /// Whether this is PostgreSQL's "current transaction is aborted" (25P02): the answer to
+    /// every statement after one that failed, an echo of that failure rather than a cause.
+    pub(crate) fn is_aborted_echo(&self) -> bool {
+        match self {
+            StoreError::Unavailable { source, .. } | StoreError::Failed { source, .. } => {
+                source.code() == Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION)
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the store's database does not exist: `setup` has never run (it creates it).
     pub fn is_missing_database(&self) -> bool {
         matches!(self, StoreError::Connect(ConnectError::NoDatabase { .. }))

@@ -228,12 +228,7 @@ impl StoreTx<'_> {
             self.write_state(&batch.state),
             self.write_dead_letters(&batch.dead),
         );
-        // In the order sent: after the first failure the others only say the transaction
-        // is aborted.
-        totals?;
-        postings?;
-        state?;
-        dead
+        first_failure([totals, postings, state, dead])
     }
 
     /// The ids of the rules versions among `versions` other than this connection's (entries
@@ -532,6 +527,42 @@ impl<'a> TotalsChunk<'a> {
     }
 }
 
+/// The outcome of statements sent together. Their statements may interleave (a part of
+/// 10,000 rows each), and after the first failure PostgreSQL answers every later one "current
+/// transaction is aborted": reporting that echo would hide the cause, and turn a transient
+/// failure (a deadlock, a lost connection) into a definite one.
+pub(super) fn first_failure<const N: usize>(
+    results: [Result<(), StoreError>; N],
+) -> Result<(), StoreError> {
+    let mut echo = None;
+    for result in results {
+        match result {
+            Ok(()) => {}
+            Err(e) if e.is_aborted_echo() => {
+                echo.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    echo.map_or(Ok(()), Err)
+}
+
 fn overflow(source: crate::points::EventError) -> StoreError {
     StoreError::bad_value("user_epoch_points", source)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_sent_together_report_their_first_failure() {
+        assert!(first_failure([Ok(()), Ok(())]).is_ok());
+        let got = first_failure([
+            Ok(()),
+            Err(StoreError::WriterStopped),
+            Err(StoreError::Schema("later".into())),
+        ]);
+        assert!(matches!(got, Err(StoreError::WriterStopped)), "{got:?}");
+    }
 }

@@ -157,8 +157,7 @@ pub async fn write_batches(
                             &seal.rules_version,
                         )
                     );
-                    keyed?;
-                    advanced?;
+                    super::tx::first_failure([keyed, advanced])?;
                     tx.commit().await?;
                     from = seal.end_lsn;
                     // The batch loop may have stopped listening (it is stopping); nothing to do.
