@@ -130,7 +130,19 @@ impl Lab {
     /// the default store (database `walpoints` on the same server), no heartbeat; its stderr
     /// goes to `<logs>/<log>.log`.
     pub fn walpoints(&self, args: &[&str], log: &str) -> Result<Command> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_walpoints"));
+        let bin = env!("CARGO_BIN_EXE_walpoints");
+        // For profiling: WALPOINTS_BENCH_WRAP="heaptrack -o /tmp/hp" runs each walpoints under
+        // that command (peak RSS figures are then the wrapper's).
+        let wrap = std::env::var("WALPOINTS_BENCH_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(program) => {
+                let mut c = Command::new(program);
+                c.args(words).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         let file = File::create(self.logs.join(format!("{log}.log")))?;
         // walpoints refuses unknown WALPOINTS_* variables (the bench's own among them).
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("WALPOINTS_")) {
@@ -496,20 +508,38 @@ pub async fn checkpoint_of(store: &Client, id: &str) -> Result<Lsn> {
     Ok(row.map_or(Lsn::ZERO, |r| Lsn(u64::from(r.get::<_, PgLsn>(0)))))
 }
 
-/// Waits for a child and returns (exited successfully, peak RSS in KiB) from wait4's rusage.
+/// Waits for a child and returns (exited successfully, its peak RSS in KiB).
+///
+/// The peak is the highest `VmHWM` read while waiting, not wait4's `ru_maxrss`: Linux carries
+/// the high-water mark of the forking process across `exec`, so `ru_maxrss` reports the bench's
+/// own RSS whenever that is the larger (after the season build, 1.9 GiB for a walpoints that
+/// never held 100 MiB). `VmHWM` belongs to the exec'd image alone and only grows, so the last
+/// reading before exit misses at most what the final few milliseconds allocated.
 fn reap(child: Child) -> Result<(bool, u64)> {
     let pid = child.id() as i32;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = status_kib(pid, "VmHWM:").max(peak);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        })
+    };
     let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value to be overwritten.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 on our own child with valid out-pointers; `child` is not waited elsewhere.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    // SAFETY: waitpid on our own child with a valid out-pointer; `child` is not waited elsewhere.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
     std::mem::forget(child);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = watcher.join().unwrap_or(0);
     if r != pid {
-        bail!("wait4: {}", std::io::Error::last_os_error());
+        bail!("waitpid: {}", std::io::Error::last_os_error());
     }
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    Ok((ok, u64::try_from(usage.ru_maxrss).unwrap_or(0)))
+    Ok((ok, peak))
 }
 
 /// A `kB` field of `/proc/<pid>/status`.
