@@ -388,3 +388,126 @@ async fn bad_input_gets_400_with_a_json_error() {
     .await;
     assert_eq!(status, 405);
 }
+
+/// Ranks come from the store's rank buckets (`migrations/0006_rank_buckets.sql`): they must
+/// stay exact while totals span eight decades, tie, fall back into lower buckets (corrections),
+/// drop to zero (deletes) and belong to an excluded address; `replay --verify` checks the
+/// buckets themselves, and names one edited by hand.
+#[tokio::test(flavor = "multi_thread")]
+async fn ranks_stay_exact_as_totals_rise_fall_tie_and_vanish() {
+    let db = TestDb::exchange("api_ranks").await;
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "excluded_addresses = [\"0xliq\"]\n").unwrap();
+    let path = config.into_temp_path().keep().unwrap();
+    let wp = Walpoints::new(&db, "ranks")
+        .env("WALPOINTS_CONFIG", path.to_str().unwrap())
+        .env("WALPOINTS_HTTP_LISTEN", "127.0.0.1:0");
+    let running = wp.setup_and_stream().await;
+    let addr = http_addr(&running).await;
+    let ex = db.client().await;
+    // Notionals from 0.0001 to 1,000,000 (the smallest below the rules' minimum); every fifth trade
+    // by the taker of the one before it; users with one small trade each, every ninth alike
+    // (ties); the excluded address trades the largest.
+    ex.batch_execute(
+        "INSERT INTO trades (id, symbol, price, amount, taker_address, maker_address)
+         SELECT g, 'BTC', (10::numeric ^ (g % 11 - 4)) * (1 + g % 3), 1,
+                '0x' || (g - (g % 5 = 0)::int) % 40, '0xm' || g % 7
+         FROM generate_series(1, 400) g;
+         INSERT INTO trades (id, symbol, price, amount, taker_address, maker_address)
+         SELECT 2000 + g, 'BTC', 10::numeric ^ (g % 9 - 4), 1, '0xs' || g, '0xm9'
+         FROM generate_series(1, 30) g;
+         INSERT INTO trades (id, symbol, price, amount, taker_address, maker_address) VALUES
+           (1000, 'BTC', 1000000, 3, '0xliq', '0x1');",
+    )
+    .await
+    .unwrap();
+    // Corrections that lower totals across buckets, deletes that take some users to zero.
+    ex.batch_execute(
+        "UPDATE trades SET price = price / 1000 WHERE id % 9 = 0;
+         DELETE FROM trades WHERE taker_address IN ('0x3', '0x4') OR id % 23 = 0;",
+    )
+    .await
+    .unwrap();
+    let until = fence(&ex).await;
+    wp.wait_for(until, Duration::from_secs(60), &running).await;
+
+    let store = wp.store().await;
+    let epoch = current_epoch() as i32;
+    let users: Vec<(String, Decimal)> = store
+        .query(
+            "SELECT user_address, total_points FROM walpoints.user_epoch_points \
+             WHERE epoch = $1 ORDER BY total_points DESC, user_address",
+            &[&epoch],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(users.len() > 45, "{users:?}");
+    assert!(
+        users.iter().any(|(_, t)| *t == Decimal::ZERO),
+        "some user is back at zero: {users:?}"
+    );
+    let ranked: Vec<&(String, Decimal)> = users
+        .iter()
+        .filter(|(u, t)| *t > Decimal::ZERO && u != "0xliq")
+        .collect();
+    let rank_of = |t: Decimal| 1 + ranked.iter().filter(|(_, o)| *o > t).count() as i64;
+    let mut want = Vec::new();
+    for (u, t) in &ranked {
+        want.push((u.clone(), rank_of(*t)));
+    }
+    assert!(
+        want.windows(2).any(|w| w[0].1 == w[1].1),
+        "the workload has ties: {want:?}"
+    );
+    for (u, t) in &users {
+        let (status, body) = get_json(&addr, &format!("/v1/users/{u}?epoch={epoch}")).await;
+        assert_eq!(status, 200, "{body}");
+        let expected = (*t > Decimal::ZERO && u != "0xliq").then(|| rank_of(*t));
+        assert_eq!(body["rank"].as_i64(), expected, "{u} with {t}: {body}");
+    }
+    for limit in [1, 4, 7] {
+        let mut paged = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                None => format!("/v1/leaderboard?epoch={epoch}&limit={limit}"),
+                Some(c) => format!("/v1/leaderboard?epoch={epoch}&limit={limit}&cursor={c}"),
+            };
+            let (status, page) = get_json(&addr, &path).await;
+            assert_eq!(status, 200, "{page}");
+            for r in page["entries"].as_array().unwrap() {
+                paged.push((
+                    r["address"].as_str().unwrap().to_owned(),
+                    r["rank"].as_i64().unwrap(),
+                ));
+            }
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(paged, want, "pages of {limit}");
+    }
+
+    let (code, stdout, _) = crate::replay::replay(&wp);
+    assert_eq!(code, Some(0), "{stdout}");
+    store
+        .batch_execute(
+            "UPDATE walpoints.rank_bucket SET users = users + 1 \
+             WHERE (epoch, bucket) = (SELECT epoch, bucket FROM walpoints.rank_bucket \
+                                      ORDER BY users DESC, bucket LIMIT 1)",
+        )
+        .await
+        .unwrap();
+    let (code, stdout, _) = crate::replay::replay(&wp);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "difference: user (all) epoch {epoch} rank bucket "
+        )),
+        "{stdout}"
+    );
+}

@@ -25,7 +25,7 @@ use crate::points::{
     Engine, EpochId, EventError, HoldingCredit, LedgerEntry, RulesError, State, Totals,
 };
 use crate::store::{
-    BatchAwards, JournaledTx, Store, StoreError, StoredEntry, StoredFill, StoredItem,
+    rank_bucket, BatchAwards, JournaledTx, Store, StoreError, StoredEntry, StoredFill, StoredItem,
 };
 
 /// How many differences the report lists (all are counted).
@@ -742,6 +742,7 @@ async fn compare_totals(
     pin_mut!(rows);
     // Differences are collected and listed in (user, epoch) order, as they always were.
     let mut found: Vec<(String, i64, usize, Decimal, Decimal)> = Vec::new();
+    let mut buckets = ReplayedBuckets::default();
     let wanted = |epoch: i64| opts.epoch.is_none_or(|e| i64::from(e) == epoch);
     while let Some(r) = rows.next().await {
         let r = r.map_err(StoreError::db("read user_epoch_points"))?;
@@ -758,6 +759,7 @@ async fn compare_totals(
                 .map(|i| v.swap_remove(i).1)
         });
         let mine = mine.as_ref().map(Totals::columns).unwrap_or_default();
+        buckets.count(epoch, mine[4]);
         for i in 0..6 {
             if stored[i] != mine[i] {
                 found.push((user.to_owned(), epoch, i, stored[i], mine[i]));
@@ -772,6 +774,7 @@ async fn compare_totals(
                 continue;
             }
             report.totals += 1;
+            buckets.count(epoch, t.total_points);
             for (i, r) in t.columns().into_iter().enumerate() {
                 if r != Decimal::ZERO {
                     found.push((user.clone(), epoch, i, Decimal::ZERO, r));
@@ -789,5 +792,44 @@ async fn compare_totals(
             replayed: r.normalize().to_string(),
         });
     }
+    let epoch = opts.epoch.map(|e| i32::try_from(e).unwrap_or(i32::MAX));
+    let stored = store.rank_buckets(epoch).await?;
+    for (epoch, bucket, stored, replayed) in buckets.differences(&stored) {
+        report.differ(ReplayDifference {
+            user: "(all)".into(),
+            epoch: i64::from(epoch),
+            what: format!("rank bucket {bucket} users"),
+            stored: stored.to_string(),
+            replayed: replayed.to_string(),
+        });
+    }
     Ok(())
+}
+
+/// How many users of the replayed totals fall in each rank bucket (see
+/// [`crate::store::rank_bucket`]): what `walpoints.rank_bucket` must hold for the API's ranks
+/// to be right.
+#[derive(Default)]
+struct ReplayedBuckets(BTreeMap<(i32, i32), i64>);
+
+impl ReplayedBuckets {
+    fn count(&mut self, epoch: i64, total: Decimal) {
+        if let (Some(bucket), Ok(epoch)) = (rank_bucket(total), i32::try_from(epoch)) {
+            *self.0.entry((epoch, bucket)).or_default() += 1;
+        }
+    }
+
+    /// (epoch, bucket, stored, replayed) where the two differ, in key order.
+    fn differences(&self, stored: &BTreeMap<(i32, i32), i64>) -> Vec<(i32, i32, i64, i64)> {
+        let mut keys: Vec<&(i32, i32)> = self.0.keys().chain(stored.keys()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys.into_iter()
+            .map(|k| {
+                let get = |m: &BTreeMap<(i32, i32), i64>| m.get(k).copied().unwrap_or(0);
+                (k.0, k.1, get(stored), get(&self.0))
+            })
+            .filter(|(_, _, s, r)| s != r)
+            .collect()
+    }
 }

@@ -371,9 +371,7 @@ impl Api {
         let rank: Option<i64> = if positive && !excluded {
             let r = db
                 .query_one(
-                    "SELECT 1 + count(*) FROM walpoints.user_epoch_points \
-                 WHERE epoch = $1 AND total_points > $2::text::numeric \
-                   AND user_address <> ALL($3)",
+                    "SELECT 1 + walpoints.users_ahead($1, $2::text::numeric, $3)",
                     &[&epoch_i, &points[4], &api.excluded],
                 )
                 .await?;
@@ -647,14 +645,13 @@ impl Api {
                         &[&epoch_i, &api.excluded, total, addr, &(limit + 1)],
                     )
                     .await?;
-                // The rows before the cursor, as two index ranges (more points; as many and
-                // not after the cursor's address): `NOT keyset` in one count is an OR the
-                // planner can only answer by reading every row of the epoch.
+                // The rows before the cursor: those with more points, counted from the rank
+                // buckets, and the cursor's tie up to its address, an index range (`NOT keyset`
+                // in one count is an OR the planner answers by reading the whole epoch).
                 let before: i64 = db
                     .query_one(
                         &format!(
-                            "SELECT (SELECT count(*) FROM walpoints.user_epoch_points \
-                             WHERE {eligible} AND total_points > $3::text::numeric) \
+                            "SELECT walpoints.users_ahead($1, $3::text::numeric, $2) \
                              + (SELECT count(*) FROM walpoints.user_epoch_points \
                              WHERE {eligible} AND total_points = $3::text::numeric \
                              AND user_address <= $4)"
@@ -681,10 +678,7 @@ impl Api {
                 None if after.as_ref().is_some_and(|(t, _)| below(&total, t)) => before_page + 1,
                 None => db
                     .query_one(
-                        &format!(
-                            "SELECT 1 + count(*) FROM walpoints.user_epoch_points \
-                         WHERE {eligible} AND total_points > $3::text::numeric"
-                        ),
+                        "SELECT 1 + walpoints.users_ahead($1, $3::text::numeric, $2)",
                         &[&epoch_i, &api.excluded, &total],
                     )
                     .await?

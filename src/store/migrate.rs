@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0005_holding_segments.sql",
         include_str!("../../migrations/0005_holding_segments.sql"),
     ),
+    (
+        6,
+        "0006_rank_buckets.sql",
+        include_str!("../../migrations/0006_rank_buckets.sql"),
+    ),
 ];
 
 /// Creates the schema and applies the migrations the store has not recorded yet; returns how

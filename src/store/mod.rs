@@ -41,6 +41,7 @@ mod ledger;
 mod ledger_read;
 mod lock;
 mod migrate;
+mod rank;
 mod rules;
 mod state;
 mod tx;
@@ -51,6 +52,7 @@ pub use error::StoreError;
 pub use journal::{JournalChunk, JournalReader, JournaledTx};
 pub use ledger::FillRow;
 pub use ledger_read::{FillSlot, StoredEntry, StoredFill, StoredItem, StoredLedger};
+pub use rank::rank_bucket;
 pub use tx::StoreTx;
 pub use writer::{write_batches, Seal, StoreWriter, WriterJobs};
 
@@ -248,6 +250,9 @@ impl Store {
         )
         .await
         .map_err(StoreError::db("delete emptied totals"))?;
+        tx.execute("SELECT walpoints.rebuild_rank_buckets()", &[])
+            .await
+            .map_err(StoreError::db("recount the rank buckets"))?;
         for table in [
             "ledger_v1",
             "ledger_fill",

@@ -223,7 +223,10 @@ impl StoreTx<'_> {
     pub async fn write_keyed(&self, batch: &Batch) -> Result<(), StoreError> {
         let sorted = batch.sorted_totals();
         let (totals, postings, state, dead) = tokio::join!(
-            self.add_totals(&sorted, &batch.credits),
+            async {
+                let moves = self.add_totals(&sorted, &batch.credits).await?;
+                self.move_rank_buckets(&moves).await
+            },
             self.add_postings(batch, &sorted),
             self.write_state(&batch.state),
             self.write_dead_letters(&batch.dead),
@@ -426,11 +429,12 @@ impl StoreTx<'_> {
     /// Adds the batch's totals and holding credits to `user_epoch_points`, in key order (so
     /// concurrent sources lock rows in the same order), [`ROWS_PER_STATEMENT`] rows a statement so
     /// that an hour boundary crediting a million users needs bounded memory on both sides.
+    /// Returns how many users each rank bucket gained (or lost) by these changes.
     async fn add_totals(
         &self,
         totals: &[(&(String, EpochId), &UserBatch)],
         credits: &BTreeMap<(String, EpochId), Decimal>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<RankMoves, StoreError> {
         let mut chunk = TotalsChunk::default();
         let mut credits = credits.iter().peekable();
         let credit_only = |c: &Decimal| {
@@ -450,7 +454,32 @@ impl StoreTx<'_> {
         for (k, c) in credits {
             self.push_total(&mut chunk, k, &credit_only(c)?).await?;
         }
-        self.write_totals(&mut chunk).await
+        self.write_totals(&mut chunk).await?;
+        Ok(chunk.moves)
+    }
+
+    /// Applies a batch's rank bucket moves (see `migrations/0006_rank_buckets.sql`) in one
+    /// statement, in key order, after every total of the batch is written: so concurrent
+    /// sources take the bucket rows' locks last and in the same order, and never deadlock.
+    async fn move_rank_buckets(&self, moves: &RankMoves) -> Result<(), StoreError> {
+        let (mut epochs, mut buckets, mut users) = (Vec::new(), Vec::new(), Vec::new());
+        for (&(epoch, bucket), &n) in moves.iter().filter(|(_, n)| **n != 0) {
+            epochs.push(epoch);
+            buckets.push(bucket);
+            users.push(n);
+        }
+        if epochs.is_empty() {
+            return Ok(());
+        }
+        self.execute_prepared(
+            "INSERT INTO walpoints.rank_bucket AS b (epoch, bucket, users) \
+             SELECT * FROM unnest($1::int4[], $2::int4[], $3::int8[]) \
+             ON CONFLICT (epoch, bucket) DO UPDATE SET users = b.users + excluded.users",
+            &[&epochs, &buckets, &users],
+        )
+        .await
+        .map_err(StoreError::db("move users between rank buckets"))?;
+        Ok(())
     }
 
     /// Adds one (user, epoch)'s increment to `chunk`, writing the chunk once it is full.
@@ -467,17 +496,22 @@ impl StoreTx<'_> {
         Ok(())
     }
 
+    /// Writes one chunk of increments; the statement answers with the rank bucket moves they
+    /// make (a user leaves the bucket of their old total and joins that of the new), summed
+    /// into `chunk.moves`.
     async fn write_totals(&self, chunk: &mut TotalsChunk<'_>) -> Result<(), StoreError> {
         if chunk.users.is_empty() {
             return Ok(());
         }
         let c = &chunk.cols;
-        self.execute_prepared(
-            "INSERT INTO walpoints.user_epoch_points AS t (user_address, epoch, \
+        let statement = self
+            .prepared(
+                "WITH d AS (SELECT * FROM unnest($1::text[], $2::int4[], $3::numeric[], \
+                 $4::numeric[], $5::numeric[], $6::numeric[], $7::numeric[], $8::numeric[]) \
+                 AS d(user_address, epoch, tp, rp, hp, pp, total, volume)), \
+                 up AS (INSERT INTO walpoints.user_epoch_points AS t (user_address, epoch, \
                  trading_points, referral_points, holding_points, pnl_points, total_points, \
-                 trading_volume) \
-                 SELECT * FROM unnest($1::text[], $2::int4[], $3::numeric[], $4::numeric[], \
-                 $5::numeric[], $6::numeric[], $7::numeric[], $8::numeric[]) \
+                 trading_volume) SELECT * FROM d \
                  ON CONFLICT (user_address, epoch) DO UPDATE SET \
                  trading_points = t.trading_points + excluded.trading_points, \
                  referral_points = t.referral_points + excluded.referral_points, \
@@ -485,20 +519,40 @@ impl StoreTx<'_> {
                  pnl_points = t.pnl_points + excluded.pnl_points, \
                  total_points = t.total_points + excluded.total_points, \
                  trading_volume = t.trading_volume + excluded.trading_volume, \
-                 updated_at = now()",
-            &[
-                &chunk.users,
-                &chunk.epochs,
-                &c[0],
-                &c[1],
-                &c[2],
-                &c[3],
-                &c[4],
-                &c[5],
-            ],
-        )
-        .await
-        .map_err(StoreError::db("add to user_epoch_points"))?;
+                 updated_at = now() \
+                 RETURNING t.user_address, t.epoch, t.total_points) \
+                 SELECT m.epoch, m.bucket, sum(m.n)::int8 FROM ( \
+                   SELECT up.epoch, walpoints.rank_bucket(up.total_points) AS bucket, 1 AS n \
+                   FROM up WHERE up.total_points > 0 \
+                   UNION ALL \
+                   SELECT up.epoch, walpoints.rank_bucket(up.total_points - d.total), -1 \
+                   FROM up JOIN d USING (user_address, epoch) \
+                   WHERE up.total_points - d.total > 0) m \
+                 GROUP BY 1, 2",
+            )
+            .await
+            .map_err(StoreError::db("add to user_epoch_points"))?;
+        let rows = self
+            .tx
+            .query(
+                &statement,
+                &[
+                    &chunk.users,
+                    &chunk.epochs,
+                    &c[0],
+                    &c[1],
+                    &c[2],
+                    &c[3],
+                    &c[4],
+                    &c[5],
+                ],
+            )
+            .await
+            .map_err(StoreError::db("add to user_epoch_points"))?;
+        for row in rows {
+            let key = (row.get::<_, i32>(0), row.get::<_, i32>(1));
+            *chunk.moves.entry(key).or_default() += row.get::<_, i64>(2);
+        }
         chunk.users.clear();
         chunk.epochs.clear();
         for col in &mut chunk.cols {
@@ -508,12 +562,17 @@ impl StoreTx<'_> {
     }
 }
 
-/// One statement's worth of `user_epoch_points` increments, column by column.
+/// Users gained (lost, when negative) per (epoch, rank bucket).
+type RankMoves = BTreeMap<(i32, i32), i64>;
+
+/// One statement's worth of `user_epoch_points` increments, column by column, and the rank
+/// bucket moves of the chunks written so far.
 #[derive(Default)]
 struct TotalsChunk<'a> {
     users: Vec<&'a str>,
     epochs: Vec<i32>,
     cols: [Vec<Decimal>; 6],
+    moves: RankMoves,
 }
 
 impl<'a> TotalsChunk<'a> {
