@@ -69,29 +69,42 @@ fn hash_name(name: &str) -> u64 {
     h.finish()
 }
 
-/// Addresses, each stored once, back to back in one string (`text`, address `id` ending at
-/// `ends[id]`), found by hash through `index`, which holds only the 4-byte ids. One string
-/// instead of a box per address: a million 42-byte addresses take 42 MB plus 4 MB of ends,
-/// where boxes took 64 MB of allocator chunks plus 16 MB of pointers (measured: the boxes were
-/// a fifth of `run`'s peak RSS with a million users).
+/// Addresses, each stored once, back to back in chunks of [`NAME_CHUNK`] bytes (address `id`
+/// ending at virtual offset `ends[id]`; an address never straddles two chunks), found by hash
+/// through `index`, which holds only the 4-byte ids. Chunks instead of a box per address: a
+/// million 42-byte addresses take 42 MB plus 4 MB of ends, where boxes took 64 MB of allocator
+/// chunks plus 16 MB of pointers (measured: the boxes were a fifth of `run`'s peak RSS with a
+/// million users). Chunks instead of one string: a string doubling from 32 to 64 MB is copied,
+/// and both copies are resident while it is (mimalloc, unlike glibc, has no `mremap` for that).
 #[derive(Debug, Clone, Default)]
 struct Interner {
-    text: String,
+    chunks: Vec<String>,
     ends: Vec<u32>,
     index: hashbrown::HashTable<UserId>,
 }
 
-/// Address `id` in an interner's `text` and `ends` ("" for an unknown id).
-fn name_in<'a>(text: &'a str, ends: &[u32], id: UserId) -> &'a str {
+/// Bytes of addresses per interner chunk.
+const NAME_CHUNK: usize = 1 << 20;
+
+/// Address `id` in an interner's `chunks` and `ends` ("" for an unknown id).
+fn name_in<'a>(chunks: &'a [String], ends: &[u32], id: UserId) -> &'a str {
     let i = id as usize;
     let Some(&end) = ends.get(i) else {
         return "";
     };
-    let start = match i.checked_sub(1) {
-        Some(before) => ends.get(before).copied().unwrap_or(0),
+    let end = end as usize;
+    let before = match i.checked_sub(1) {
+        Some(b) => ends.get(b).copied().unwrap_or(0) as usize,
         None => 0,
     };
-    text.get(start as usize..end as usize).unwrap_or("")
+    // The chunk holding the address is the one its last byte is in; it starts right after the
+    // address before it, or at that chunk's start when the one before ended in another chunk.
+    let chunk = end.saturating_sub(1) / NAME_CHUNK;
+    let start = before.max(chunk * NAME_CHUNK);
+    chunks
+        .get(chunk)
+        .and_then(|c| c.get(start - chunk * NAME_CHUNK..end - chunk * NAME_CHUNK))
+        .unwrap_or("")
 }
 
 impl Interner {
@@ -105,21 +118,34 @@ impl Interner {
         if let Some(id) = self.get(name) {
             return Ok(id);
         }
+        if name.len() > NAME_CHUNK {
+            return Err(EventError::Overflow("address length"));
+        }
         let id =
             UserId::try_from(self.ends.len()).map_err(|_| EventError::Overflow("user count"))?;
-        let end = u32::try_from(self.text.len() + name.len())
+        // Where the address goes: after the last one, or at the start of a new chunk.
+        let (chunk, at) = match self.chunks.last() {
+            Some(c) if c.len() + name.len() <= NAME_CHUNK => (self.chunks.len() - 1, c.len()),
+            _ => (self.chunks.len(), 0),
+        };
+        let end = u32::try_from(chunk * NAME_CHUNK + at + name.len())
             .map_err(|_| EventError::Overflow("address bytes"))?;
-        self.text.push_str(name);
+        if chunk == self.chunks.len() {
+            self.chunks.push(String::with_capacity(NAME_CHUNK));
+        }
+        if let Some(text) = self.chunks.last_mut() {
+            text.push_str(name);
+        }
         self.ends.push(end);
-        let (text, ends) = (&self.text, &self.ends);
+        let (chunks, ends) = (&self.chunks, &self.ends);
         self.index.insert_unique(hash_name(name), id, |&id| {
-            hash_name(name_in(text, ends, id))
+            hash_name(name_in(chunks, ends, id))
         });
         Ok(id)
     }
 
     fn name(&self, id: UserId) -> &str {
-        name_in(&self.text, &self.ends, id)
+        name_in(&self.chunks, &self.ends, id)
     }
 
     fn len(&self) -> usize {
@@ -612,5 +638,35 @@ impl<'de> Deserialize<'de> for State {
         let mut st = State::new();
         st.apply_delta(delta).map_err(serde::de::Error::custom)?;
         Ok(st)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interned_addresses_round_trip_across_chunk_boundaries() {
+        let mut users = Interner::default();
+        // Addresses of every length from 0 to 90, some repeated, filling more than two chunks:
+        // at each boundary one would have straddled it.
+        let names: Vec<String> = (0..120_000)
+            .map(|i| {
+                format!("{i:x}")
+                    .repeat(1 + i % 13)
+                    .chars()
+                    .take(i % 91)
+                    .collect()
+            })
+            .collect();
+        let ids: Vec<UserId> = names.iter().map(|n| users.intern(n).unwrap()).collect();
+        assert!(users.chunks.len() >= 3, "{} chunks", users.chunks.len());
+        for (name, &id) in names.iter().zip(&ids) {
+            assert_eq!(users.name(id), name);
+            assert_eq!(users.get(name), Some(id), "{name}");
+            assert_eq!(users.intern(name).unwrap(), id, "interned once");
+        }
+        assert!(users.intern(&"x".repeat(NAME_CHUNK + 1)).is_err());
+        assert_eq!(users.name(UserId::MAX), "");
     }
 }
