@@ -34,6 +34,23 @@ const RATES: [Option<u32>; 9] = [
     None,
 ];
 
+/// [`RATES`], or those of `WALPOINTS_BENCH_LIVE_RATES` (e.g. "5000,6000,max") for a quicker
+/// comparison.
+fn rates() -> Result<Vec<Option<u32>>> {
+    let Ok(list) = std::env::var("WALPOINTS_BENCH_LIVE_RATES") else {
+        return Ok(RATES.to_vec());
+    };
+    list.split(',')
+        .map(|r| match r.trim() {
+            "max" => Ok(None),
+            n => n
+                .parse()
+                .map(Some)
+                .map_err(|_| anyhow::anyhow!("WALPOINTS_BENCH_LIVE_RATES: {n:?} is no rate")),
+        })
+        .collect()
+}
+
 /// Runs pgbench at a ladder of rates, then unthrottled, while walpoints follows; a rate is
 /// sustained when pgbench achieves it, p99 stays within 250 ms and the lag does not grow over
 /// the run (the last full 10-second window's p99 is not above the first's by more than half
@@ -56,7 +73,7 @@ pub async fn run(lab: &Lab, plan: &Plan) -> Result<()> {
          |---|---:|---:|---:|---:|---|---|---:|",
         plan.live_for.as_secs()
     );
-    for rate in RATES {
+    for rate in rates()? {
         let from = SystemTime::now();
         let live = pgbench(lab, &script, rate, plan.live_for)?;
         let fence = lab.fence().await?;
