@@ -14,29 +14,48 @@ use crate::Plan;
 /// A transaction shape of the backlog.
 struct Shape {
     name: &'static str,
+    /// Its name in `WALPOINTS_BENCH_DRAIN_SHAPES`.
+    key: &'static str,
     transactions: u64,
     rows: u64,
 }
 
+/// Every shape, or those `WALPOINTS_BENCH_DRAIN_SHAPES` names by rows per transaction (e.g.
+/// "1,100"; the one big transaction is "big"), for a quicker profile of one shape.
 fn shapes(plan: &Plan) -> Vec<Shape> {
+    let all = every_shape(plan);
+    let Ok(list) = std::env::var("WALPOINTS_BENCH_DRAIN_SHAPES") else {
+        return all;
+    };
+    let wanted: Vec<&str> = list.split(',').map(str::trim).collect();
+    all.into_iter()
+        .filter(|s| wanted.contains(&s.key))
+        .collect()
+}
+
+fn every_shape(plan: &Plan) -> Vec<Shape> {
     vec![
         Shape {
             name: "1-row tx",
+            key: "1",
             transactions: plan.sized(100_000, 100),
             rows: 1,
         },
         Shape {
             name: "100-row tx",
+            key: "100",
             transactions: plan.sized(10_000, 10),
             rows: 100,
         },
         Shape {
             name: "10,000-row tx",
+            key: "10000",
             transactions: plan.sized(100, 1),
             rows: 10_000,
         },
         Shape {
             name: "one big tx",
+            key: "big",
             transactions: 1,
             rows: plan.sized(1_000_000, 1_000),
         },

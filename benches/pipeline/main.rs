@@ -28,7 +28,8 @@
 //!
 //! `WALPOINTS_BENCH_SCALE` (default 1) multiplies every size, e.g. 0.02 for a quick run;
 //! `WALPOINTS_BENCH_LIVE_SECS` sets the length of each live run (default 60 × scale, at least 5).
-//! `WALPOINTS_BENCH_LIVE_RATES` (e.g. `4000,5000,max`) runs only those live rates.
+//! `WALPOINTS_BENCH_LIVE_RATES` (e.g. `4000,5000,max`) runs only those live rates;
+//! `WALPOINTS_BENCH_DRAIN_SHAPES` (e.g. `1,100`; also `10000`, `big`) only those drain shapes.
 //! walpoints' logs go to `target/tmp/bench-pipeline/`. `WALPOINTS_BENCH_WRAP` (e.g.
 //! `"heaptrack -o /tmp/hp"`) runs every walpoints under that command, for profiling.
 

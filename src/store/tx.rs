@@ -211,7 +211,7 @@ impl StoreTx<'_> {
     /// `COPY` (which holds the connection until it ends, so these go one after another).
     pub async fn write_appends(&self, batch: &mut Batch) -> Result<(), StoreError> {
         self.ensure_partitions(batch).await?;
-        self.copy_journal(&batch.journal).await?;
+        self.copy_journal(batch.journal()).await?;
         self.copy_fills(&batch.fills).await?;
         self.copy_position_entries(&batch.entries).await
     }
@@ -304,7 +304,7 @@ impl StoreTx<'_> {
     /// Creates the epoch partitions this batch's rows need that `run` did not create ahead.
     async fn ensure_partitions(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut needed = std::collections::BTreeSet::new();
-        needed.extend(batch.journal.iter().map(|c| c.epoch));
+        needed.extend(batch.journal().iter().map(|c| c.epoch));
         for f in &batch.fills {
             needed.insert(f.fill.epoch.map(epoch_to_db).transpose()?.unwrap_or(-1));
         }

@@ -195,7 +195,7 @@ impl Evaluator {
                 events: txe.events,
             };
             t.journaled = t.journaled.saturating_add(chunk.rows());
-            open.batch.journal.push(chunk);
+            open.batch.journal_push(chunk);
         }
         let origin = |k: usize| {
             let change = sources.get(k).and_then(|&i| changes.get(i));
@@ -238,7 +238,7 @@ impl Evaluator {
             })?;
         self.absorb(open, &begin, outcome, dead, 0, origin)?;
         let now = self.state.stream_time().unwrap_or(txe.commit_time);
-        open.batch.journal.push(JournalChunk {
+        open.batch.journal_push(JournalChunk {
             commit_lsn: begin.commit_lsn,
             commit_time: txe.commit_time,
             epoch: self.stream_epoch(now),
@@ -255,7 +255,7 @@ impl Evaluator {
     pub(super) fn finish(&mut self, open: &mut OpenBatch, t: &InTx, end_lsn: Lsn) {
         if t.journaled == 0 {
             if let Some(cursor) = &t.cursor {
-                open.batch.journal.push(JournalChunk {
+                open.batch.journal_push(JournalChunk {
                     commit_lsn: t.begin.commit_lsn,
                     commit_time: t.begin.commit_time,
                     epoch: self.stream_epoch(cursor.now()),
