@@ -47,15 +47,25 @@ struct Api {
     _running: Running,
 }
 
+/// Source `source` on `db` with `excluded` as its one excluded address and its HTTP server on
+/// a free port.
+fn serving<'a>(db: &'a TestDb, source: &str, excluded: &str) -> Walpoints<'a> {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        format!("excluded_addresses = [\"{excluded}\"]\n"),
+    )
+    .unwrap();
+    let path = config.into_temp_path().keep().unwrap();
+    Walpoints::new(db, source)
+        .env("WALPOINTS_CONFIG", path.to_str().unwrap())
+        .env("WALPOINTS_HTTP_LISTEN", "127.0.0.1:0")
+}
+
 /// Source `api` on `db` (an exchange) with `liq` excluded and its HTTP server on, once the
 /// module's workload is in its store.
 async fn start(db: &TestDb) -> (Walpoints<'_>, Api) {
-    let config = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(config.path(), "excluded_addresses = [\"LIQ\"]\n").unwrap();
-    let path = config.into_temp_path().keep().unwrap();
-    let wp = Walpoints::new(db, "api")
-        .env("WALPOINTS_CONFIG", path.to_str().unwrap())
-        .env("WALPOINTS_HTTP_LISTEN", "127.0.0.1:0");
+    let wp = serving(db, "api", "LIQ");
     let running = wp.setup_and_stream().await;
     let addr = http_addr(&running).await;
     let ex = db.client().await;
@@ -396,12 +406,7 @@ async fn bad_input_gets_400_with_a_json_error() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ranks_stay_exact_as_totals_rise_fall_tie_and_vanish() {
     let db = TestDb::exchange("api_ranks").await;
-    let config = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(config.path(), "excluded_addresses = [\"0xliq\"]\n").unwrap();
-    let path = config.into_temp_path().keep().unwrap();
-    let wp = Walpoints::new(&db, "ranks")
-        .env("WALPOINTS_CONFIG", path.to_str().unwrap())
-        .env("WALPOINTS_HTTP_LISTEN", "127.0.0.1:0");
+    let wp = serving(&db, "ranks", "0xliq");
     let running = wp.setup_and_stream().await;
     let addr = http_addr(&running).await;
     let ex = db.client().await;
