@@ -312,7 +312,7 @@ impl Lab {
                 "DROP TABLE IF EXISTS walpoints.ceiling, walpoints.ceiling_journal; \
                  CREATE TABLE walpoints.ceiling (LIKE walpoints.ledger_fill INCLUDING DEFAULTS, \
                    PRIMARY KEY (source_id, epoch, commit_lsn, ordinal)); \
-                 CREATE INDEX ON walpoints.ceiling (source_id, trade_id, commit_lsn, ordinal); \
+                 CREATE INDEX ON walpoints.ceiling (trade_id); \
                  CREATE TABLE walpoints.ceiling_journal (LIKE walpoints.journal INCLUDING DEFAULTS, \
                    PRIMARY KEY (source_id, epoch, commit_lsn, ordinal)); CHECKPOINT",
             )

@@ -40,6 +40,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0006_rank_buckets.sql",
         include_str!("../../migrations/0006_rank_buckets.sql"),
     ),
+    (
+        7,
+        "0007_lean_trade_index.sql",
+        include_str!("../../migrations/0007_lean_trade_index.sql"),
+    ),
 ];
 
 /// Creates the schema and applies the migrations the store has not recorded yet; returns how
