@@ -110,10 +110,17 @@ impl Batch {
         &self.journal
     }
 
-    /// Moves the journal so far into `part` (a part of the batch that goes to the store ahead).
-    pub fn move_journal_into(&mut self, part: &mut Batch) {
-        part.journal_rows = std::mem::take(&mut self.journal_rows);
-        part.journal = std::mem::take(&mut self.journal);
+    /// The appends so far (journal, ledger rows, dead letters) as a part that goes to the store
+    /// ahead of the seal; the totals and rule state stay here.
+    pub fn take_appends(&mut self) -> Batch {
+        Batch {
+            journal: std::mem::take(&mut self.journal),
+            journal_rows: std::mem::take(&mut self.journal_rows),
+            fills: std::mem::take(&mut self.fills),
+            entries: std::mem::take(&mut self.entries),
+            dead: std::mem::take(&mut self.dead),
+            ..Batch::default()
+        }
     }
 
     /// Rows held for the store.
@@ -204,6 +211,37 @@ mod tests {
     use std::hash::BuildHasher;
 
     use super::*;
+
+    fn chunk(ids: &[&str]) -> JournalChunk {
+        JournalChunk {
+            commit_lsn: Lsn(1),
+            commit_time: 0,
+            epoch: 0,
+            first_ordinal: 0,
+            events: ids
+                .iter()
+                .map(|id| crate::points::Event::TradeDeleted { id: id.to_string() })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn journal_rows_are_counted_as_pushed_and_go_with_the_part() {
+        let mut batch = Batch::default();
+        batch.journal_push(chunk(&["1", "2"]));
+        batch.journal_push(chunk(&[]));
+        batch.journal_push(chunk(&["3"]));
+        batch
+            .totals
+            .insert(("0xabc".to_owned(), 0), UserBatch::default());
+        assert_eq!(batch.rows(), 3);
+        let part = batch.take_appends();
+        assert_eq!((part.rows(), part.journal().len()), (3, 3));
+        assert_eq!((batch.rows(), batch.journal().len()), (0, 0));
+        assert_eq!(batch.totals.len(), 1, "totals stay for the seal");
+        batch.journal_push(chunk(&["4"]));
+        assert_eq!(batch.rows(), 1);
+    }
 
     #[test]
     fn a_borrowed_key_finds_the_owned_one() {

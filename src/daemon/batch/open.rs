@@ -76,12 +76,7 @@ impl OpenBatch {
         // The awards changed so far are in the fill rows that go now: from here on lookups
         // read them in the store.
         self.awards.clear();
-        let mut part = Batch::default();
-        part.fills = std::mem::take(&mut self.batch.fills);
-        part.entries = std::mem::take(&mut self.batch.entries);
-        part.dead = std::mem::take(&mut self.batch.dead);
-        self.batch.move_journal_into(&mut part);
-        part
+        self.batch.take_appends()
     }
 }
 
